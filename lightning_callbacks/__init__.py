@@ -1,0 +1,1 @@
+"""Lightning callbacks that turn the best checkpoint into deployable, verified artifacts."""
