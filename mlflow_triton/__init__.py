@@ -7,24 +7,9 @@ its three public names, as its plugin contract requires:
   (S3 or a local path) and loads them on one or more Triton servers;
 - :func:`run_local` serves a model on an embedded local stack (moto S3 + tritonserver);
 - :func:`target_help` describes target URIs and configuration keys.
-
-Imports are lazy so that ``import mlflow_triton`` stays cheap (the Python-based Triton
-backends import ``mlflow_triton.local.backends`` inside the server).
 """
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
+from mlflow_triton.client import TritonDeploymentClient, run_local, target_help
 
 __all__ = ["TritonDeploymentClient", "run_local", "target_help"]
-
-if TYPE_CHECKING:
-    from mlflow_triton.client import TritonDeploymentClient, run_local, target_help
-
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from mlflow_triton import client
-
-        return getattr(client, name)
-    raise AttributeError(f"module 'mlflow_triton' has no attribute {name!r}")
+__version__ = "0.1.0"

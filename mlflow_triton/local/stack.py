@@ -157,8 +157,7 @@ def triton_environment(base: Mapping[str, str]) -> dict[str, str]:
     """Environment that lets the wheel's ``tritonserver`` and its Python stub start."""
     root = pytriton_root()
     libs = [str(root.parent / "nvidia_pytriton.libs"), sysconfig.get_config_var("LIBDIR") or ""]
-    package_parent = str(Path(__file__).resolve().parents[2])
-    python_path = [package_parent, *sorted(set(sysconfig.get_paths()[k] for k in ("purelib", "platlib")))]
+    python_path = sorted(set(sysconfig.get_paths()[k] for k in ("purelib", "platlib")))
     env = dict(base)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [*libs, base.get("LD_LIBRARY_PATH", "")]))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [*python_path, base.get("PYTHONPATH", "")]))
@@ -178,6 +177,7 @@ def make_backend_dir(target: Path) -> Path:
     for backend in PYTHON_BASED_BACKENDS:
         (target / backend).mkdir(exist_ok=True)
         shutil.copy2(BACKENDS_DIR / backend / "model.py", target / backend / "model.py")
+        shutil.copy2(BACKENDS_DIR / "batching.py", target / backend / "batching.py")
     return target
 
 

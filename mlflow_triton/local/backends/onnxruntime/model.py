@@ -21,7 +21,7 @@ sys.path[:] = [p for p in sys.path if p not in _before] + _before
 
 import onnxruntime
 
-from mlflow_triton.local.backends.batching import execute_batched
+from batching import execute_batched  # copied beside this file by make_backend_dir
 
 
 class TritonPythonModel:

@@ -1,0 +1,311 @@
+"""The ``triton`` MLflow deployment target.
+
+MLflow's plugin contract (``mlflow.deployments.base``): one ``BaseDeploymentClient`` subclass
+plus module-level ``run_local`` and ``target_help``. ``create_deployment`` and
+``update_deployment`` block until every Triton replica reports the new version READY;
+``delete_deployment`` is idempotent; returned dicts carry ``name``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from mlflow.deployments import BaseDeploymentClient, PredictionsResponse
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+
+from mlflow_triton.config import DeploymentConfig, parse_target_uri, validate_model_name
+from mlflow_triton.model_source import resolve_model
+from mlflow_triton.publisher import ModelPublisher
+from mlflow_triton.server import TritonCluster
+from mlflow_triton.store import open_store
+
+logger = logging.getLogger(__name__)
+
+
+class TritonDeploymentClient(BaseDeploymentClient):
+    """Deploys MLflow models (ONNX or TorchScript) to NVIDIA Triton through a model repository.
+
+    Args:
+        target_uri: ``triton`` (servers from ``TRITON_URL``, default ``http://localhost:8000``)
+            or ``triton:/http://host:port[,http://host2:port]`` for several replicas that read
+            the same repository.
+
+    Raises:
+        MlflowException: INVALID_PARAMETER_VALUE for a malformed target URI.
+    """
+
+    def __init__(self, target_uri: str) -> None:
+        super().__init__(target_uri)
+        self.triton_urls = parse_target_uri(target_uri)
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _config(self, config: Mapping[str, Any] | None) -> DeploymentConfig:
+        return DeploymentConfig.from_dict(config)
+
+    def _publisher(self, config: DeploymentConfig) -> ModelPublisher:
+        store = open_store(config.require_repository(), endpoint_url=config.s3_endpoint_url)
+        cluster = TritonCluster(self.triton_urls, config.protocol, timeout_s=config.wait_ready_timeout)
+        return ModelPublisher(store, cluster, config)
+
+    def _describe(self, publisher: ModelPublisher, name: str) -> dict[str, Any]:
+        state = publisher.read_state(name)
+        if not state.exists:
+            raise MlflowException(
+                f"No deployment named {name!r} in {publisher.store.uri}.",
+                error_code=RESOURCE_DOES_NOT_EXIST,
+            )
+        servers: dict[str, Any] = {}
+        for url, index in publisher.cluster.repository_index().items():
+            if isinstance(index, Exception):
+                servers[url] = {"state": "UNREACHABLE", "error": str(index)}
+                continue
+            entries = [e for e in index if e.get("name") == name]
+            servers[url] = {
+                "versions": {str(e.get("version", "")): e.get("state", "UNKNOWN") for e in entries},
+                "reason": "; ".join(e["reason"] for e in entries if e.get("reason")),
+            }
+        provenance = dict(state.provenance or {})
+        provenance.pop("config_pbtxt", None)
+        return {
+            "name": name,
+            "serving_version": state.serving_version,
+            "versions": state.versions,
+            "repository": publisher.store.url(f"{name}/"),
+            "flavor": provenance.get("flavor"),
+            "model_uri": provenance.get("model_uri"),
+            "provenance": provenance,
+            "servers": servers,
+        }
+
+    # -- the plugin contract -----------------------------------------------------------------
+    def create_deployment(
+        self, name: str, model_uri: str, flavor: str | None = None,
+        config: Mapping[str, Any] | None = None, endpoint: str | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Publish ``model_uri`` as model ``name`` and wait until Triton serves it.
+
+        Config keys (``-C key=value``; defaults in parentheses):
+            model_repository (env TRITON_MODEL_REPO): ``s3://bucket/prefix`` or a directory.
+            s3_endpoint_url (boto3 default, honours AWS_ENDPOINT_URL_S3): MinIO/moto endpoint.
+            flavor (ONNX if present, else TorchScript): ``onnx`` or ``torchscript``.
+            max_batch_size (32): 0 disables batching.
+            dynamic_batching (true), preferred_batch_size (none), max_queue_delay_microseconds (200).
+            instance_kind (gpu): ``gpu``, ``cpu`` or ``auto``; instance_count (1).
+            keep_versions (2): published versions kept, the serving one included.
+            wait_ready_timeout (300): seconds to wait for READY on every replica.
+            protocol (http): ``http`` or ``grpc`` (with ``grpc://`` URLs).
+
+        Returns:
+            ``{"name", "version", "flavor", "model_uri", "repository", "triton_urls", ...}``
+
+        Raises:
+            MlflowException: RESOURCE_ALREADY_EXISTS if ``name`` exists; INVALID_PARAMETER_VALUE
+                for bad names, URIs or config; INTERNAL_ERROR when S3 or Triton fail.
+
+        Example::
+
+            client = mlflow.deployments.get_deploy_client("triton:/http://localhost:8000")
+            client.create_deployment("fraud", "models:/fraud@production",
+                                     config={"model_repository": "s3://models/triton"})
+
+            $ mlflow deployments create -t triton --name fraud -m models:/fraud@production \\
+                -C model_repository=s3://models/triton -C instance_kind=gpu
+        """
+        return self._publish(name, model_uri, flavor, config, mode="create")
+
+    def update_deployment(
+        self, name: str, model_uri: str | None = None, flavor: str | None = None,
+        config: Mapping[str, Any] | None = None, endpoint: str | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Publish a new version of ``name``; the old one serves until the new one is READY.
+
+        Without ``model_uri`` the serving model is republished with the new ``config``.
+        Publishing the version that already serves uploads nothing. Versions beyond
+        ``keep_versions`` are pruned. Same config keys as :meth:`create_deployment`.
+        """
+        if model_uri is None:
+            publisher = self._publisher(self._config(config))
+            state = publisher.read_state(name)
+            if not state.exists or not state.provenance:
+                raise MlflowException(
+                    f"No deployment named {name!r} to update; pass --model-uri or create it.",
+                    error_code=RESOURCE_DOES_NOT_EXIST,
+                )
+            model_uri = state.provenance["model_uri"]
+            flavor = flavor or state.provenance.get("flavor")
+        return self._publish(name, model_uri, flavor, config, mode="update")
+
+    def _publish(self, name, model_uri, flavor, config, mode) -> dict[str, Any]:
+        validate_model_name(name)
+        settings = self._config(config)
+        source = resolve_model(model_uri, flavor or settings.flavor)
+        publisher = self._publisher(settings)
+        started = time.monotonic()
+        result = publisher.publish(name, source, mode=mode)
+        return {
+            "name": name,
+            "version": result.version,
+            "previous_version": result.previous_version,
+            "changed": result.changed,
+            "flavor": result.flavor,
+            "model_uri": model_uri,
+            "repository": publisher.store.url(f"{name}/"),
+            "triton_urls": self.triton_urls,
+            "bytes_uploaded": result.bytes_uploaded,
+            "pruned_versions": result.pruned,
+            "seconds": round(time.monotonic() - started, 3),
+        }
+
+    def delete_deployment(
+        self, name: str, config: Mapping[str, Any] | None = None, endpoint: str | None = None
+    ) -> None:
+        """Unload ``name`` from every replica and remove it from the repository (idempotent)."""
+        self._publisher(self._config(config)).delete(name)
+
+    def list_deployments(self, endpoint: str | None = None) -> list[dict[str, Any]]:
+        """Deployments in the repository (``TRITON_MODEL_REPO``) with their serving version."""
+        publisher = self._publisher(self._config(None))
+        result = []
+        for name in publisher.model_names():
+            state = publisher.read_state(name)
+            result.append({"name": name, "serving_version": state.serving_version, "versions": state.versions})
+        return result
+
+    def get_deployment(self, name: str, endpoint: str | None = None) -> dict[str, Any]:
+        """Repository and Triton view of ``name``: versions, state per server, provenance."""
+        validate_model_name(name)
+        return self._describe(self._publisher(self._config(None)), name)
+
+    def predict(
+        self, deployment_name: str | None = None, inputs: Any = None, endpoint: str | None = None
+    ) -> PredictionsResponse:
+        """Run ``inputs`` through the deployed model on the first Triton server.
+
+        Args:
+            inputs: a dict of numpy arrays keyed by the MLflow signature's input names, one
+                numpy array (single-input models) or a pandas DataFrame (columns are input
+                names holding per-row lists, or the columns of a single 2-D input).
+
+        Returns:
+            ``PredictionsResponse({"predictions": {output_name: list}})``.
+        """
+        name = validate_model_name(deployment_name)
+        tensors = self._tensor_map(name)
+        arrays = _as_arrays(inputs, tensors["inputs"])
+        with TritonCluster(self.triton_urls).server() as server:
+            outputs = server.infer(
+                name,
+                {t["triton"]: arrays[t["mlflow"]] for t in tensors["inputs"]},
+                {t["triton"]: t["datatype"] for t in tensors["inputs"]},
+                [t["triton"] for t in tensors["outputs"]],
+            )
+        return PredictionsResponse(
+            {"predictions": {t["mlflow"]: outputs[t["triton"]].tolist() for t in tensors["outputs"]}}
+        )
+
+    def _tensor_map(self, name: str) -> dict[str, list[dict[str, str]]]:
+        """MLflow ↔ Triton tensor names: from provenance when a repository is configured,
+        else from Triton's model config (names are then used as they are)."""
+        settings = self._config(None)
+        if settings.model_repository:
+            state = self._publisher(settings).read_state(name)
+            if state.provenance and "tensors" in state.provenance:
+                return state.provenance["tensors"]
+        with TritonCluster(self.triton_urls).server() as server:
+            config = server.model_config(name)
+
+        def entries(kind: str) -> list[dict[str, str]]:
+            return [
+                {"mlflow": t["name"], "triton": t["name"], "datatype": t["data_type"].removeprefix("TYPE_").replace("STRING", "BYTES")}
+                for t in config.get(kind, [])
+            ]
+
+        return {"inputs": entries("input"), "outputs": entries("output")}
+
+
+_NUMPY_FOR_TRITON = {
+    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
+    "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
+    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "BYTES": np.object_,
+}  # fmt: skip
+
+
+def _as_arrays(inputs: Any, specs: list[dict[str, str]]) -> dict[str, np.ndarray]:
+    """Turn user inputs into one numpy array per MLflow input name, with Triton's dtypes."""
+    import pandas as pd
+
+    names = [s["mlflow"] for s in specs]
+    if isinstance(inputs, pd.DataFrame):
+        if set(names) <= set(inputs.columns):
+            raw = {n: np.stack([np.asarray(v) for v in inputs[n]]) for n in names}
+        elif len(names) == 1:
+            raw = {names[0]: inputs.to_numpy()}
+        else:
+            raise MlflowException.invalid_parameter_value(
+                f"DataFrame columns {list(inputs.columns)} do not name the model inputs {names}."
+            )
+    elif isinstance(inputs, Mapping):
+        missing = [n for n in names if n not in inputs]
+        if missing:
+            raise MlflowException.invalid_parameter_value(
+                f"Missing input(s) {missing}; the model expects {names}, got {sorted(inputs)}."
+            )
+        raw = {n: np.asarray(inputs[n]) for n in names}
+    elif len(names) == 1 and inputs is not None:
+        raw = {names[0]: np.asarray(inputs)}
+    else:
+        raise MlflowException.invalid_parameter_value(
+            f"Inputs must be a dict of arrays keyed by {names}, a numpy array (one input) or a "
+            f"pandas DataFrame; got {type(inputs).__name__}."
+        )
+    return {s["mlflow"]: np.ascontiguousarray(raw[s["mlflow"]], dtype=_NUMPY_FOR_TRITON[s["datatype"]]) for s in specs}
+
+
+def run_local(
+    target: str, name: str, model_uri: str, flavor: str | None = None,
+    config: Mapping[str, Any] | None = None,
+) -> None:  # fmt: skip
+    """Serve ``model_uri`` on an embedded local stack (moto S3 + CPU tritonserver) until Ctrl-C."""
+    import os
+    import tempfile
+
+    from mlflow_triton.local.stack import LocalStack
+
+    workdir = Path(tempfile.mkdtemp(prefix="mlflow-triton-local-"))
+    with LocalStack(workdir, with_mlflow=False) as stack:
+        overrides = {"instance_kind": "cpu", **dict(config or {}), "model_repository": stack.model_repository}
+        os.environ.update({k: v for k, v in stack.env.items() if k != "MLFLOW_TRACKING_URI"})
+        client = TritonDeploymentClient(f"triton:/{stack.triton_urls[0]}")
+        result = client.create_deployment(name, model_uri, flavor, config=overrides)
+        print(f"Serving {name} version {result['version']} at {stack.triton_urls[0]} (Ctrl-C stops)")
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+
+
+def target_help() -> str:
+    return """\
+Deploy MLflow models (ONNX or TorchScript) to NVIDIA Triton Inference Server.
+
+Target URI: 'triton' (servers from TRITON_URL, default http://localhost:8000) or
+'triton:/http://host:8000[,http://host2:8000]' (replicas sharing one model repository).
+Triton must run with --model-control-mode=explicit and --model-repository pointing at the
+same repository as -C model_repository (or TRITON_MODEL_REPO).
+
+Config (-C key=value): model_repository, s3_endpoint_url, flavor (onnx|torchscript),
+max_batch_size (32), dynamic_batching (true), preferred_batch_size, max_queue_delay_microseconds
+(200), instance_kind (gpu|cpu|auto), instance_count (1), keep_versions (2),
+wait_ready_timeout (300), protocol (http|grpc).
+
+Examples:
+  mlflow deployments create -t triton --name fraud -m models:/fraud@production \\
+      -C model_repository=s3://models/triton
+  mlflow deployments predict -t triton --name fraud --input-path input.json
+"""

@@ -1,0 +1,228 @@
+"""Deployment configuration: every key, its default, and the parsing of ``-C key=value`` strings.
+
+All validation happens here, before any upload or network call::
+
+    config = DeploymentConfig.from_dict({"max_batch_size": "16", "instance_kind": "cpu"})
+    urls = parse_target_uri("triton:/http://t1:8000,http://t2:8000")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal, Mapping
+from urllib.parse import urlparse
+
+from mlflow.exceptions import MlflowException
+
+Flavor = Literal["onnx", "torchscript"]
+InstanceKind = Literal["gpu", "cpu", "auto"]
+Protocol = Literal["http", "grpc"]
+
+FLAVORS: tuple[str, ...] = ("onnx", "torchscript")
+INSTANCE_KINDS: tuple[str, ...] = ("gpu", "cpu", "auto")
+PROTOCOLS: tuple[str, ...] = ("http", "grpc")
+DEFAULT_TRITON_URL = "http://localhost:8000"
+TARGET_NAME = "triton"
+
+# Triton accepts any directory name, but a name must also be a safe S3 key segment and a URL path
+# segment for the HTTP API: letters, digits, '_', '-', '.'; starts with a letter or digit.
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclass
+class DeploymentConfig:
+    """Every configuration key of the ``triton`` target, with its default.
+
+    Attributes:
+        model_repository: ``s3://bucket/prefix`` or a local directory (env ``TRITON_MODEL_REPO``).
+        s3_endpoint_url: S3-compatible endpoint (MinIO, moto); default: boto3's resolution,
+            which honours ``AWS_ENDPOINT_URL_S3``.
+        flavor: ``onnx`` or ``torchscript``; default: what the model has, ONNX preferred.
+        max_batch_size: Triton ``max_batch_size``; 0 disables batching (no batch axis).
+        dynamic_batching: generate a ``dynamic_batching`` block (only when batching).
+        preferred_batch_size: preferred batch sizes for the dynamic batcher (none by default,
+            as Triton recommends unless a model is measurably faster at given sizes).
+        max_queue_delay_microseconds: how long the batcher may wait to form a batch.
+        instance_kind: ``gpu`` (KIND_GPU), ``cpu`` (KIND_CPU) or ``auto`` (KIND_AUTO).
+        instance_count: model instances per device.
+        keep_versions: published versions kept in the repository (the serving one included).
+        wait_ready_timeout: seconds to wait for every server to report the version READY.
+        protocol: ``http`` or ``grpc`` for inference and control.
+    """
+
+    model_repository: str | None = None
+    s3_endpoint_url: str | None = None
+    flavor: str | None = None
+    max_batch_size: int = 32
+    dynamic_batching: bool = True
+    preferred_batch_size: list[int] = field(default_factory=list)
+    max_queue_delay_microseconds: int = 200
+    instance_kind: str = "gpu"
+    instance_count: int = 1
+    keep_versions: int = 2
+    wait_ready_timeout: float = 300.0
+    protocol: str = "http"
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any] | None = None) -> "DeploymentConfig":
+        """Build a config from user values (strings from ``-C`` or typed Python values).
+
+        Raises:
+            MlflowException: INVALID_PARAMETER_VALUE naming the key, the value and the fix.
+        """
+        config = dict(config or {})
+        unknown = sorted(set(config) - set(cls.keys()))
+        if unknown:
+            raise MlflowException.invalid_parameter_value(
+                f"Unknown config key(s) {unknown} for the triton target. "
+                f"Valid keys: {', '.join(cls.keys())}."
+            )
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name in config and config[f.name] is not None:
+                values[f.name] = _convert(f.name, config[f.name], f.type)
+        parsed = cls(**values)
+        if parsed.model_repository is None and os.environ.get("TRITON_MODEL_REPO"):
+            parsed.model_repository = os.environ["TRITON_MODEL_REPO"]
+        parsed.validate()
+        return parsed
+
+    def merged(self, overrides: Mapping[str, Any] | None) -> "DeploymentConfig":
+        """A copy with ``overrides`` applied on top of this config's values."""
+        return DeploymentConfig.from_dict({**asdict(self), **dict(overrides or {})})
+
+    def validate(self) -> None:
+        _choice("flavor", self.flavor, FLAVORS, optional=True)
+        _choice("instance_kind", self.instance_kind, INSTANCE_KINDS)
+        _choice("protocol", self.protocol, PROTOCOLS)
+        _at_least("max_batch_size", self.max_batch_size, 0)
+        _at_least("instance_count", self.instance_count, 1)
+        _at_least("keep_versions", self.keep_versions, 1)
+        _at_least("max_queue_delay_microseconds", self.max_queue_delay_microseconds, 0)
+        if self.wait_ready_timeout <= 0:
+            raise MlflowException.invalid_parameter_value(
+                f"wait_ready_timeout must be > 0 seconds, got {self.wait_ready_timeout}."
+            )
+        for size in self.preferred_batch_size:
+            if not 1 <= size <= max(self.max_batch_size, 1):
+                raise MlflowException.invalid_parameter_value(
+                    f"preferred_batch_size {size} must be between 1 and max_batch_size "
+                    f"({self.max_batch_size})."
+                )
+        if self.s3_endpoint_url is not None:
+            parsed = urlparse(self.s3_endpoint_url)
+            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+                raise MlflowException.invalid_parameter_value(
+                    f"s3_endpoint_url must look like http(s)://host:port, got "
+                    f"{self.s3_endpoint_url!r}."
+                )
+
+    def require_repository(self) -> str:
+        if not self.model_repository:
+            raise MlflowException.invalid_parameter_value(
+                "No model repository configured. Pass -C model_repository=s3://bucket/prefix "
+                "(or a local directory), or set TRITON_MODEL_REPO."
+            )
+        return self.model_repository
+
+
+def _convert(key: str, value: Any, annotation: Any) -> Any:
+    kind = str(annotation)
+    try:
+        if kind.startswith("bool"):
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if kind.startswith("int"):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if kind.startswith("float"):
+            return float(value)
+        if kind.startswith("list"):
+            if isinstance(value, str):
+                text = value.strip()
+                value = json.loads(text) if text.startswith("[") else text.split(",") if text else []
+            return [int(v) for v in value]
+        return str(value)
+    except (TypeError, ValueError) as err:
+        raise MlflowException.invalid_parameter_value(
+            f"Config key {key!r} expects {kind}, got {value!r}."
+        ) from err
+
+
+def _choice(key: str, value: str | None, allowed: tuple[str, ...], optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if value not in allowed:
+        raise MlflowException.invalid_parameter_value(
+            f"Config key {key!r} must be one of {', '.join(allowed)}; got {value!r}."
+        )
+
+
+def _at_least(key: str, value: int, minimum: int) -> None:
+    if value < minimum:
+        raise MlflowException.invalid_parameter_value(
+            f"Config key {key!r} must be >= {minimum}, got {value}."
+        )
+
+
+def parse_target_uri(target_uri: str) -> list[str]:
+    """Triton HTTP(S) or gRPC URLs named by a ``triton`` target URI.
+
+    ``triton`` reads ``TRITON_URL`` (default ``http://localhost:8000``); ``triton:/URL[,URL...]``
+    names the servers explicitly. Several URLs are replicas fed by one repository.
+
+    Raises:
+        MlflowException: INVALID_PARAMETER_VALUE for any other form.
+    """
+    expected = "'triton' or 'triton:/http://host:port[,http://host2:port]'"
+    if target_uri == TARGET_NAME:
+        spec = os.environ.get("TRITON_URL", DEFAULT_TRITON_URL)
+    elif target_uri.startswith(f"{TARGET_NAME}:/"):
+        spec = target_uri[len(TARGET_NAME) + 2 :]
+    else:
+        raise MlflowException.invalid_parameter_value(
+            f"Invalid target URI {target_uri!r}: expected {expected}."
+        )
+    urls = [url.strip().rstrip("/") for url in spec.split(",") if url.strip()]
+    if not urls:
+        raise MlflowException.invalid_parameter_value(
+            f"Target URI {target_uri!r} names no Triton server: expected {expected}."
+        )
+    for url in urls:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https", "grpc") or not parsed.hostname:
+            raise MlflowException.invalid_parameter_value(
+                f"Invalid Triton URL {url!r} in target {target_uri!r}: expected "
+                "http://host:port (or grpc://host:port)."
+            )
+        try:
+            parsed.port
+        except ValueError as err:
+            raise MlflowException.invalid_parameter_value(
+                f"Invalid port in Triton URL {url!r}."
+            ) from err
+    return urls
+
+
+def validate_model_name(name: str | None) -> str:
+    """Return ``name`` if it is a safe Triton model name, else raise INVALID_PARAMETER_VALUE."""
+    if not isinstance(name, str) or not _MODEL_NAME.match(name) or ".." in name:
+        raise MlflowException.invalid_parameter_value(
+            f"Invalid deployment name {name!r}: use 1-128 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit (no '/', no '..'), e.g. 'fraud-detector'."
+        )
+    return name

@@ -1,0 +1,235 @@
+"""Build Triton's ``config.pbtxt`` as a ``ModelConfig`` protobuf message.
+
+Tensor specs come from the model itself (the ONNX graph) or from its MLflow signature
+(TorchScript). The batch axis becomes ``max_batch_size``; ``dynamic_batching``,
+``instance_group`` and a ``version_policy`` pinning the serving version are generated::
+
+    io = io_from_onnx(Path("model.onnx"))
+    message = build_model_config("fraud", "onnx", io, DeploymentConfig(), version=3)
+    text = to_pbtxt(message)          # what goes to <repo>/fraud/config.pbtxt
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from google.protobuf import text_format
+from mlflow.exceptions import MlflowException
+from tritonclient.grpc import model_config_pb2 as mc
+
+from mlflow_triton.config import DeploymentConfig
+
+if TYPE_CHECKING:
+    from mlflow.models.signature import ModelSignature
+
+BACKENDS = {"onnx": "onnxruntime", "torchscript": "pytorch"}
+MODEL_FILENAMES = {"onnx": "model.onnx", "torchscript": "model.pt"}
+INSTANCE_KINDS = {"gpu": mc.ModelInstanceGroup.KIND_GPU, "cpu": mc.ModelInstanceGroup.KIND_CPU,
+                  "auto": mc.ModelInstanceGroup.KIND_AUTO}  # fmt: skip
+
+_NUMPY_TO_TRITON = {
+    np.dtype(np.bool_): "TYPE_BOOL",
+    np.dtype(np.uint8): "TYPE_UINT8",
+    np.dtype(np.uint16): "TYPE_UINT16",
+    np.dtype(np.uint32): "TYPE_UINT32",
+    np.dtype(np.uint64): "TYPE_UINT64",
+    np.dtype(np.int8): "TYPE_INT8",
+    np.dtype(np.int16): "TYPE_INT16",
+    np.dtype(np.int32): "TYPE_INT32",
+    np.dtype(np.int64): "TYPE_INT64",
+    np.dtype(np.float16): "TYPE_FP16",
+    np.dtype(np.float32): "TYPE_FP32",
+    np.dtype(np.float64): "TYPE_FP64",
+    np.dtype(np.object_): "TYPE_STRING",
+    np.dtype(np.bytes_): "TYPE_STRING",
+    np.dtype(np.str_): "TYPE_STRING",
+}
+_TORCH_UNSUPPORTED = {"TYPE_STRING", "TYPE_UINT16", "TYPE_UINT32", "TYPE_UINT64"}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output: Triton name, ``TYPE_*`` data type, full shape (-1 = dynamic).
+
+    ``source_name`` is the name in the MLflow signature (what users send to ``predict``).
+    """
+
+    name: str
+    data_type: str
+    shape: tuple[int, ...]
+    source_name: str
+
+    @property
+    def triton_dtype(self) -> str:
+        """The datatype string of Triton's inference protocol (``FP32``, ``BYTES``...)."""
+        return "BYTES" if self.data_type == "TYPE_STRING" else self.data_type[len("TYPE_") :]
+
+
+@dataclass(frozen=True)
+class ModelIO:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+def triton_type(dtype: np.dtype | type | str, where: str) -> str:
+    """Triton ``TYPE_*`` for a numpy dtype, or INVALID_PARAMETER_VALUE naming ``where``."""
+    try:
+        key = np.dtype(dtype)
+    except TypeError as err:
+        raise MlflowException.invalid_parameter_value(f"{where}: unknown dtype {dtype!r}.") from err
+    if key.kind in ("U", "S"):
+        key = np.dtype(np.object_)
+    if key not in _NUMPY_TO_TRITON:
+        raise MlflowException.invalid_parameter_value(
+            f"{where}: dtype {key} has no Triton equivalent; supported: "
+            f"{', '.join(sorted({str(d) for d in _NUMPY_TO_TRITON}))}."
+        )
+    return _NUMPY_TO_TRITON[key]
+
+
+def io_from_onnx(path: Path) -> ModelIO:
+    """Names, types and shapes of an ONNX model's graph inputs and outputs (weights not loaded)."""
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # onnx raises DecodeError and others for a corrupt file
+        raise MlflowException.invalid_parameter_value(
+            f"{path.name} is not a readable ONNX model: {err}"
+        ) from err
+    initializers = {init.name for init in model.graph.initializer}
+
+    def specs(values, kind: str) -> tuple[TensorSpec, ...]:
+        result = []
+        for value in values:
+            if value.name in initializers:
+                continue
+            tensor_type = value.type.tensor_type
+            where = f"ONNX {kind} {value.name!r}"
+            dtype = tensor_dtype_to_np_dtype(tensor_type.elem_type)
+            shape = tuple(
+                d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim
+            )
+            result.append(TensorSpec(value.name, triton_type(dtype, where), shape, value.name))
+        return tuple(result)
+
+    return ModelIO(specs(model.graph.input, "input"), specs(model.graph.output, "output"))
+
+
+def io_from_signature(signature: "ModelSignature | None", flavor: str) -> ModelIO:
+    """Tensor specs from an MLflow signature.
+
+    For TorchScript, Triton's ``pytorch`` backend requires ``INPUT__<i>``/``OUTPUT__<j>``
+    names; the MLflow names are kept in ``source_name`` for ``predict``.
+    """
+    if signature is None or signature.inputs is None or signature.outputs is None:
+        raise MlflowException.invalid_parameter_value(
+            f"The {flavor} model has no MLflow signature with inputs and outputs, so its tensor "
+            "names, types and shapes are unknown. Log it with signature=infer_signature(x, y) or "
+            "an input_example."
+        )
+    torch_names = flavor == "torchscript"
+
+    def specs(schema, kind: str, prefix: str) -> tuple[TensorSpec, ...]:
+        result = []
+        if not schema.is_tensor_spec():
+            columns = schema.inputs
+            dtypes = {np.dtype(c.type.to_numpy()) for c in columns}
+            if len(dtypes) != 1:
+                raise MlflowException.invalid_parameter_value(
+                    f"The signature's {kind}s are columns of mixed types {sorted(map(str, dtypes))}:"
+                    " log a tensor-based signature (numpy arrays) for Triton."
+                )
+            name = f"{prefix}__0" if torch_names else kind
+            dtype = triton_type(dtypes.pop(), f"signature {kind}")
+            return (TensorSpec(name, dtype, (-1, len(columns)), kind),)
+        for index, spec in enumerate(schema.inputs):
+            source = spec.name or (kind if len(schema.inputs) == 1 else f"{kind}_{index}")
+            name = f"{prefix}__{index}" if torch_names else source
+            where = f"signature {kind} {source!r}"
+            dtype = triton_type(spec.type, where)
+            if torch_names and dtype in _TORCH_UNSUPPORTED:
+                raise MlflowException.invalid_parameter_value(
+                    f"{where}: {dtype} tensors are not supported by Triton's pytorch backend."
+                )
+            result.append(TensorSpec(name, dtype, tuple(int(d) for d in spec.shape), source))
+        return tuple(result)
+
+    return ModelIO(specs(signature.inputs, "input", "INPUT"), specs(signature.outputs, "output", "OUTPUT"))
+
+
+def _dims(spec: TensorSpec, batched: bool, kind: str) -> list[int]:
+    if not batched:
+        return list(spec.shape) or [1]
+    if not spec.shape or spec.shape[0] != -1:
+        raise MlflowException.invalid_parameter_value(
+            f"{kind} {spec.source_name!r} has shape {list(spec.shape)} without a dynamic first "
+            "(batch) axis, so Triton cannot batch it. Re-export the model with a dynamic batch "
+            "axis, or deploy with -C max_batch_size=0."
+        )
+    return list(spec.shape[1:]) or [1]
+
+
+def build_model_config(
+    name: str, flavor: str, io: ModelIO, config: DeploymentConfig, version: int
+) -> mc.ModelConfig:
+    """The full Triton ``ModelConfig`` for one published version of ``name``."""
+    if not io.inputs or not io.outputs:
+        raise MlflowException.invalid_parameter_value(
+            f"Model {name!r} declares no inputs or no outputs; Triton needs both."
+        )
+    batched = config.max_batch_size > 0
+    message = mc.ModelConfig(
+        name=name,
+        backend=BACKENDS[flavor],
+        max_batch_size=config.max_batch_size,
+        default_model_filename=MODEL_FILENAMES[flavor],
+    )
+    for spec in io.inputs:
+        message.input.add(
+            name=spec.name, data_type=mc.DataType.Value(spec.data_type),
+            dims=_dims(spec, batched, "input"),
+        )  # fmt: skip
+    for spec in io.outputs:
+        message.output.add(
+            name=spec.name, data_type=mc.DataType.Value(spec.data_type),
+            dims=_dims(spec, batched, "output"),
+        )  # fmt: skip
+    message.instance_group.add(
+        kind=INSTANCE_KINDS[config.instance_kind], count=config.instance_count
+    )
+    if batched and config.dynamic_batching:
+        message.dynamic_batching.preferred_batch_size.extend(config.preferred_batch_size)
+        message.dynamic_batching.max_queue_delay_microseconds = config.max_queue_delay_microseconds
+    message.version_policy.specific.versions.append(version)
+    return message
+
+
+def to_pbtxt(message: mc.ModelConfig) -> str:
+    return text_format.MessageToString(message)
+
+
+def parse_pbtxt(text: str | bytes) -> mc.ModelConfig:
+    if isinstance(text, bytes):
+        text = text.decode()
+    return text_format.Parse(text, mc.ModelConfig())
+
+
+def serving_versions(message: mc.ModelConfig) -> list[int]:
+    """Versions a config pins with ``version_policy.specific`` (empty for other policies)."""
+    if message.version_policy.WhichOneof("policy_choice") == "specific":
+        return sorted(int(v) for v in message.version_policy.specific.versions)
+    return []
+
+
+def fingerprint(message: mc.ModelConfig) -> str:
+    """Hash of everything in the config but the version policy (same model, same settings)."""
+    copy = mc.ModelConfig()
+    copy.CopyFrom(message)
+    copy.ClearField("version_policy")
+    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()

@@ -1,0 +1,241 @@
+"""Triton control and inference through tritonclient, one method per server operation.
+
+:class:`TritonServer` wraps one server (HTTP or gRPC); :class:`TritonCluster` fans the
+control operations out to every replica that reads the same model repository::
+
+    cluster = TritonCluster(["http://t1:8000", "http://t2:8000"])
+    cluster.load_model("fraud", timeout_s=300)        # POST /v2/repository/models/fraud/load
+    cluster.wait_until_ready("fraud", version=3, timeout_s=60)
+
+Every failure is raised as ``MlflowException`` (INTERNAL_ERROR) naming the server, the model
+and Triton's own error text.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Mapping, Sequence
+from urllib.parse import urlparse
+
+import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import (
+    INTERNAL_ERROR,
+    RESOURCE_DOES_NOT_EXIST,
+    TEMPORARILY_UNAVAILABLE,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 300.0
+
+
+class TritonServer:
+    """One Triton server. Not thread-safe: use one instance per thread (tritonclient's rule).
+
+    Args:
+        url: ``http://host:port``, ``https://host:port`` or ``grpc://host:port``.
+        protocol: ``http`` or ``grpc``; a ``grpc://`` URL forces gRPC.
+        timeout_s: network timeout of control calls (a load blocks until the model is loaded).
+    """
+
+    def __init__(self, url: str, protocol: str = "http", timeout_s: float = DEFAULT_TIMEOUT_S):
+        parsed = urlparse(url)
+        self.url = url
+        self.protocol = "grpc" if parsed.scheme == "grpc" else protocol
+        self.timeout_s = timeout_s
+        address = parsed.netloc
+        if self.protocol == "grpc":
+            import tritonclient.grpc as grpcclient
+
+            if parsed.scheme != "grpc":
+                raise MlflowException.invalid_parameter_value(
+                    f"protocol=grpc needs a grpc://host:port Triton URL, got {url!r}."
+                )
+            self._module = grpcclient
+            self.client = grpcclient.InferenceServerClient(address, ssl=False)
+        else:
+            import tritonclient.http as httpclient
+
+            self._module = httpclient
+            self.client = httpclient.InferenceServerClient(
+                address, ssl=parsed.scheme == "https", connection_timeout=10.0,
+                network_timeout=timeout_s,
+            )  # fmt: skip
+
+    def _error(self, action: str, err: Exception, code=INTERNAL_ERROR) -> MlflowException:
+        text = err.message() if hasattr(err, "message") else str(err)
+        if not text or "connect" in text.lower() or isinstance(err, (ConnectionError, OSError)):
+            return MlflowException(
+                f"Triton at {self.url} is unreachable ({action}): {text or type(err).__name__}. "
+                "Check the target URI / TRITON_URL and that the server runs with "
+                "--model-control-mode=explicit.",
+                error_code=TEMPORARILY_UNAVAILABLE,
+            )
+        return MlflowException(f"Triton at {self.url} failed to {action}: {text}", error_code=code)
+
+    def _call(self, action: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # tritonclient raises InferenceServerException and socket errors
+            raise self._error(action, err) from err
+
+    def is_live(self) -> bool:
+        try:
+            return bool(self.client.is_server_live())
+        except Exception:
+            return False
+
+    def load_model(self, name: str) -> None:
+        """Load (or reload) ``name`` from the repository; blocks until Triton has tried."""
+        self._call(f"load model {name!r}", self.client.load_model, name)
+        logger.info("Triton %s loaded %s", self.url, name)
+
+    def unload_model(self, name: str) -> None:
+        self._call(f"unload model {name!r}", self.client.unload_model, name)
+        logger.info("Triton %s unloaded %s", self.url, name)
+
+    def is_model_ready(self, name: str, version: int | str = "") -> bool:
+        return bool(self._call(f"query model {name!r}", self.client.is_model_ready, name, str(version)))
+
+    def wait_until_ready(self, name: str, version: int | str = "", timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.is_model_ready(name, version):
+            if time.monotonic() > deadline:
+                raise MlflowException(
+                    f"Model {name!r} version {version or 'latest'} is not READY on {self.url} "
+                    f"after {timeout_s}s: {self.model_state(name, version)}",
+                    error_code=INTERNAL_ERROR,
+                )
+            time.sleep(0.2)
+
+    def repository_index(self) -> list[dict[str, Any]]:
+        """Triton's view of the repository: ``[{name, version, state, reason}]``."""
+        if self.protocol == "grpc":
+            index = self._call("read the repository index", self.client.get_model_repository_index, as_json=True)
+            return list(index.get("models", []))
+        return list(self._call("read the repository index", self.client.get_model_repository_index))
+
+    def model_state(self, name: str, version: int | str = "") -> str:
+        for entry in self.repository_index():
+            if entry.get("name") == name and (not version or str(entry.get("version")) == str(version)):
+                reason = entry.get("reason")
+                return f"{entry.get('state', 'UNKNOWN')}{f' ({reason})' if reason else ''}"
+        return "not in the repository index"
+
+    def model_config(self, name: str) -> dict[str, Any]:
+        if self.protocol == "grpc":
+            return self._call(f"read config of {name!r}", self.client.get_model_config, name, as_json=True)["config"]
+        return self._call(f"read config of {name!r}", self.client.get_model_config, name)
+
+    def infer(
+        self,
+        name: str,
+        inputs: Mapping[str, np.ndarray],
+        datatypes: Mapping[str, str],
+        outputs: Sequence[str],
+        version: int | str = "",
+    ) -> dict[str, np.ndarray]:
+        """Run one inference; ``datatypes`` maps input names to protocol types (``FP32``...)."""
+        requests = []
+        for tensor_name, array in inputs.items():
+            infer_input = self._module.InferInput(tensor_name, list(array.shape), datatypes[tensor_name])
+            infer_input.set_data_from_numpy(array)
+            requests.append(infer_input)
+        requested = [self._module.InferRequestedOutput(out) for out in outputs]
+        result = self._call(
+            f"run inference on {name!r}", self.client.infer, name, requests,
+            model_version=str(version), outputs=requested,
+        )  # fmt: skip
+        return {out: result.as_numpy(out) for out in outputs}
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> "TritonServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class TritonCluster:
+    """Replicas fed by one model repository: control calls go to all of them in parallel."""
+
+    def __init__(self, urls: Sequence[str], protocol: str = "http", timeout_s: float = DEFAULT_TIMEOUT_S):
+        if not urls:
+            raise MlflowException.invalid_parameter_value("At least one Triton URL is required.")
+        self.urls = list(urls)
+        self.protocol = protocol
+        self.timeout_s = timeout_s
+
+    def server(self, url: str | None = None) -> TritonServer:
+        return TritonServer(url or self.urls[0], self.protocol, self.timeout_s)
+
+    def _each(self, fn, urls: Sequence[str] | None = None) -> dict[str, Exception | None]:
+        """Run ``fn(server)`` on every replica; returns ``{url: error or None}``."""
+
+        def run(url: str) -> Exception | None:
+            try:
+                with self.server(url) as server:
+                    fn(server)
+                return None
+            except Exception as err:
+                return err
+
+        urls = list(urls or self.urls)
+        with ThreadPoolExecutor(max_workers=len(urls)) as pool:
+            return dict(zip(urls, pool.map(run, urls)))
+
+    def load_model(self, name: str, version: int | None = None, urls: Sequence[str] | None = None) -> dict[str, Exception | None]:
+        """Load ``name`` everywhere and wait for ``version`` READY; returns errors per URL."""
+
+        def load(server: TritonServer) -> None:
+            server.load_model(name)
+            if version is not None:
+                server.wait_until_ready(name, version, timeout_s=self.timeout_s)
+
+        return self._each(load, urls)
+
+    def unload_model(self, name: str, ignore_missing: bool = True) -> None:
+        errors = self._each(lambda server: server.unload_model(name))
+        failures = {
+            url: err for url, err in errors.items()
+            if err is not None and not (ignore_missing and _is_missing(err))
+        }  # fmt: skip
+        raise_failures(f"unload {name!r}", failures)
+
+    def repository_index(self) -> dict[str, list[dict[str, Any]] | Exception]:
+        result: dict[str, Any] = {}
+
+        def index(server: TritonServer) -> None:
+            result[server.url] = server.repository_index()
+
+        for url, err in self._each(index).items():
+            if err is not None:
+                result[url] = err
+        return result
+
+
+def is_unreachable(err: Exception | None) -> bool:
+    """True for the error a replica gives when it cannot be reached at all."""
+    return isinstance(err, MlflowException) and err.error_code == "TEMPORARILY_UNAVAILABLE"
+
+
+def _is_missing(err: Exception) -> bool:
+    text = str(getattr(err, "message", err)).lower()
+    return "not found" in text or "unknown model" in text or "no such" in text
+
+
+def raise_failures(action: str, failures: Mapping[str, Exception | None]) -> None:
+    """Raise one MlflowException listing each replica's error, if any replica failed."""
+    failures = {url: err for url, err in failures.items() if err is not None}
+    if not failures:
+        return
+    details = "; ".join(
+        f"{url}: {err.message if isinstance(err, MlflowException) else err}" for url, err in failures.items()
+    )
+    code = RESOURCE_DOES_NOT_EXIST if all(_is_missing(e) for e in failures.values()) else INTERNAL_ERROR
+    raise MlflowException(f"Could not {action} on {len(failures)} Triton server(s): {details}", error_code=code)

@@ -1,0 +1,400 @@
+"""Triton model repository stores: S3 (and S3-compatible: MinIO, moto) or a local directory.
+
+Both stores expose the same small interface on keys relative to the repository root
+(``"<model>/config.pbtxt"``, ``"<model>/<version>/model.onnx"``), so the publishing logic is
+written once. Keys are validated: nothing can escape the repository prefix.
+
+Uploads go through boto3's transfer manager with one shared :data:`TRANSFER_CONFIG`
+(multipart, concurrent parts)::
+
+    store = open_store("s3://models/triton", endpoint_url="http://minio:9000")
+    store.upload_file(Path("model.onnx"), "fraud/3/model.onnx")
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlparse
+
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, RESOURCE_DOES_NOT_EXIST
+
+logger = logging.getLogger(__name__)
+
+KB = 1024
+MB = KB * KB
+#: Shared transfer settings: 16 MB parts, 10 parts in flight (boto3's defaults are 8 MB / 10).
+MULTIPART_THRESHOLD = 16 * MB
+MULTIPART_CHUNKSIZE = 16 * MB
+MAX_CONCURRENCY = 10
+PROGRESS_MIN_BYTES = 64 * MB
+
+ProgressCallback = Callable[[int], None]
+
+
+def _transfer_config():
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(
+        multipart_threshold=MULTIPART_THRESHOLD,
+        multipart_chunksize=MULTIPART_CHUNKSIZE,
+        max_concurrency=MAX_CONCURRENCY,
+        use_threads=True,
+    )
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it is a clean relative key inside the repository.
+
+    Raises:
+        MlflowException: INVALID_PARAMETER_VALUE for empty, absolute or ``..`` keys.
+    """
+    parts = key.rstrip("/").split("/")
+    if not key or key.startswith("/") or "\\" in key or any(p in ("", ".", "..") for p in parts):
+        raise MlflowException.invalid_parameter_value(
+            f"Refusing repository key {key!r}: keys must be relative, without '.', '..' or "
+            "empty segments."
+        )
+    return key
+
+
+class ModelRepositoryStore(ABC):
+    """A Triton model repository; all keys are relative to its root."""
+
+    uri: str
+
+    @abstractmethod
+    def check(self) -> None:
+        """Fail early with a clear message if the repository cannot be used."""
+
+    @abstractmethod
+    def list_dir(self, prefix: str = "") -> tuple[list[str], list[str]]:
+        """Immediate children of ``prefix`` (``""`` or ending in ``/``): (folders, files)."""
+
+    @abstractmethod
+    def read_bytes(self, key: str) -> bytes | None:
+        """The object's content, or None when it does not exist."""
+
+    @abstractmethod
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Write one object atomically (readers see the old or the new content)."""
+
+    @abstractmethod
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Create ``key`` only if it does not exist; False when it already does."""
+
+    @abstractmethod
+    def upload_file(self, path: Path, key: str, progress: ProgressCallback | None = None) -> int:
+        """Upload a local file; returns the bytes sent."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete one object (no error if missing)."""
+
+    @abstractmethod
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under ``prefix`` (must end in ``/``); returns the count."""
+
+    def copy_from(self, source_uri: str, key: str) -> int | None:
+        """Server-side copy of ``source_uri`` into ``key``; None when not possible here."""
+        return None
+
+    def url(self, key: str) -> str:
+        return f"{self.uri.rstrip('/')}/{check_key(key)}"
+
+    @staticmethod
+    def _check_prefix(prefix: str) -> str:
+        if prefix:
+            if not prefix.endswith("/"):
+                raise ValueError(f"prefix must be '' or end with '/': {prefix!r}")
+            check_key(prefix)
+        return prefix
+
+
+class LocalStore(ModelRepositoryStore):
+    """A repository on a local or shared filesystem (Triton reads the same path)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.uri = str(self.root)
+
+    def check(self) -> None:
+        if not self.root.is_dir():
+            raise MlflowException(
+                f"Model repository directory {self.root} does not exist: create it, or point "
+                "model_repository at s3://bucket/prefix.",
+                error_code=RESOURCE_DOES_NOT_EXIST,
+            )
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*check_key(key).rstrip("/").split("/"))
+
+    def list_dir(self, prefix: str = "") -> tuple[list[str], list[str]]:
+        base = self._path(self._check_prefix(prefix)) if prefix else self.root
+        if not base.is_dir():
+            return [], []
+        entries = sorted(base.iterdir())
+        return (
+            [e.name for e in entries if e.is_dir()],
+            [e.name for e in entries if e.is_file() and not e.name.startswith(".tmp-")],
+        )
+
+    def read_bytes(self, key: str) -> bytes | None:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        return True
+
+    def upload_file(self, path: Path, key: str, progress: ProgressCallback | None = None) -> int:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+        os.close(fd)
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, target)
+        size = target.stat().st_size
+        if progress:
+            progress(size)
+        return size
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def delete_prefix(self, prefix: str) -> int:
+        path = self._path(self._check_prefix(prefix))
+        if not path.exists():
+            return 0
+        count = sum(1 for p in path.rglob("*") if p.is_file())
+        shutil.rmtree(path)
+        return count
+
+
+class S3Store(ModelRepositoryStore):
+    """A repository at ``s3://bucket/prefix`` on AWS S3 or an S3-compatible endpoint."""
+
+    def __init__(self, uri: str, endpoint_url: str | None = None, client=None) -> None:
+        parsed = urlparse(uri)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise MlflowException.invalid_parameter_value(
+                f"Invalid S3 repository URI {uri!r}: expected s3://bucket/prefix."
+            )
+        self.bucket = parsed.netloc
+        self.prefix = parsed.path.strip("/")
+        if self.prefix:
+            check_key(self.prefix)
+        self.uri = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        self.endpoint_url = endpoint_url
+        if client is None:
+            import boto3
+
+            client = boto3.client("s3", endpoint_url=endpoint_url)
+        self.client = client
+        self.transfer_config = _transfer_config()
+
+    @property
+    def resolved_endpoint(self) -> str:
+        return self.client.meta.endpoint_url
+
+    def _key(self, key: str) -> str:
+        return posixpath.join(self.prefix, check_key(key)) if self.prefix else check_key(key)
+
+    def _fail(self, action: str, key: str, err: Exception) -> MlflowException:
+        from botocore.exceptions import ClientError, NoCredentialsError
+
+        where = f"s3://{self.bucket}/{self._key(key) if key else self.prefix}"
+        if isinstance(err, NoCredentialsError):
+            return MlflowException(
+                f"Cannot {action} {where}: no AWS credentials found. Set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE / an instance role).",
+                error_code=INTERNAL_ERROR,
+            )
+        if isinstance(err, ClientError):
+            code = err.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchBucket", "404") and not key:
+                return MlflowException(
+                    f"S3 bucket {self.bucket!r} does not exist at {self.resolved_endpoint}: "
+                    "create it or fix model_repository / s3_endpoint_url.",
+                    error_code=RESOURCE_DOES_NOT_EXIST,
+                )
+            return MlflowException(
+                f"Cannot {action} {where}: {code or err}", error_code=INTERNAL_ERROR
+            )
+        return MlflowException(
+            f"Cannot {action} {where} at {self.resolved_endpoint}: {err}", error_code=INTERNAL_ERROR
+        )
+
+    def check(self) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except (BotoCoreError, ClientError) as err:
+            raise self._fail("use bucket of", "", err) from err
+
+    def list_dir(self, prefix: str = "") -> tuple[list[str], list[str]]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        self._check_prefix(prefix)
+        full = (self._key(prefix) if prefix else self.prefix).rstrip("/")
+        full = f"{full}/" if full else ""
+        folders: list[str] = []
+        files: list[str] = []
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full, Delimiter="/"
+            )
+            for page in pages:
+                folders += [p["Prefix"][len(full) :].rstrip("/") for p in page.get("CommonPrefixes", [])]
+                files += [o["Key"][len(full) :] for o in page.get("Contents", []) if o["Key"] != full]
+        except (BotoCoreError, ClientError) as err:
+            raise self._fail("list", prefix, err) from err
+        return sorted(folders), sorted(files)
+
+    def read_bytes(self, key: str) -> bytes | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise self._fail("read", key, err) from err
+        except BotoCoreError as err:
+            raise self._fail("read", key, err) from err
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        except (BotoCoreError, ClientError) as err:
+            raise self._fail("write", key, err) from err
+
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Conditional write (``If-None-Match: *``), supported by S3 since 2024 and MinIO."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*"
+            )
+            return True
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+                return False
+            raise self._fail("create", key, err) from err
+        except BotoCoreError as err:
+            raise self._fail("create", key, err) from err
+
+    def upload_file(self, path: Path, key: str, progress: ProgressCallback | None = None) -> int:
+        from boto3.exceptions import S3UploadFailedError
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        size = path.stat().st_size
+        try:
+            self.client.upload_file(
+                str(path), self.bucket, self._key(key), Config=self.transfer_config,
+                Callback=progress,
+            )  # fmt: skip
+        except (BotoCoreError, ClientError, S3UploadFailedError) as err:
+            raise self._fail("upload to", key, err) from err
+        return size
+
+    def copy_from(self, source_uri: str, key: str) -> int | None:
+        """Server-side (multipart) copy from another key on the same endpoint."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        parsed = urlparse(source_uri)
+        if parsed.scheme != "s3":
+            return None
+        source = {"Bucket": parsed.netloc, "Key": parsed.path.lstrip("/")}
+        try:
+            size = self.client.head_object(**source)["ContentLength"]
+            self.client.copy(source, self.bucket, self._key(key), Config=self.transfer_config)
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "403", "AccessDenied"):
+                return None
+            raise self._fail("copy to", key, err) from err
+        except BotoCoreError as err:
+            raise self._fail("copy to", key, err) from err
+        return size
+
+    def delete(self, key: str) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except (BotoCoreError, ClientError) as err:
+            raise self._fail("delete", key, err) from err
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete under ``prefix/`` only: the trailing slash keeps ``foo`` from hitting ``foo_bar``."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        full = self._key(self._check_prefix(prefix)).rstrip("/") + "/"
+        count = 0
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=full
+            )
+            for page in pages:
+                keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                if keys:
+                    self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
+                    count += len(keys)
+        except (BotoCoreError, ClientError) as err:
+            raise self._fail("delete", prefix, err) from err
+        return count
+
+
+def open_store(uri: str, endpoint_url: str | None = None) -> ModelRepositoryStore:
+    """The store for ``uri``: ``s3://bucket/prefix`` or a local directory path.
+
+    Raises:
+        MlflowException: INVALID_PARAMETER_VALUE for any other URI scheme.
+    """
+    parsed = urlparse(uri)
+    if parsed.scheme == "s3":
+        return S3Store(uri, endpoint_url=endpoint_url)
+    if parsed.scheme in ("", "file"):
+        return LocalStore(parsed.path if parsed.scheme == "file" else uri)
+    raise MlflowException.invalid_parameter_value(
+        f"Unsupported model repository {uri!r}: use s3://bucket/prefix or a local directory "
+        "(gs:// and as:// repositories are not supported yet)."
+    )
+
+
+def progress_bar(total: int, description: str) -> ProgressCallback | None:
+    """A tqdm progress callback for large transfers (None for small ones or without a TTY)."""
+    if total < PROGRESS_MIN_BYTES:
+        return None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc=description, leave=False)
+    return bar.update

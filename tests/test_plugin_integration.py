@@ -1,0 +1,108 @@
+"""The triton target end to end: real MLflow server, moto S3 repository, two tritonservers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from mlflow.deployments import get_deploy_client
+from mlflow.exceptions import MlflowException
+
+from mlflow_triton.model_config import parse_pbtxt, serving_versions
+from mlflow_triton.store import open_store
+from models import Scorer, TwoHeads, log_onnx, log_torchscript, sample
+
+pytestmark = pytest.mark.integration
+CPU = {"instance_kind": "cpu"}
+
+
+def repository(stack):
+    return open_store(stack.model_repository)
+
+
+def test_onnx_model_from_registry_serves_on_every_replica(stack, unique_name, tmp_path):
+    model = Scorer(seed=3)
+    log_onnx(model, tmp_path, registered_name=unique_name)
+    client = get_deploy_client("triton")
+
+    result = client.create_deployment(unique_name, f"models:/{unique_name}/1", config=CPU)
+
+    assert result["version"] == 1 and result["flavor"] == "onnx"
+    store = repository(stack)
+    config = parse_pbtxt(store.read_bytes(f"{unique_name}/config.pbtxt"))
+    assert config.backend == "onnxruntime" and config.max_batch_size == 32
+    assert serving_versions(config) == [1]
+    assert [t.name for t in config.input] == ["features"] and list(config.input[0].dims) == [4]
+    assert config.HasField("dynamic_batching")
+    x = sample(6, seed=9)
+    expected = model(torch.from_numpy(x)).detach().numpy()
+    for url in stack.triton_urls:
+        replica = get_deploy_client(f"triton:/{url}")
+        predictions = replica.predict(unique_name, {"features": x})["predictions"]
+        np.testing.assert_allclose(np.asarray(predictions["scores"]), expected, rtol=1e-4, atol=1e-5)
+    described = client.get_deployment(unique_name)
+    assert described["serving_version"] == 1
+    assert described["provenance"]["registered_model"] == unique_name
+    assert all(s["versions"] == {"1": "READY"} for s in described["servers"].values())
+
+
+def test_torchscript_two_inputs_two_outputs(stack, unique_name):
+    model = TwoHeads(seed=4)
+    log_torchscript(model, registered_name=unique_name, two_inputs=True)
+    client = get_deploy_client("triton")
+
+    result = client.create_deployment(unique_name, f"models:/{unique_name}/1", config=CPU)
+
+    assert result["flavor"] == "torchscript"
+    config = parse_pbtxt(repository(stack).read_bytes(f"{unique_name}/config.pbtxt"))
+    assert config.backend == "pytorch"
+    assert [t.name for t in config.input] == ["INPUT__0", "INPUT__1"]
+    assert [t.name for t in config.output] == ["OUTPUT__0", "OUTPUT__1"]
+    assert repository(stack).read_bytes(f"{unique_name}/1/model.pt") is not None
+    x, z = sample(3, seed=5), sample(3, seed=6)
+    a, b = model(torch.from_numpy(x), torch.from_numpy(z))
+    predictions = client.predict(unique_name, {"x": x, "z": z})["predictions"]
+    np.testing.assert_allclose(np.asarray(predictions["sum"]), a.detach().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(predictions["relu"]), b.detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_update_publishes_new_version_and_prunes(stack, unique_name, tmp_path):
+    log_onnx(Scorer(seed=1), tmp_path, registered_name=unique_name)
+    (tmp_path / "v2").mkdir()
+    log_onnx(Scorer(seed=2), tmp_path / "v2", registered_name=unique_name)
+    (tmp_path / "v3").mkdir()
+    new = Scorer(seed=3)
+    log_onnx(new, tmp_path / "v3", registered_name=unique_name)
+    client = get_deploy_client("triton")
+    client.create_deployment(unique_name, f"models:/{unique_name}/1", config=CPU)
+
+    second = client.update_deployment(unique_name, f"models:/{unique_name}/2", config=CPU)
+    third = client.update_deployment(unique_name, f"models:/{unique_name}/3", config=CPU)
+    again = client.update_deployment(unique_name, f"models:/{unique_name}/3", config=CPU)
+
+    assert (second["version"], third["version"]) == (2, 3)
+    assert third["pruned_versions"] == [1]
+    assert again["changed"] is False and again["bytes_uploaded"] == 0 and again["version"] == 3
+    folders, _ = repository(stack).list_dir(f"{unique_name}/")
+    assert sorted(folders) == ["2", "3"]
+    x = sample(2)
+    out = client.predict(unique_name, {"features": x})["predictions"]["scores"]
+    np.testing.assert_allclose(np.asarray(out), new(torch.from_numpy(x)).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_delete_is_prefix_safe_and_idempotent(stack, unique_name, tmp_path):
+    uri = log_onnx(Scorer(), tmp_path)
+    client = get_deploy_client("triton")
+    client.create_deployment(unique_name, uri, config=CPU)
+    client.create_deployment(f"{unique_name}_bar", uri, config=CPU)
+
+    client.delete_deployment(unique_name)
+    client.delete_deployment(unique_name)
+
+    store = repository(stack)
+    assert store.read_bytes(f"{unique_name}/config.pbtxt") is None
+    assert store.read_bytes(f"{unique_name}_bar/config.pbtxt") is not None
+    assert get_deploy_client("triton").predict(f"{unique_name}_bar", sample(1))["predictions"]
+    with pytest.raises(MlflowException, match="No deployment named"):
+        client.get_deployment(unique_name)
+    client.delete_deployment(f"{unique_name}_bar")
