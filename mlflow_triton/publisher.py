@@ -26,7 +26,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import (
@@ -49,6 +49,9 @@ PROVENANCE_FILE = "mlflow-triton.json"
 LEASE_FILE = ".mlflow-triton.lease"
 LEASE_TTL_S = 900.0
 PROVENANCE_SCHEMA = 1
+
+#: ``verify(version, local_model_file)``: raise to reject a version that Triton loaded.
+VerifyFn = Callable[[int, Path], None]
 
 
 @dataclass
@@ -164,11 +167,16 @@ class ModelPublisher:
                 error_code=TEMPORARILY_UNAVAILABLE,
             )
 
-    def publish(self, name: str, source: ModelSource, mode: str = "any") -> PublishResult:
+    def publish(
+        self, name: str, source: ModelSource, mode: str = "any", verify: VerifyFn | None = None
+    ) -> PublishResult:
         """Publish ``source`` as the serving version of ``name`` and load it everywhere.
 
         Args:
             mode: ``create`` (fail if it exists), ``update`` (fail if missing) or ``any``.
+            verify: called as ``verify(version, local_model_file)`` once every replica reports
+                the version READY (e.g. a smoke inference); if it raises, the publish is rolled
+                back like a refusal.
         """
         validate_model_name(name)
         self.store.check()
@@ -187,9 +195,11 @@ class ModelPublisher:
                     error_code=RESOURCE_DOES_NOT_EXIST,
                 )
             with tempfile.TemporaryDirectory(prefix="mlflow-triton-") as tmp:
-                return self._publish_locked(state, source, Path(tmp))
+                return self._publish_locked(state, source, Path(tmp), verify)
 
-    def _publish_locked(self, state: DeploymentState, source: ModelSource, tmp: Path) -> PublishResult:
+    def _publish_locked(
+        self, state: DeploymentState, source: ModelSource, tmp: Path, verify: VerifyFn | None
+    ) -> PublishResult:
         name = state.name
         serving = state.provenance or {}
         started = time.monotonic()
@@ -233,7 +243,7 @@ class ModelPublisher:
             self._discard(prefix)
             raise
         logger.info("Uploaded %s version %d (%d bytes) to %s", name, version, uploaded, self.store.url(prefix))
-        self._switch(name, message, version, state)
+        self._switch(name, message, version, state, verify and (lambda v: verify(v, local)))
         pruned = self.prune(name, keep=self.config.keep_versions, serving=version)
         logger.info("Published %s version %d in %.1fs", name, version, time.monotonic() - started)
         return PublishResult(
@@ -271,43 +281,62 @@ class ModelPublisher:
         except Exception as err:  # the original error matters more; the version is not served
             logger.warning("Could not remove the partial upload %s: %s", prefix, err)
 
-    def _switch(self, name: str, message, version: int, state: DeploymentState) -> None:
+    def _switch(
+        self, name: str, message, version: int, state: DeploymentState,
+        verify: Callable[[int], None] | None = None,
+    ) -> None:  # fmt: skip
         """Point config.pbtxt at ``version`` and load it everywhere, or put everything back."""
         config_key = f"{name}/{CONFIG_FILE}"
         self.store.write_bytes(config_key, mcfg.to_pbtxt(message).encode())
         errors = self.cluster.load_model(name, version)
         failed = {url: err for url, err in errors.items() if err is not None}
-        if not failed:
-            return
-        unreachable = {url for url, err in failed.items() if is_unreachable(err)}
-        if unreachable == set(failed):
+        if failed and all(is_unreachable(err) for err in failed.values()):
             raise MlflowException(
                 f"{name!r} version {version} is published in {self.store.uri} but Triton at "
-                f"{', '.join(sorted(unreachable))} did not reload it (unreachable). Rerun the same "
+                f"{', '.join(sorted(failed))} did not reload it (unreachable). Rerun the same "
                 "`mlflow deployments update` (or `mlflow-triton sync`) when it is back: nothing "
                 "will be uploaded again.",
                 error_code=TEMPORARILY_UNAVAILABLE,
             )
+        if not failed and verify is not None:
+            try:
+                verify(version)
+            except Exception as err:
+                failed = {"smoke test": err}
+        if not failed:
+            return
         # A replica refused the new version: restore the repository and the serving version.
-        if state.config_bytes is not None:
-            self.store.write_bytes(config_key, state.config_bytes)
-        else:
-            self.store.delete(config_key)
-        self._discard(f"{name}/{version}/")
         switched = [url for url, err in errors.items() if err is None]
-        if switched and state.serving_version is not None:
-            self.cluster.load_model(name, state.serving_version, switched)
-        elif switched:
-            self.cluster.unload_model(name)
-        details = "; ".join(f"{url}: {err.message if isinstance(err, MlflowException) else err}" for url, err in failed.items())
+        self._restore(name, version, state, switched)
+        details = "; ".join(
+            f"{where}: {err.message if isinstance(err, MlflowException) else err}"
+            for where, err in failed.items()
+        )
         restored = f"version {state.serving_version}" if state.serving_version else "no version"
         raise MlflowException(
-            f"Triton refused {name!r} version {version}, so it was not published and the "
+            f"{name!r} version {version} was rejected, so it was not published and the "
             f"repository still serves {restored}. {details}",
             error_code=INTERNAL_ERROR,
         )
 
-    def activate(self, name: str, version: int) -> PublishResult:
+    def _restore(self, name: str, version: int, state: DeploymentState, switched: list[str]) -> None:
+        """Put back the previous config, drop ``version`` and reload replicas that switched."""
+        config_key = f"{name}/{CONFIG_FILE}"
+        if state.config_bytes is not None:
+            self.store.write_bytes(config_key, state.config_bytes)
+        else:
+            self.store.delete(config_key)
+        if version not in state.versions:  # a rollback target is kept, a new upload is not
+            self._discard(f"{name}/{version}/")
+        if switched and state.serving_version is not None:
+            errors = self.cluster.load_model(name, state.serving_version, switched)
+            for url, err in errors.items():
+                if err is not None:
+                    logger.error("Could not reload %s version %s on %s: %s", name, state.serving_version, url, err)
+        elif switched:
+            self.cluster.unload_model(name)
+
+    def activate(self, name: str, version: int, verify: Callable[[int], None] | None = None) -> PublishResult:
         """Serve an already published ``version`` again (rollback), with the config it had."""
         self.store.check()
         self.check_servers()
@@ -323,8 +352,11 @@ class ModelPublisher:
             message = mcfg.parse_pbtxt(provenance["config_pbtxt"])
             message.version_policy.specific.ClearField("versions")
             message.version_policy.specific.versions.append(version)
-            self._switch(name, message, version, state)
-            return PublishResult(name, version, state.serving_version, True, flavor=provenance["flavor"], provenance=provenance)
+            self._switch(name, message, version, state, verify)
+            return PublishResult(
+                name, version, state.serving_version, True, flavor=provenance["flavor"],
+                provenance=provenance,
+            )  # fmt: skip
 
     def prune(self, name: str, keep: int, serving: int) -> list[int]:
         """Delete the oldest versions so that ``keep`` remain (never the serving one)."""
