@@ -11,7 +11,6 @@ Tensor specs come from the model itself (the ONNX graph) or from its MLflow sign
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -225,11 +224,3 @@ def serving_versions(message: mc.ModelConfig) -> list[int]:
     if message.version_policy.WhichOneof("policy_choice") == "specific":
         return sorted(int(v) for v in message.version_policy.specific.versions)
     return []
-
-
-def fingerprint(message: mc.ModelConfig) -> str:
-    """Hash of everything in the config but the version policy (same model, same settings)."""
-    copy = mc.ModelConfig()
-    copy.CopyFrom(message)
-    copy.ClearField("version_policy")
-    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()

@@ -49,6 +49,11 @@ PROVENANCE_FILE = "mlflow-triton.json"
 LEASE_FILE = ".mlflow-triton.lease"
 LEASE_TTL_S = 900.0
 PROVENANCE_SCHEMA = 1
+#: DeploymentConfig keys recorded in provenance: same artifact + same settings = no-op.
+CONFIG_SETTINGS = (
+    "max_batch_size", "dynamic_batching", "preferred_batch_size",
+    "max_queue_delay_microseconds", "instance_kind", "instance_count",
+)  # fmt: skip
 
 #: ``verify(version, local_model_file)``: raise to reject a version that Triton loaded.
 VerifyFn = Callable[[int, Path], None]
@@ -203,14 +208,25 @@ class ModelPublisher:
         name = state.name
         serving = state.provenance or {}
         started = time.monotonic()
-        local = source.download(tmp)
-        digest = sha256_file(local)
-        io = self._model_io(source, local)
-        candidate = mcfg.build_model_config(name, source.flavor, io, self.config, version=0)
-        if (
-            serving.get("artifact", {}).get("sha256") == digest
-            and serving.get("config_fingerprint") == mcfg.fingerprint(candidate)
-        ):
+        settings = self._settings(source.flavor)
+        # 1. The very artifact that serves, with the same settings: nothing to read or write.
+        if serving.get("source_uri") == source.artifact_uri and serving.get("settings") == settings:
+            return self._unchanged(state, source)
+
+        # 2. Server-side copy when the MLflow artifact sits on the repository's S3 endpoint and
+        #    the signature names the tensors; else 3. download once, hash, upload.
+        io = self._signature_io(source)
+        remote = self.store.stat_uri(source.artifact_uri) if io is not None else None
+        local: Path | None = None
+        if remote is not None:
+            artifact = {"etag": remote["etag"], "size": remote["size"]}
+            same = serving.get("artifact", {}).get("etag") == remote["etag"]
+        else:
+            local = source.download(tmp)
+            io = self._model_io(source, local)
+            artifact = {"sha256": sha256_file(local), "size": local.stat().st_size}
+            same = serving.get("artifact", {}).get("sha256") == artifact["sha256"]
+        if same and serving.get("settings") == settings:
             return self._unchanged(state, source)
 
         version = max(state.versions + [state.serving_version or 0]) + 1
@@ -223,33 +239,62 @@ class ModelPublisher:
             "flavor": source.flavor,
             "backend": message.backend,
             **source.provenance(),
-            "artifact": {"file": filename, "sha256": digest, "size": local.stat().st_size},
+            "artifact": {"file": filename, **artifact},
             "tensors": {
-                "inputs": [{"mlflow": t.source_name, "triton": t.name, "datatype": t.triton_dtype} for t in io.inputs],
-                "outputs": [{"mlflow": t.source_name, "triton": t.name, "datatype": t.triton_dtype} for t in io.outputs],
+                "inputs": [_tensor_entry(t) for t in io.inputs],
+                "outputs": [_tensor_entry(t) for t in io.outputs],
             },
-            "config_fingerprint": mcfg.fingerprint(message),
+            "settings": settings,
             "config_pbtxt": mcfg.to_pbtxt(message),
             "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         prefix = f"{name}/{version}/"
+        uploaded = copied = 0
         try:
-            size = local.stat().st_size
-            uploaded = self.store.upload_file(
-                local, prefix + filename, progress_bar(size, f"upload {name}/{version}")
-            )
+            if local is None:
+                copied = self.store.copy_from(source.artifact_uri, prefix + filename) or 0
+            else:
+                uploaded = self.store.upload_file(
+                    local, prefix + filename, progress_bar(artifact["size"], f"upload {name}/{version}")
+                )
             self.store.write_bytes(prefix + PROVENANCE_FILE, json.dumps(provenance, indent=2).encode())
         except BaseException:
             self._discard(prefix)
             raise
-        logger.info("Uploaded %s version %d (%d bytes) to %s", name, version, uploaded, self.store.url(prefix))
-        self._switch(name, message, version, state, verify and (lambda v: verify(v, local)))
+        logger.info(
+            "%s %s version %d (%d bytes) to %s", "Copied" if copied else "Uploaded", name, version,
+            copied or uploaded, self.store.url(prefix),
+        )  # fmt: skip
+
+        def check(v: int) -> None:
+            assert verify is not None
+            verify(v, local if local is not None else source.download(tmp))
+
+        self._switch(name, message, version, state, check if verify else None)
         pruned = self.prune(name, keep=self.config.keep_versions, serving=version)
         logger.info("Published %s version %d in %.1fs", name, version, time.monotonic() - started)
         return PublishResult(
             name, version, state.serving_version, True, bytes_uploaded=uploaded,
-            flavor=source.flavor, provenance=provenance, pruned=pruned,
+            bytes_copied=copied, flavor=source.flavor, provenance=provenance, pruned=pruned,
         )  # fmt: skip
+
+    def _settings(self, flavor: str) -> dict[str, Any]:
+        """The deployment settings that shape the generated config."""
+        return {"flavor": flavor, **{key: getattr(self.config, key) for key in CONFIG_SETTINGS}}
+
+    def _signature_io(self, source: ModelSource) -> mcfg.ModelIO | None:
+        """Tensor specs from the signature when it names every tensor, else None."""
+        signature = source.signature
+        if signature is None or signature.inputs is None or signature.outputs is None:
+            return None
+        if not signature.inputs.is_tensor_spec() or not all(
+            spec.name for schema in (signature.inputs, signature.outputs) for spec in schema.inputs
+        ):
+            return None
+        try:
+            return mcfg.io_from_signature(signature, source.flavor)
+        except MlflowException:
+            return None
 
     def _model_io(self, source: ModelSource, local: Path) -> mcfg.ModelIO:
         if source.flavor == "onnx":
@@ -374,6 +419,10 @@ class ModelPublisher:
         self.cluster.unload_model(name, ignore_missing=True)
         removed = self.store.delete_prefix(f"{name}/")
         logger.info("Deleted %s (%d objects) from %s", name, removed, self.store.uri)
+
+
+def _tensor_entry(spec: mcfg.TensorSpec) -> dict[str, str]:
+    return {"mlflow": spec.source_name, "triton": spec.name, "datatype": spec.triton_dtype}
 
 
 def _with_signature_names(io: mcfg.ModelIO, signature) -> mcfg.ModelIO:

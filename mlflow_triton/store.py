@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 from urllib.parse import urlparse
 
 from mlflow.exceptions import MlflowException
@@ -101,6 +101,10 @@ class ModelRepositoryStore(ABC):
     @abstractmethod
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under ``prefix`` (must end in ``/``); returns the count."""
+
+    def stat_uri(self, uri: str) -> dict[str, Any] | None:
+        """``{"etag", "size"}`` of an object this store can copy server-side, else None."""
+        return None
 
     def copy_from(self, source_uri: str, key: str) -> int | None:
         """Server-side copy of ``source_uri`` into ``key``; None when not possible here."""
@@ -326,8 +330,21 @@ class S3Store(ModelRepositoryStore):
             raise self._fail("upload to", key, err) from err
         return size
 
+    def stat_uri(self, uri: str) -> dict[str, Any] | None:
+        """ETag and size of ``s3://bucket/key`` if this store's endpoint and credentials see it."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        parsed = urlparse(uri)
+        if parsed.scheme != "s3":
+            return None
+        try:
+            head = self.client.head_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
+        except (BotoCoreError, ClientError):
+            return None  # another endpoint or no access: the caller downloads instead
+        return {"etag": head["ETag"].strip('"'), "size": head["ContentLength"]}
+
     def copy_from(self, source_uri: str, key: str) -> int | None:
-        """Server-side (multipart) copy from another key on the same endpoint."""
+        """Server-side (multipart) copy from ``s3://bucket/key`` on the same endpoint."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         parsed = urlparse(source_uri)
@@ -337,11 +354,7 @@ class S3Store(ModelRepositoryStore):
         try:
             size = self.client.head_object(**source)["ContentLength"]
             self.client.copy(source, self.bucket, self._key(key), Config=self.transfer_config)
-        except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "403", "AccessDenied"):
-                return None
-            raise self._fail("copy to", key, err) from err
-        except BotoCoreError as err:
+        except (BotoCoreError, ClientError) as err:
             raise self._fail("copy to", key, err) from err
         return size
 

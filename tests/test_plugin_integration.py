@@ -106,3 +106,27 @@ def test_delete_is_prefix_safe_and_idempotent(stack, unique_name, tmp_path):
     with pytest.raises(MlflowException, match="No deployment named"):
         client.get_deployment(unique_name)
     client.delete_deployment(f"{unique_name}_bar")
+
+
+def test_s3_artifacts_are_copied_server_side(stack, unique_name, tmp_path):
+    uri = log_onnx(Scorer(seed=7), tmp_path)
+    result = get_deploy_client("triton").create_deployment(unique_name, uri, config=CPU)
+    provenance = get_deploy_client("triton").get_deployment(unique_name)["provenance"]
+    assert provenance["source_uri"].startswith("s3://mlflow-artifacts/")
+    assert result["bytes_uploaded"] == 0 and "etag" in provenance["artifact"]
+
+
+def test_local_model_directory_is_downloaded_hashed_and_uploaded(stack, unique_name, tmp_path):
+    import mlflow
+    import onnx
+
+    from models import export_onnx
+
+    model_dir = tmp_path / "saved"
+    mlflow.onnx.save_model(onnx.load(str(export_onnx(Scorer(seed=8), tmp_path / "m.onnx"))), str(model_dir))
+    result = get_deploy_client("triton").create_deployment(unique_name, str(model_dir), config=CPU)
+    provenance = get_deploy_client("triton").get_deployment(unique_name)["provenance"]
+    assert result["bytes_uploaded"] > 0 and len(provenance["artifact"]["sha256"]) == 64
+    x = sample(2)
+    out = get_deploy_client("triton").predict(unique_name, {"features": x})["predictions"]["scores"]
+    np.testing.assert_allclose(np.asarray(out), Scorer(seed=8)(torch.from_numpy(x)).detach().numpy(), rtol=1e-4, atol=1e-5)

@@ -41,6 +41,7 @@ AWS_TEST_CREDENTIALS = {
 }
 BACKENDS_DIR = Path(__file__).parent / "backends"
 PYTHON_BASED_BACKENDS = ("onnxruntime", "pytorch")
+MLFLOW_ARTIFACTS_BUCKET = "mlflow-artifacts"
 
 
 def free_port() -> int:
@@ -133,16 +134,23 @@ def moto_s3(port: int, log_path: Path) -> ManagedProcess:
 
 def mlflow_server(
     port: int, root: Path, log_path: Path, env: Mapping[str, str] | None = None,
-    artifacts_destination: str | None = None,
+    artifact_root: str | None = None,
 ) -> ManagedProcess:
-    """An ``mlflow server`` with a sqlite backend store on ``127.0.0.1:port``."""
+    """An ``mlflow server`` with a sqlite backend store on ``127.0.0.1:port``.
+
+    Artifacts are proxied into ``root/artifacts``, or, with ``artifact_root="s3://bucket/"``,
+    written by clients straight to S3 (``--no-serve-artifacts``), as many production setups do.
+    """
     root.mkdir(parents=True, exist_ok=True)
     argv = [
         sys.executable, "-m", "mlflow", "server",
         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination", artifacts_destination or str(root / "artifacts"),
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]  # fmt: skip
+    if artifact_root:
+        argv += ["--default-artifact-root", artifact_root, "--no-serve-artifacts"]
+    else:
+        argv += ["--artifacts-destination", str(root / "artifacts")]
     return ManagedProcess("mlflow server", argv, f"http://127.0.0.1:{port}/health", log_path, env)
 
 
@@ -222,6 +230,9 @@ class LocalStack:
         bucket: S3 bucket created for the Triton model repository.
         prefix: key prefix of the repository inside ``bucket``.
         with_mlflow: also start an MLflow tracking server.
+        mlflow_artifacts: ``"s3"`` keeps MLflow artifacts in the same S3 server (bucket
+            ``mlflow-artifacts``), so publishing copies them server-side; ``"local"`` proxies
+            them through the MLflow server into a local directory.
     """
 
     workdir: Path
@@ -229,6 +240,7 @@ class LocalStack:
     bucket: str = "triton-models"
     prefix: str = "repo"
     with_mlflow: bool = True
+    mlflow_artifacts: str = "s3"
     processes: list[ManagedProcess] = field(default_factory=list)
     s3_port: int = 0
     mlflow_port: int = 0
@@ -284,9 +296,14 @@ class LocalStack:
             self.create_repository()
             if self.with_mlflow:
                 self.mlflow_port = free_port()
+                artifact_root = None
+                if self.mlflow_artifacts == "s3":
+                    self.create_bucket(MLFLOW_ARTIFACTS_BUCKET)
+                    artifact_root = f"s3://{MLFLOW_ARTIFACTS_BUCKET}/"
                 server = mlflow_server(
                     self.mlflow_port, self.workdir / "mlflow", self.workdir / "logs" / "mlflow.log",
                     env={**base_env, "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint},
+                    artifact_root=artifact_root,
                 )  # fmt: skip
                 self.processes.append(server)
             backend_dir = make_backend_dir(Path(tempfile.mkdtemp(prefix="backends-", dir=self.workdir)))
@@ -309,13 +326,18 @@ class LocalStack:
             raise
         return self
 
-    def create_repository(self) -> None:
-        """Create the bucket and a folder marker: tritonserver refuses an empty prefix."""
+    def s3_client(self):
         import boto3
 
-        s3 = boto3.client("s3", endpoint_url=self.s3_endpoint, **_boto_credentials())
-        s3.create_bucket(Bucket=self.bucket)
-        s3.put_object(Bucket=self.bucket, Key=f"{self.prefix}/", Body=b"")
+        return boto3.client("s3", endpoint_url=self.s3_endpoint, **_boto_credentials())
+
+    def create_bucket(self, name: str) -> None:
+        self.s3_client().create_bucket(Bucket=name)
+
+    def create_repository(self) -> None:
+        """Create the bucket and a folder marker: tritonserver refuses an empty prefix."""
+        self.create_bucket(self.bucket)
+        self.s3_client().put_object(Bucket=self.bucket, Key=f"{self.prefix}/", Body=b"")
 
     def restart(self, process: ManagedProcess) -> None:
         """Restart one of the stack's processes with the same arguments."""
