@@ -1,0 +1,98 @@
+"""Unit tests: config.pbtxt generation from ONNX graphs and MLflow signatures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.types import Schema, ColSpec
+from mlflow.models.signature import ModelSignature
+from tritonclient.grpc import model_config_pb2 as mc
+
+from mlflow_triton.config import DeploymentConfig
+from mlflow_triton.model_config import (
+    build_model_config, io_from_onnx, io_from_signature, parse_pbtxt, serving_versions, to_pbtxt,
+)
+from models import Scorer, export_onnx
+
+
+def test_onnx_graph_gives_names_types_and_batch_axis(tmp_path):
+    io = io_from_onnx(export_onnx(Scorer(), tmp_path / "m.onnx"))
+    assert [(t.name, t.data_type, t.shape) for t in io.inputs] == [("features", "TYPE_FP32", (-1, 4))]
+    assert [(t.name, t.shape) for t in io.outputs] == [("scores", (-1, 3))]
+
+    message = build_model_config("scorer", "onnx", io, DeploymentConfig.from_dict({"instance_kind": "cpu"}), 7)
+    parsed = parse_pbtxt(to_pbtxt(message))
+    assert parsed == message
+    assert parsed.backend == "onnxruntime" and parsed.max_batch_size == 32
+    assert list(parsed.input[0].dims) == [4] and list(parsed.output[0].dims) == [3]
+    assert parsed.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+    assert parsed.dynamic_batching.max_queue_delay_microseconds == 200
+    assert serving_versions(parsed) == [7]
+
+
+def test_torchscript_names_follow_libtorch_convention():
+    signature = infer_signature(
+        {"x": np.zeros((2, 4), np.float32), "ids": np.zeros((2, 3), np.int64)},
+        {"y": np.zeros((2, 1), np.float64)},
+    )
+    io = io_from_signature(signature, "torchscript")
+    assert [(t.name, t.source_name, t.data_type) for t in io.inputs] == [
+        ("INPUT__0", "x", "TYPE_FP32"), ("INPUT__1", "ids", "TYPE_INT64"),
+    ]
+    assert [(t.name, t.source_name, t.data_type) for t in io.outputs] == [("OUTPUT__0", "y", "TYPE_FP64")]
+    message = build_model_config("m", "torchscript", io, DeploymentConfig(), 1)
+    assert message.backend == "pytorch" and message.default_model_filename == "model.pt"
+    assert message.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+
+
+def test_no_batching_keeps_full_shapes_and_no_batcher():
+    signature = infer_signature(np.zeros((2, 4), np.float32), np.zeros((2, 3), np.float32))
+    io = io_from_signature(signature, "onnx")
+    message = build_model_config("m", "onnx", io, DeploymentConfig(max_batch_size=0), 1)
+    assert list(message.input[0].dims) == [-1, 4] and not message.HasField("dynamic_batching")
+
+
+def test_preferred_batch_sizes_and_instances():
+    signature = infer_signature(np.zeros((2, 4), np.float32), np.zeros((2, 3), np.float32))
+    config = DeploymentConfig.from_dict({"preferred_batch_size": "8,16", "instance_count": 3, "instance_kind": "auto"})
+    message = build_model_config("m", "onnx", io_from_signature(signature, "onnx"), config, 1)
+    assert list(message.dynamic_batching.preferred_batch_size) == [8, 16]
+    assert message.instance_group[0].count == 3
+    assert message.instance_group[0].kind == mc.ModelInstanceGroup.KIND_AUTO
+
+
+def test_fixed_batch_dimension_is_a_clear_error():
+    from mlflow.types import TensorSpec
+    from mlflow.types.schema import Schema as S
+
+    signature = ModelSignature(
+        inputs=S([TensorSpec(np.dtype(np.float32), (1, 4), "x")]),
+        outputs=S([TensorSpec(np.dtype(np.float32), (1, 3), "y")]),
+    )
+    with pytest.raises(MlflowException, match="max_batch_size=0"):
+        build_model_config("m", "onnx", io_from_signature(signature, "onnx"), DeploymentConfig(), 1)
+
+
+def test_missing_signature_and_mixed_columns():
+    with pytest.raises(MlflowException, match="no MLflow signature"):
+        io_from_signature(None, "torchscript")
+    mixed = ModelSignature(inputs=Schema([ColSpec("double", "a"), ColSpec("string", "b")]),
+                           outputs=Schema([ColSpec("double", "y")]))
+    with pytest.raises(MlflowException, match="mixed types"):
+        io_from_signature(mixed, "torchscript")
+
+
+def test_column_signature_becomes_one_matrix_input():
+    columns = ModelSignature(inputs=Schema([ColSpec("float", "a"), ColSpec("float", "b")]),
+                             outputs=Schema([ColSpec("float", "y")]))
+    io = io_from_signature(columns, "torchscript")
+    assert [(t.name, t.shape) for t in io.inputs] == [("INPUT__0", (-1, 2))]
+
+
+def test_corrupt_onnx_is_rejected(tmp_path):
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"\x00not an onnx model" * 10)
+    with pytest.raises(MlflowException, match="not a readable ONNX model"):
+        io_from_onnx(bad)
