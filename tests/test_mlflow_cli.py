@@ -1,0 +1,66 @@
+"""The plugin from the shell: `mlflow deployments ... -t triton`, as users type it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from models import Scorer, log_onnx, sample
+
+pytestmark = pytest.mark.integration
+
+
+def mlflow_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "mlflow", "deployments", *args],
+        capture_output=True, text=True, env=dict(os.environ), timeout=300,
+    )  # fmt: skip
+    if check and result.returncode != 0:
+        raise AssertionError(f"mlflow deployments {args} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def test_create_predict_get_list_delete_from_the_shell(stack, unique_name, tmp_path):
+    model = Scorer(seed=11)
+    log_onnx(model, tmp_path, registered_name=unique_name)
+    from mlflow import MlflowClient
+
+    MlflowClient().set_registered_model_alias(unique_name, "production", "1")
+
+    help_text = mlflow_cli("help", "-t", "triton").stdout
+    assert "model_repository" in help_text and "triton:/http://" in help_text
+
+    created = mlflow_cli(
+        "create", "-t", "triton", "--name", unique_name, "-m", f"models:/{unique_name}@production",
+        "-C", f"model_repository={stack.model_repository}", "-C", "instance_kind=cpu",
+        "-C", "max_batch_size=8",
+    )  # fmt: skip
+    assert unique_name in created.stdout
+
+    x = sample(3, seed=12)
+    (tmp_path / "input.json").write_text(json.dumps({"features": x.tolist()}))
+    predicted = mlflow_cli("predict", "-t", "triton", "--name", unique_name, "--input-path", str(tmp_path / "input.json"))
+    scores = np.asarray(json.loads(predicted.stdout.strip().splitlines()[-1])["predictions"]["scores"])
+    np.testing.assert_allclose(scores, model(torch.from_numpy(x)).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+    described = mlflow_cli("get", "-t", "triton", "--name", unique_name).stdout
+    assert "serving_version" in described and "READY" in described
+    assert unique_name in mlflow_cli("list", "-t", "triton").stdout
+
+    mlflow_cli("delete", "-t", "triton", "--name", unique_name)
+    assert unique_name not in mlflow_cli("list", "-t", "triton").stdout
+
+
+def test_shell_errors_are_clear(stack, unique_name):
+    bad_name = mlflow_cli("create", "-t", "triton", "--name", "a/b", "-m", "models:/x/1", check=False)
+    assert bad_name.returncode != 0 and "Invalid deployment name 'a/b'" in bad_name.stderr
+    bad_target = mlflow_cli("create", "-t", "triton:/nohost", "--name", "m", "-m", "models:/x/1", check=False)
+    assert bad_target.returncode != 0 and "Invalid Triton URL" in bad_target.stderr
+    bad_key = mlflow_cli("create", "-t", "triton", "--name", "m", "-m", "models:/x/1", "-C", "batch=2", check=False)
+    assert bad_key.returncode != 0 and "Unknown config key" in bad_key.stderr
