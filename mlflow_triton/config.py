@@ -29,7 +29,8 @@ TARGET_NAME = "triton"
 
 # Triton accepts any directory name, but a name must also be a safe S3 key segment and a URL path
 # segment for the HTTP API: letters, digits, '_', '-', '.'; starts with a letter or digit.
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# Checked with fullmatch: with match, '$' would also accept a trailing newline ("fraud\n").
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 @dataclass
@@ -220,7 +221,7 @@ def parse_target_uri(target_uri: str) -> list[str]:
 
 def validate_model_name(name: str | None) -> str:
     """Return ``name`` if it is a safe Triton model name, else raise INVALID_PARAMETER_VALUE."""
-    if not isinstance(name, str) or not _MODEL_NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name) or ".." in name:
         raise MlflowException.invalid_parameter_value(
             f"Invalid deployment name {name!r}: use 1-128 letters, digits, '_', '-' or '.', "
             "starting with a letter or digit (no '/', no '..'), e.g. 'fraud-detector'."
