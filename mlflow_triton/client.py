@@ -19,6 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
 from mlflow_triton.config import DeploymentConfig, parse_target_uri, validate_model_name
+from mlflow_triton.model_config import tensor_names
 from mlflow_triton.model_source import resolve_model
 from mlflow_triton.publisher import ModelPublisher
 from mlflow_triton.server import TritonCluster
@@ -195,9 +196,9 @@ class TritonDeploymentClient(BaseDeploymentClient):
             ``PredictionsResponse({"predictions": {output_name: list}})``.
         """
         name = validate_model_name(deployment_name)
-        tensors = self._tensor_map(name)
-        arrays = _as_arrays(inputs, tensors["inputs"])
         with TritonCluster(self.triton_urls).server() as server:
+            tensors = tensor_names(server.model_config(name))
+            arrays = _as_arrays(inputs, tensors["inputs"])
             outputs = server.infer(
                 name,
                 {t["triton"]: arrays[t["mlflow"]] for t in tensors["inputs"]},
@@ -207,25 +208,6 @@ class TritonDeploymentClient(BaseDeploymentClient):
         return PredictionsResponse(
             {"predictions": {t["mlflow"]: outputs[t["triton"]].tolist() for t in tensors["outputs"]}}
         )
-
-    def _tensor_map(self, name: str) -> dict[str, list[dict[str, str]]]:
-        """MLflow ↔ Triton tensor names: from provenance when a repository is configured,
-        else from Triton's model config (names are then used as they are)."""
-        settings = self._config(None)
-        if settings.model_repository:
-            state = self._publisher(settings).read_state(name)
-            if state.provenance and "tensors" in state.provenance:
-                return state.provenance["tensors"]
-        with TritonCluster(self.triton_urls).server() as server:
-            config = server.model_config(name)
-
-        def entries(kind: str) -> list[dict[str, str]]:
-            return [
-                {"mlflow": t["name"], "triton": t["name"], "datatype": t["data_type"].removeprefix("TYPE_").replace("STRING", "BYTES")}
-                for t in config.get(kind, [])
-            ]
-
-        return {"inputs": entries("input"), "outputs": entries("output")}
 
 
 _NUMPY_FOR_TRITON = {

@@ -11,6 +11,7 @@ Tensor specs come from the model itself (the ONNX graph) or from its MLflow sign
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,6 +48,7 @@ _NUMPY_TO_TRITON = {
     np.dtype(np.bytes_): "TYPE_STRING",
     np.dtype(np.str_): "TYPE_STRING",
 }
+TENSOR_NAMES_PARAMETER = "mlflow_triton.tensor_names"
 _TORCH_UNSUPPORTED = {"TYPE_STRING", "TYPE_UINT16", "TYPE_UINT32", "TYPE_UINT64"}
 
 
@@ -206,7 +208,31 @@ def build_model_config(
         message.dynamic_batching.preferred_batch_size.extend(config.preferred_batch_size)
         message.dynamic_batching.max_queue_delay_microseconds = config.max_queue_delay_microseconds
     message.version_policy.specific.versions.append(version)
+    names = {
+        "inputs": {t.name: t.source_name for t in io.inputs},
+        "outputs": {t.name: t.source_name for t in io.outputs},
+    }
+    # Backends ignore unknown parameters; predict() reads the MLflow names back from Triton.
+    message.parameters[TENSOR_NAMES_PARAMETER].string_value = json.dumps(names, sort_keys=True)
     return message
+
+
+def tensor_names(config: dict) -> dict[str, list[dict[str, str]]]:
+    """MLflow ↔ Triton tensor names and datatypes from a config as Triton's API returns it."""
+    raw = config.get("parameters", {}).get(TENSOR_NAMES_PARAMETER, {}).get("string_value")
+    names = json.loads(raw) if raw else {"inputs": {}, "outputs": {}}
+
+    def entries(kind: str, key: str) -> list[dict[str, str]]:
+        return [
+            {
+                "mlflow": names[key].get(t["name"], t["name"]),
+                "triton": t["name"],
+                "datatype": t["data_type"].removeprefix("TYPE_").replace("STRING", "BYTES"),
+            }
+            for t in config.get(kind, [])
+        ]
+
+    return {"inputs": entries("input", "inputs"), "outputs": entries("output", "outputs")}
 
 
 def to_pbtxt(message: mc.ModelConfig) -> str:
