@@ -130,3 +130,18 @@ def test_local_model_directory_is_downloaded_hashed_and_uploaded(stack, unique_n
     x = sample(2)
     out = get_deploy_client("triton").predict(unique_name, {"features": x})["predictions"]["scores"]
     np.testing.assert_allclose(np.asarray(out), Scorer(seed=8)(torch.from_numpy(x)).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_grpc_protocol_for_control_and_inference(stack, unique_name, tmp_path):
+    model = Scorer(seed=13)
+    uri = log_onnx(model, tmp_path)
+    grpc_urls = ",".join(f"grpc://{p.grpc_url}" for p in stack.tritons)
+    client = get_deploy_client(f"triton:/{grpc_urls}")
+
+    result = client.create_deployment(unique_name, uri, config={**CPU, "protocol": "grpc"})
+
+    assert result["version"] == 1
+    x = sample(4, seed=14)
+    out = np.asarray(client.predict(unique_name, x)["predictions"]["scores"])
+    np.testing.assert_allclose(out, model(torch.from_numpy(x)).detach().numpy(), rtol=1e-4, atol=1e-5)
+    client.delete_deployment(unique_name, config={"protocol": "grpc"})
