@@ -1,0 +1,439 @@
+"""Export a ``torch.nn.Module`` (typically a ``LightningModule``) to TorchScript and ONNX.
+
+Everything here runs on CPU, in eval mode, under ``torch.no_grad()``; the module's device
+and training mode are restored afterwards::
+
+    example = resolve_example(model, input_sample=None)      # from example_input_array
+    with export_mode(model):
+        names = IONames.default(model, example)
+        export_torchscript(model, example, out_dir / "model.pt", method="trace")
+        export_onnx(model, example, out_dir / "model.onnx", names)
+
+ONNX uses the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``) with
+``dynamic_axes`` on axis 0 of every input and output. It is fast (well under a second for
+small models), writes a single self-contained file below 2 GiB (Triton's ``onnxruntime``
+backend serves exactly that one file) and handles ``ScriptModule`` inputs, so
+``torchscript_method="script"`` also yields ONNX ``If``/``Loop`` nodes for data-dependent
+control flow. The dynamo exporter needs seconds per export and writes external data even
+for tiny models. The example batch is widened to at least 2 rows so the exporter cannot
+specialise the batch dimension, and :func:`check_dynamic_batch` rejects any graph whose axis 0
+came out fixed anyway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Literal, Sequence, get_args
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+Format = Literal["torchscript", "onnx"]
+TorchscriptMethod = Literal["trace", "script"]
+FORMATS: tuple[str, ...] = get_args(Format)
+TORCHSCRIPT_METHODS: tuple[str, ...] = get_args(TorchscriptMethod)
+
+TORCHSCRIPT_FILE = "model.pt"
+ONNX_FILE = "model.onnx"
+ONNX_EXTERNAL_DATA_FILE = "model.onnx.data"
+#: Protobuf cannot serialise a message of 2 GiB or more: larger ONNX models keep their
+#: weights in ``ONNX_EXTERNAL_DATA_FILE`` next to ``model.onnx``.
+EXTERNAL_DATA_THRESHOLD_BYTES = 2 * 1024**3
+#: Exporting with a batch of at least this size keeps the exporter from specialising axis 0.
+MIN_EXPORT_BATCH = 2
+
+Example = tuple[torch.Tensor, ...]
+
+
+class ExportError(RuntimeError):
+    """An export, its verification or its logging failed. Base class of this package's errors."""
+
+
+@dataclass(frozen=True)
+class IONames:
+    """Names of the model's inputs and outputs, shared by ONNX, the MLflow signature and Triton.
+
+    Attributes:
+        inputs: one name per positional input of ``forward``.
+        outputs: one name per output tensor, in the order ``forward`` returns them.
+    """
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    @classmethod
+    def resolve(
+        cls,
+        module: torch.nn.Module,
+        example: Example,
+        input_names: Sequence[str] | None = None,
+        output_names: Sequence[str] | None = None,
+    ) -> "IONames":
+        """Default names (``input``/``output``, or ``input_0``... when several), checked against
+        the number of inputs and of outputs that ``module(*example)`` returns.
+
+        Raises:
+            ValueError: if a given list has the wrong length or repeats a name.
+        """
+        n_out = len(flatten_outputs(module(*example)))
+        inputs = tuple(input_names) if input_names else _default_names("input", len(example))
+        outputs = tuple(output_names) if output_names else _default_names("output", n_out)
+        for kind, names, expected in (("input", inputs, len(example)), ("output", outputs, n_out)):
+            if len(names) != expected:
+                raise ValueError(
+                    f"{len(names)} {kind}_names given ({list(names)}) but the model has "
+                    f"{expected} {kind}(s)."
+                )
+            if len(set(names)) != len(names):
+                raise ValueError(f"{kind}_names must be unique, got {list(names)}.")
+        if shared := sorted(set(inputs) & set(outputs)):
+            raise ValueError(f"Input and output names must differ, both contain {shared}.")
+        return cls(inputs, outputs)
+
+
+def _default_names(prefix: str, count: int) -> tuple[str, ...]:
+    return (prefix,) if count == 1 else tuple(f"{prefix}_{i}" for i in range(count))
+
+
+def resolve_example(module: torch.nn.Module, input_sample: Any = None) -> Example:
+    """The example input as a tuple of tensors: ``input_sample`` or ``module.example_input_array``.
+
+    Args:
+        module: the model; its ``example_input_array`` is used when ``input_sample`` is None.
+        input_sample: a tensor or a tuple/list of tensors, batch first.
+
+    Raises:
+        ValueError: if neither is set, or the example is not tensors with a batch axis.
+    """
+    sample = input_sample
+    if sample is None:
+        sample = getattr(module, "example_input_array", None)
+    if sample is None:
+        raise ValueError(
+            f"Cannot export {type(module).__name__}: no example input. Pass "
+            "`input_sample=torch.randn(batch, ...)` to the callback or set "
+            "`self.example_input_array` in the LightningModule's __init__."
+        )
+    if isinstance(sample, torch.Tensor):
+        tensors: tuple = (sample,)
+    elif isinstance(sample, (tuple, list)) and sample:
+        tensors = tuple(sample)
+    else:
+        raise ValueError(
+            "The example input must be a tensor or a non-empty tuple/list of tensors (one per "
+            f"positional argument of forward), got {type(sample).__name__}."
+        )
+    batch_sizes = set()
+    for i, tensor in enumerate(tensors):
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(
+                f"Example input {i} is a {type(tensor).__name__}; every input must be a tensor "
+                "(dicts and keyword arguments are not supported)."
+            )
+        if tensor.dim() == 0 or tensor.shape[0] == 0:
+            raise ValueError(
+                f"Example input {i} has shape {tuple(tensor.shape)}: every input needs a "
+                "non-empty batch axis 0."
+            )
+        batch_sizes.add(tensor.shape[0])
+    if len(batch_sizes) > 1:
+        raise ValueError(
+            f"The example inputs disagree on the batch size (axis 0): {sorted(batch_sizes)}."
+        )
+    return tuple(t.detach().to("cpu") for t in tensors)
+
+
+def take_rows(example: Example, batch_size: int) -> Example:
+    """``batch_size`` rows of ``example``, cycling through its rows when it has fewer."""
+    have = example[0].shape[0]
+    index = torch.arange(batch_size) % have
+    return tuple(t.index_select(0, index) for t in example)
+
+
+def flatten_outputs(output: Any) -> list[torch.Tensor]:
+    """The output tensors of ``forward``, in order (a tensor, or a tuple/list of tensors).
+
+    Raises:
+        ValueError: for any other output type.
+    """
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, (tuple, list)) and output and all(
+        isinstance(t, torch.Tensor) for t in output
+    ):
+        return list(output)
+    raise ValueError(
+        "forward must return a tensor or a tuple/list of tensors to be exported, got "
+        f"{type(output).__name__}."
+    )
+
+
+@contextlib.contextmanager
+def export_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Move ``module`` to CPU in eval mode under ``torch.no_grad()``; restore both on exit."""
+    training = module.training
+    device = _module_device(module)
+    module.to("cpu")
+    module.eval()
+    try:
+        with torch.no_grad(), _lightning_jit_context():
+            yield module
+    finally:
+        module.train(training)
+        if device is not None:
+            module.to(device)
+
+
+def _module_device(module: torch.nn.Module) -> torch.device | None:
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return None
+
+
+def _lightning_jit_context() -> contextlib.AbstractContextManager:
+    """Lightning's guard that hides trainer-bound properties from TorchScript (if available).
+
+    Without it, tracing a LightningModule outside a Trainer fails on ``hasattr(module,
+    "trainer")``. The guard is private Lightning API, so fall back to a no-op when it moves.
+    """
+    try:
+        from pytorch_lightning.core.module import _jit_is_scripting
+    except ImportError:  # pragma: no cover - depends on the Lightning version
+        return contextlib.nullcontext()
+    return _jit_is_scripting()
+
+
+def widen_batch(example: Example, min_batch: int = MIN_EXPORT_BATCH) -> Example:
+    """``example`` with at least ``min_batch`` rows, so exporters keep axis 0 dynamic."""
+    if example[0].shape[0] >= min_batch:
+        return example
+    return take_rows(example, min_batch)
+
+
+def to_torchscript(
+    module: torch.nn.Module, example: Example, method: TorchscriptMethod = "trace"
+) -> torch.jit.ScriptModule:
+    """Compile ``module`` with ``torch.jit.trace`` or ``torch.jit.script``.
+
+    Call inside :func:`export_mode`. ``LightningModule.to_torchscript`` is not used: it is
+    deprecated since Lightning 2.6.1.
+
+    Raises:
+        ExportError: if tracing or scripting fails; a tracing failure suggests
+            ``torchscript_method="script"``.
+    """
+    if method == "script":
+        try:
+            return torch.jit.script(module)
+        except Exception as err:
+            raise ExportError(
+                f"torch.jit.script failed on {type(module).__name__}: {err}\nHINT: scripting "
+                "needs type-annotated, TorchScript-compatible Python; if forward has no "
+                'data-dependent control flow, use torchscript_method="trace".'
+            ) from err
+    example = widen_batch(example)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", torch.jit.TracerWarning)
+        try:
+            traced = torch.jit.trace(module, example)
+        except Exception as err:
+            raise ExportError(
+                f"torch.jit.trace failed on {type(module).__name__}: "
+                f"{_first_lines(str(err))}\nHINT: forward probably has data-dependent "
+                "control flow or Python-side state, which tracing cannot record. Use "
+                'torchscript_method="script" (torch.jit.script) instead.'
+            ) from err
+    _report_tracer_warnings(caught, type(module).__name__)
+    return traced
+
+
+def _first_lines(text: str, count: int = 6) -> str:
+    lines = text.strip().splitlines()
+    return "\n".join(lines[:count] + (["..."] if len(lines) > count else []))
+
+
+def _report_tracer_warnings(caught: list[warnings.WarningMessage], name: str) -> None:
+    data_dependent = False
+    for w in caught:
+        logger.debug("tracing %s: %s", name, w.message)
+        if issubclass(w.category, torch.jit.TracerWarning) and "Python boolean" in str(w.message):
+            data_dependent = True
+    if data_dependent:
+        from pytorch_lightning.utilities.rank_zero import rank_zero_warn
+
+        rank_zero_warn(
+            f"Tracing {name} converted a tensor to a Python boolean: the trace keeps only the "
+            "branch taken by the example input. Verification will compare it with eager on "
+            'other inputs; consider torchscript_method="script".',
+            category=RuntimeWarning,
+        )
+
+
+def export_torchscript(
+    module: torch.nn.Module, example: Example, path: Path, method: TorchscriptMethod = "trace"
+) -> tuple[Path, torch.jit.ScriptModule]:
+    """Compile ``module`` (see :func:`to_torchscript`) and ``torch.jit.save`` it to ``path``.
+
+    Returns:
+        The path written and the compiled module.
+    """
+    start = time.perf_counter()
+    compiled = to_torchscript(module, example, method)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(compiled, str(path))
+    logger.info(
+        "exported TorchScript (%s) to %s in %.2fs", method, path, time.perf_counter() - start
+    )
+    return path, compiled
+
+
+def export_onnx(
+    module: torch.nn.Module | torch.jit.ScriptModule,
+    example: Example,
+    path: Path,
+    names: IONames,
+    opset: int | None = None,
+) -> Path:
+    """Export to ONNX with a dynamic axis 0 on every input and output, and check it.
+
+    Uses the TorchScript-based exporter (``dynamo=False``, see the module docstring) on a batch
+    of at least :data:`MIN_EXPORT_BATCH` rows. Models of 2 GiB or more are re-saved with
+    their weights in ``model.onnx.data`` next to ``path``.
+
+    Args:
+        module: the eager module, or a ``ScriptModule`` to keep scripted control flow.
+        example: example inputs, batch first.
+        path: the ``.onnx`` file to write.
+        names: input/output names; they become the ONNX graph's names.
+        opset: ONNX opset; None lets torch choose its default.
+
+    Raises:
+        ModuleNotFoundError: if ``onnx`` is not installed.
+        ExportError: if the exporter fails or axis 0 is not dynamic in the result.
+    """
+    try:
+        import onnx
+    except ImportError as err:  # pragma: no cover - onnx is a hard dependency
+        raise ModuleNotFoundError(
+            "ONNX export needs the `onnx` package: pip install 'mlflow-triton[lightning]'."
+        ) from err
+    start = time.perf_counter()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dynamic_axes = {name: {0: "batch"} for name in (*names.inputs, *names.outputs)}
+    kwargs: dict[str, Any] = {} if opset is None else {"opset_version": opset}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(
+                module, widen_batch(example), str(path), input_names=list(names.inputs),
+                output_names=list(names.outputs), dynamic_axes=dynamic_axes, dynamo=False,
+                **kwargs,
+            )  # fmt: skip
+    except Exception as err:
+        raise ExportError(
+            f"torch.onnx.export failed for {type(module).__name__}: {_first_lines(str(err))}"
+        ) from err
+    if _onnx_size(path) >= EXTERNAL_DATA_THRESHOLD_BYTES:
+        model = onnx.load(str(path))
+        for stale in _external_files(path):
+            stale.unlink()
+        onnx.save_model(
+            model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+            location=ONNX_EXTERNAL_DATA_FILE,
+        )  # fmt: skip
+    check_dynamic_batch(path, names)
+    logger.info(
+        "exported ONNX (opset %s) to %s in %.2fs",
+        opset or "default", path, time.perf_counter() - start,
+    )  # fmt: skip
+    return path
+
+
+def _external_files(path: Path) -> list[Path]:
+    """Files next to ``path`` that the ONNX model references as external data."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    tensors = list(graph.initializer)
+    tensors += [a.t for node in graph.node for a in node.attribute if a.HasField("t")]
+    found = set()
+    for tensor in tensors:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    found.add(path.parent / entry.value)
+    return sorted(found)
+
+
+def _onnx_size(path: Path) -> int:
+    return path.stat().st_size + sum(f.stat().st_size for f in _external_files(path))
+
+
+def onnx_uses_external_data(path: Path) -> bool:
+    """Whether the ONNX model at ``path`` keeps weights outside the ``.onnx`` file."""
+    return bool(_external_files(path))
+
+
+def check_batch_first(module: torch.nn.Module, example: Example, names: IONames) -> None:
+    """Raise unless every output of ``module`` has the inputs' batch size on axis 0.
+
+    Exports declare axis 0 of every output as the batch axis (Triton batches along it), so a
+    model that reduces over the batch cannot be served that way. Call inside :func:`export_mode`.
+
+    Raises:
+        ExportError: naming each output whose axis 0 does not follow the batch.
+    """
+    batch = widen_batch(example, MIN_EXPORT_BATCH + 1)
+    size = batch[0].shape[0]
+    outputs = flatten_outputs(module(*batch))
+    wrong = [
+        f"{name!r} has shape {tuple(t.shape)}"
+        for name, t in zip(names.outputs, outputs)
+        if t.dim() == 0 or t.shape[0] != size
+    ]
+    if wrong:
+        raise ExportError(
+            f"For a batch of {size} inputs, output {'; '.join(wrong)}: every output must be "
+            "batch-first with one row per input row (no reductions over the batch)."
+        )
+
+
+def check_dynamic_batch(path: Path, names: IONames) -> None:
+    """Raise unless axis 0 of every graph input and output in ``path`` is symbolic.
+
+    Raises:
+        ExportError: naming each tensor whose axis 0 is fixed, with the names the graph has.
+    """
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    found = {v.name: v for v in (*graph.input, *graph.output)}
+    problems = []
+    for name in (*names.inputs, *names.outputs):
+        value = found.get(name)
+        if value is None:
+            problems.append(f"{name!r} is missing (graph has {sorted(found)})")
+            continue
+        if not value.type.tensor_type.HasField("shape"):
+            continue  # unknown rank: nothing is specialised
+        dims = value.type.tensor_type.shape.dim
+        if not dims:
+            problems.append(f"{name!r} is a scalar (no batch axis)")
+        elif dims[0].HasField("dim_value"):
+            problems.append(f"{name!r} has a fixed axis 0 of size {dims[0].dim_value}")
+    if problems:
+        raise ExportError(
+            f"The ONNX graph in {path} cannot serve variable batch sizes: "
+            + "; ".join(problems)
+            + ". Every input and output must be batch-first with the batch on axis 0; make "
+            "forward return per-sample tensors (no reductions over the batch)."
+        )

@@ -1,0 +1,380 @@
+"""Log verified exports to MLflow as ONE model holding both the ONNX and the TorchScript flavor.
+
+One ``MLmodel`` carries:
+
+* the ``onnx`` flavor: ``model.onnx`` at the model root, written by ``mlflow.onnx.save_model``;
+  it also provides the ``python_function`` flavor;
+* the ``pytorch`` flavor: ``data/model.pth``, the TorchScript archive, written by
+  ``mlflow.pytorch.save_model(..., serialization_format="pickle")`` (the default ``pt2``
+  format refuses ``ScriptModule``);
+* the ``signature`` (tensor names equal to the ONNX graph's input/output names) and an input
+  example.
+
+So one registered version serves both ``mlflow.onnx.load_model(uri)`` and
+``mlflow.pytorch.load_model(uri)``, and the Triton deployment plugin can pick either flavor::
+
+    with using_tracking_uri(uri), resolved_run(None, run_name="export") as (run_id, _):
+        info = log_model(paths, names, inputs, outputs, run_id, artifact_name="model",
+                         registered_model_name="fraud", alias="champion")
+    info.model_uri            # models:/m-...
+    info.registered_version   # ModelVersion, or None
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import shutil
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+from urllib.parse import urlparse
+
+import numpy as np
+
+from lightning_callbacks.export import (
+    ONNX_EXTERNAL_DATA_FILE,
+    ExportError,
+    IONames,
+    onnx_uses_external_data,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Seconds to wait for a TCP connection to an HTTP tracking server before giving up.
+CONNECT_TIMEOUT_S = 5.0
+#: Rows of the example input saved as the MLflow input example.
+INPUT_EXAMPLE_ROWS = 5
+
+
+class ExportLoggingError(ExportError):
+    """Logging to MLflow failed; the exported files are still on disk.
+
+    Attributes:
+        paths: the exported files, by format.
+    """
+
+    def __init__(self, message: str, paths: Mapping[str, Path]) -> None:
+        self.paths = dict(paths)
+        kept = ", ".join(f"{fmt}: {path}" for fmt, path in self.paths.items()) or "none"
+        super().__init__(f"{message}\nThe verified exports are kept on disk ({kept}).")
+
+
+@dataclass
+class LoggedExport:
+    """What :func:`log_model` produced.
+
+    Attributes:
+        model_uri: ``models:/<model_id>`` of the logged model.
+        run_id: the run it was logged to.
+        registered_version: the registry version, when a name was given.
+        artifact_name: the logged model's name.
+        timings: seconds spent logging (``log``) and registering (``register``).
+    """
+
+    model_uri: str
+    run_id: str
+    registered_version: Any = None
+    artifact_name: str = "model"
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def using_tracking_uri(uri: str | None) -> Iterator[None]:
+    """Point MLflow's fluent API at ``uri`` for the block, then restore the previous state.
+
+    ``mlflow.set_tracking_uri`` also writes (or, for None, deletes) ``MLFLOW_TRACKING_URI`` in
+    ``os.environ``; both the module-level URI and the variable are restored here.
+    """
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    if uri is None or uri == mlflow.get_tracking_uri():
+        yield
+        return
+    previous = getattr(tracking_utils, "_tracking_uri", None)
+    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
+
+
+def check_reachable(tracking_uri: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast when an HTTP(S) tracking server does not accept connections.
+
+    MLflow's REST client retries for minutes; a TCP connect tells in seconds. Other schemes
+    (``file:``, ``sqlite:``, ``databricks``) are not checked.
+
+    Raises:
+        ConnectionError: naming the URI when the connection is refused or times out.
+    """
+    parsed = urlparse(tracking_uri)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        return
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout_s):
+            pass
+    except OSError as err:
+        raise ConnectionError(
+            f"MLflow tracking server {tracking_uri} is unreachable ({err})"
+        ) from err
+
+
+def pip_requirements(formats: Sequence[str]) -> list[str]:
+    """One requirement list for every flavor in the model (MLflow adds ``mlflow`` itself)."""
+    import mlflow.onnx
+    import mlflow.pytorch
+
+    reqs: set[str] = set()
+    if "onnx" in formats:
+        reqs.update(mlflow.onnx.get_default_pip_requirements())
+    if "torchscript" in formats:
+        reqs.update(mlflow.pytorch.get_default_pip_requirements())
+    return sorted(reqs)
+
+
+def build_signature(
+    names: IONames, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]
+) -> tuple[Any, dict[str, np.ndarray]]:
+    """The MLflow signature (batch axis -1, tensor names = ONNX names) and input example.
+
+    Args:
+        names: input and output names.
+        inputs: example inputs, batch first.
+        outputs: eager outputs for ``inputs``.
+
+    Returns:
+        ``(signature, input_example)``; the input example is a dict keyed by input name.
+    """
+    from mlflow.models import infer_signature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    example = {name: np.ascontiguousarray(x) for name, x in zip(names.inputs, inputs)}
+    signature = infer_signature(example, dict(zip(names.outputs, outputs)))
+
+    def batch_dynamic(schema: Schema) -> Schema:
+        return Schema([
+            TensorSpec(spec.type, (-1, *spec.shape[1:]), spec.name) for spec in schema.inputs
+        ])  # fmt: skip
+
+    # infer_signature already marks axis 0 as -1 for tensors; make that explicit and robust.
+    signature.inputs = batch_dynamic(signature.inputs)
+    signature.outputs = batch_dynamic(signature.outputs)
+    return signature, example
+
+
+class _DropRecords(logging.Filter):
+    """Drops log records whose message starts with ``prefix``."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+@contextlib.contextmanager
+def _quiet_pickle_warning() -> Iterator[None]:
+    """Hide mlflow.pytorch's pickle warning: a TorchScript archive is not an eager pickle."""
+    target = logging.getLogger("mlflow.pytorch")
+    drop = _DropRecords("Saving pytorch model by Pickle")
+    target.addFilter(drop)
+    try:
+        yield
+    finally:
+        target.removeFilter(drop)
+
+
+class _DualFlavor:
+    """Flavor object for ``mlflow.models.Model.log``: ONNX + TorchScript in one model dir."""
+
+    __name__ = "onnx"  # reported as the logged model's flavor; pyfunc loads the ONNX file
+
+    def save_model(
+        self,
+        path: str,
+        mlflow_model: Any,
+        *,
+        paths: Mapping[str, Path],
+        signature: Any,
+        input_example: Any,
+        requirements: list[str],
+        **kwargs: Any,
+    ) -> None:
+        import mlflow.onnx
+        import onnx
+        import torch
+
+        if "onnx" in paths:
+            external = onnx_uses_external_data(paths["onnx"])
+            extra = {"location": ONNX_EXTERNAL_DATA_FILE} if external else {}
+            mlflow.onnx.save_model(
+                onnx.load(str(paths["onnx"])), path, mlflow_model=mlflow_model,
+                signature=signature, input_example=input_example,
+                pip_requirements=requirements, save_as_external_data=external, **extra,
+            )  # fmt: skip
+        if "torchscript" not in paths:
+            return
+        scripted = torch.jit.load(str(paths["torchscript"]), map_location="cpu")
+        with _quiet_pickle_warning():
+            self._save_torchscript(path, mlflow_model, scripted, "onnx" in paths, signature,
+                                   input_example, requirements)  # fmt: skip
+
+    @staticmethod
+    def _save_torchscript(
+        path: str,
+        mlflow_model: Any,
+        scripted: Any,
+        next_to_onnx: bool,
+        signature: Any,
+        input_example: Any,
+        requirements: list[str],
+    ) -> None:
+        import mlflow.pytorch
+        from mlflow.models import Model
+
+        if not next_to_onnx:
+            if isinstance(input_example, dict) and len(input_example) == 1:
+                # the pytorch pyfunc takes arrays, not dicts; one named tensor still matches
+                input_example = next(iter(input_example.values()))
+            mlflow.pytorch.save_model(
+                scripted, path, mlflow_model=mlflow_model, signature=signature,
+                input_example=input_example, pip_requirements=requirements,
+                serialization_format="pickle",
+            )  # fmt: skip
+            return
+        with tempfile.TemporaryDirectory(prefix="export-best-pytorch-") as tmp:
+            staging = Path(tmp) / "model"
+            mlflow.pytorch.save_model(
+                scripted, str(staging), pip_requirements=requirements,
+                serialization_format="pickle",
+            )  # fmt: skip
+            flavor = dict(Model.load(str(staging)).flavors["pytorch"])
+            target = Path(path) / flavor["model_data"]
+            if target.exists():
+                raise ExportError(f"{target} already exists in the ONNX model directory")
+            shutil.move(str(staging / flavor["model_data"]), str(target))
+        mlflow_model.add_flavor("pytorch", **flavor)
+        mlflow_model.model_size_bytes = sum(
+            f.stat().st_size for f in Path(path).rglob("*") if f.is_file()
+        )
+        mlflow_model.save(str(Path(path) / "MLmodel"))
+
+
+def log_model(
+    paths: Mapping[str, Path],
+    names: IONames,
+    inputs: Sequence[np.ndarray],
+    outputs: Sequence[np.ndarray],
+    run_id: str,
+    artifact_name: str = "model",
+    registered_model_name: str | None = None,
+    alias: str | None = None,
+) -> LoggedExport:
+    """Log ``paths`` as one MLflow model to ``run_id``; register it and set ``alias``.
+
+    Call inside :func:`using_tracking_uri` when the run lives on a non-default server.
+
+    Args:
+        paths: exported files by format (``onnx`` and/or ``torchscript``).
+        names: tensor names for the signature (the ONNX graph's names).
+        inputs: example inputs (numpy, batch first) for the signature and input example.
+        outputs: eager outputs for ``inputs``.
+        run_id: the run to log to.
+        artifact_name: the logged model's name.
+        registered_model_name: register a version under this name when given.
+        alias: registry alias to point at the new version (needs ``registered_model_name``).
+
+    Returns:
+        The model URI, run and registered version.
+    """
+    from mlflow import MlflowClient
+    from mlflow.models import Model
+
+    start = time.perf_counter()
+    rows = [x[:INPUT_EXAMPLE_ROWS] for x in inputs]
+    signature, input_example = build_signature(
+        names, rows, [y[:INPUT_EXAMPLE_ROWS] for y in outputs]
+    )
+    info = Model.log(
+        artifact_path=None, name=artifact_name, flavor=_DualFlavor(), run_id=run_id,
+        registered_model_name=registered_model_name, paths=paths, signature=signature,
+        input_example=input_example, requirements=pip_requirements(list(paths)),
+    )  # fmt: skip
+    logged = LoggedExport(model_uri=info.model_uri, run_id=run_id, artifact_name=artifact_name)
+    logged.timings["log"] = time.perf_counter() - start
+    logger.info(
+        "logged MLflow model %r (%s) with flavors %s to run %s in %.2fs",
+        artifact_name, info.model_uri, sorted(info.flavors), run_id, logged.timings["log"],
+    )  # fmt: skip
+    if registered_model_name is None:
+        return logged
+    start = time.perf_counter()
+    client = MlflowClient()
+    version = str(info.registered_model_version)
+    if alias:
+        client.set_registered_model_alias(registered_model_name, alias, version)
+    logged.registered_version = client.get_model_version(registered_model_name, version)
+    logged.timings["register"] = time.perf_counter() - start
+    logger.info(
+        "registered %s version %s%s in %.2fs",
+        registered_model_name, version, f" with alias @{alias}" if alias else "",
+        logged.timings["register"],
+    )  # fmt: skip
+    return logged
+
+
+def log_run_data(
+    run_id: str, metrics: Mapping[str, float], tags: Mapping[str, str], step: int = 0
+) -> None:
+    """Log metrics and tags to ``run_id`` in one batch (non-finite metrics become 1e308)."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, RunTag
+
+    now = int(time.time() * 1000)
+    metric_entities = [
+        Metric(key, value if math.isfinite(value) else 1e308, now, step)
+        for key, value in metrics.items()
+    ]
+    MlflowClient().log_batch(
+        run_id, metrics=metric_entities, tags=[RunTag(k, str(v)) for k, v in tags.items()]
+    )
+
+
+@contextlib.contextmanager
+def resolved_run(run_id: str | None, run_name: str) -> Iterator[tuple[str, bool]]:
+    """Yield ``(run_id, started)``: the given run, else the active run, else a new one.
+
+    A run started here is ended on exit (``FAILED`` if the block raised).
+    """
+    import mlflow
+
+    if run_id is not None:
+        yield run_id, False
+        return
+    active = mlflow.active_run()
+    if active is not None:
+        yield active.info.run_id, False
+        return
+    run = mlflow.start_run(run_name=run_name)
+    status = "FINISHED"
+    try:
+        yield run.info.run_id, True
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        mlflow.end_run(status=status)
