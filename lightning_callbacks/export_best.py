@@ -75,7 +75,9 @@ class ExportBestCheckpoint(Callback):
        the checkpoint's score and path as tags; registers it and sets ``alias``.
 
     Only global rank zero exports and logs; every rank then waits at a barrier. Nothing runs
-    during the sanity check or with ``fast_dev_run``. The MLflow run is the
+    during the sanity check or with ``fast_dev_run``. Rank zero must hold the full model
+    (DDP is fine; sharded strategies such as FSDP or DeepSpeed are not supported). Any error
+    is raised from the hook, so with ``export_on="best"`` a failed export stops training. The MLflow run is the
     :class:`~pytorch_lightning.loggers.MLFlowLogger`'s, else the active run (e.g. from
     ``mlflow.pytorch.autolog``), else a new run that the callback ends.
 
