@@ -58,6 +58,10 @@ CONFIG_SETTINGS = (
 #: ``verify(version, local_model_file)``: raise to reject a version that Triton loaded.
 VerifyFn = Callable[[int, Path], None]
 
+#: Lease tokens of this process whose publish ended but whose release failed (S3 unreachable):
+#: stale by construction, so this process's next publish of that model may take them over.
+_UNRELEASED_LEASES: set[str] = set()
+
 
 @dataclass
 class DeploymentState:
@@ -136,14 +140,19 @@ class ModelPublisher:
         body = json.dumps({"owner": token, "expires_at": time.time() + ttl_s}).encode()
         if not self.store.create_exclusive(key, body):
             held = json.loads(self.store.read_bytes(key) or b"{}")
-            if held.get("expires_at", 0) > time.time():
+            unreleased = held.get("owner") in _UNRELEASED_LEASES
+            if not unreleased and held.get("expires_at", 0) > time.time():
                 raise MlflowException(
                     f"Another publish of {name!r} holds the lease {self.store.url(key)} "
                     f"(owner {held.get('owner')}); retry when it finishes, or delete the lease "
                     "object if that process died.",
                     error_code=RESOURCE_ALREADY_EXISTS,
                 )
-            logger.warning("Taking over the expired lease of %s held by %s", name, held.get("owner"))
+            logger.warning(
+                "Taking over the %s lease of %s held by %s", "unreleased" if unreleased else "expired",
+                name, held.get("owner"),
+            )  # fmt: skip
+            _UNRELEASED_LEASES.discard(held.get("owner"))
             self.store.delete(key)
             if not self.store.create_exclusive(key, body):
                 raise MlflowException(
@@ -153,9 +162,20 @@ class ModelPublisher:
         try:
             yield
         finally:
+            self._release(key, token)
+
+    def _release(self, key: str, token: str) -> None:
+        """Delete the lease if it is still ours; never hide the publish's own error."""
+        try:
             held = json.loads(self.store.read_bytes(key) or b"{}")
             if held.get("owner") == token:
                 self.store.delete(key)
+        except Exception as err:  # S3 unreachable: the lease stays until it expires
+            _UNRELEASED_LEASES.add(token)
+            logger.warning(
+                "Could not release the lease %s: %s. Publishes from other processes wait until it "
+                "expires, unless the object is deleted.", self.store.url(key), err,
+            )  # fmt: skip
 
     # -- publishing --------------------------------------------------------------------------
     def check_servers(self) -> None:
