@@ -118,7 +118,10 @@ class DeploymentConfig:
                     f"({self.max_batch_size})."
                 )
         if self.s3_endpoint_url is not None:
-            parsed = urlparse(self.s3_endpoint_url)
+            try:
+                parsed = urlparse(self.s3_endpoint_url)
+            except ValueError:  # e.g. an unclosed '[' of an IPv6 address
+                parsed = urlparse("")
             if parsed.scheme not in ("http", "https") or not parsed.netloc:
                 raise MlflowException.invalid_parameter_value(
                     f"s3_endpoint_url must look like http(s)://host:port, got "
@@ -204,7 +207,13 @@ def parse_target_uri(target_uri: str) -> list[str]:
             f"Target URI {target_uri!r} names no Triton server: expected {expected}."
         )
     for url in urls:
-        parsed = urlparse(url)
+        try:
+            parsed = urlparse(url)
+        except ValueError as err:  # e.g. an unclosed '[' of an IPv6 address
+            raise MlflowException.invalid_parameter_value(
+                f"Invalid Triton URL {url!r} in target {target_uri!r} ({err}): expected "
+                "http://host:port (or grpc://host:port)."
+            ) from err
         if parsed.scheme not in ("http", "https", "grpc") or not parsed.hostname:
             raise MlflowException.invalid_parameter_value(
                 f"Invalid Triton URL {url!r} in target {target_uri!r}: expected "

@@ -165,6 +165,12 @@ def io_from_signature(signature: "ModelSignature | None", flavor: str) -> ModelI
 
 
 def _dims(spec: TensorSpec, batched: bool, kind: str) -> list[int]:
+    if any(d == 0 or d < -1 for d in spec.shape):
+        raise MlflowException.invalid_parameter_value(
+            f"{kind} {spec.source_name!r} has shape {list(spec.shape)}: Triton needs every "
+            "dimension to be >= 1, or -1 for a variable size. Log the signature from a "
+            "non-empty example."
+        )
     if not batched:
         return list(spec.shape) or [1]
     if not spec.shape or spec.shape[0] != -1:

@@ -392,11 +392,16 @@ def open_store(uri: str, endpoint_url: str | None = None) -> ModelRepositoryStor
     Raises:
         MlflowException: INVALID_PARAMETER_VALUE for any other URI scheme.
     """
-    parsed = urlparse(uri)
-    if parsed.scheme == "s3":
-        return S3Store(uri, endpoint_url=endpoint_url)
-    if parsed.scheme in ("", "file"):
-        return LocalStore(parsed.path if parsed.scheme == "file" else uri)
+    try:
+        parsed = urlparse(uri)
+        if parsed.scheme == "s3":
+            return S3Store(uri, endpoint_url=endpoint_url)
+        if parsed.scheme in ("", "file"):
+            return LocalStore(parsed.path if parsed.scheme == "file" else uri)
+    except (ValueError, RuntimeError) as err:  # unclosed "[", NUL byte, "~nosuchuser"
+        raise MlflowException.invalid_parameter_value(
+            f"Invalid model repository {uri!r}: {err}. Use s3://bucket/prefix or a local directory."
+        ) from err
     raise MlflowException.invalid_parameter_value(
         f"Unsupported model repository {uri!r}: use s3://bucket/prefix or a local directory "
         "(gs:// and as:// repositories are not supported yet)."
