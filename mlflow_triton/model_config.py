@@ -122,6 +122,27 @@ def io_from_onnx(path: Path) -> ModelIO:
     return ModelIO(specs(model.graph.input, "input"), specs(model.graph.output, "output"))
 
 
+def onnx_external_data(path: Path) -> list[str]:
+    """Files (relative to the model file) holding an ONNX model's external tensor data."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    model = onnx.load(str(path), load_external_data=False)
+    locations = {
+        entry.value
+        for tensor in model.graph.initializer
+        if uses_external_data(tensor)
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    for location in locations:
+        if location.startswith("/") or ".." in location.split("/"):
+            raise MlflowException.invalid_parameter_value(
+                f"{path.name} references external data outside its folder ({location!r})."
+            )
+    return sorted(locations)
+
+
 def io_from_signature(signature: "ModelSignature | None", flavor: str) -> ModelIO:
     """Tensor specs from an MLflow signature.
 

@@ -26,6 +26,11 @@ from mlflow_triton.config import FLAVORS
 _REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[^/]+))/?$")
 _FLAVOR_ALIASES = {"onnx": "onnx", "torchscript": "torchscript", "pytorch": "torchscript"}
 _TORCHSCRIPT_FILE = "model.pth"
+#: Files MLflow writes into every model directory (never part of what Triton serves).
+_MLFLOW_FILES = {
+    "MLmodel", "conda.yaml", "python_env.yaml", "requirements.txt", "constraints.txt",
+    "input_example.json", "serving_input_example.json", "registered_model_meta",
+}  # fmt: skip
 
 
 @dataclass
@@ -57,23 +62,51 @@ class ModelSource:
     def artifact_uri(self) -> str:
         return f"{self.download_uri.rstrip('/')}/{self.artifact_path}"
 
-    def download(self, destination: Path) -> Path:
-        """Fetch the served file into ``destination`` and check it is what the flavor claims."""
+    def sibling_uri(self, name: str) -> str:
+        """URI of a file next to the served file (ONNX external data)."""
+        folder = self.artifact_path.rpartition("/")[0]
+        return f"{self.download_uri.rstrip('/')}/{folder + '/' if folder else ''}{name}"
+
+    def companion_files(self) -> list[str]:
+        """Non-MLflow files beside an ONNX model file: candidates for its external data.
+
+        One listing of the model folder; when it is empty the model file is self-contained
+        and publishing needs no download to find out.
+        """
         import mlflow
 
+        if self.flavor != "onnx":
+            return []
+        folder = self.artifact_path.rpartition("/")[0]
         try:
-            local = Path(
-                mlflow.artifacts.download_artifacts(
-                    artifact_uri=self.artifact_uri, dst_path=str(destination)
-                )
+            listing = mlflow.artifacts.list_artifacts(
+                artifact_uri=f"{self.download_uri.rstrip('/')}/{folder}".rstrip("/")
             )
         except Exception as err:
             raise MlflowException(
-                f"Cannot download {self.artifact_path} of {self.model_uri} from "
-                f"{self.artifact_uri}: {err}",
+                f"Cannot list the files of {self.model_uri} ({self.download_uri}): {err}",
                 error_code=RESOURCE_DOES_NOT_EXIST,
             ) from err
-        if self.flavor == "torchscript":
+        model_file = self.artifact_path.rpartition("/")[2]
+        names = [info.path.rpartition("/")[2] for info in listing if not info.is_dir]
+        return sorted(n for n in names if n not in _MLFLOW_FILES and n != model_file)
+
+    def download(self, destination: Path, name: str | None = None) -> Path:
+        """Fetch the served file (or its sibling ``name``) into ``destination``.
+
+        The served file is checked to be what the flavor claims.
+        """
+        import mlflow
+
+        uri = self.sibling_uri(name) if name else self.artifact_uri
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(destination)))
+        except Exception as err:
+            raise MlflowException(
+                f"Cannot download {name or self.artifact_path} of {self.model_uri} from {uri}: {err}",
+                error_code=RESOURCE_DOES_NOT_EXIST,
+            ) from err
+        if self.flavor == "torchscript" and name is None:
             check_torchscript(local, self.model_uri)
         return local
 

@@ -233,25 +233,42 @@ class ModelPublisher:
         if serving.get("source_uri") == source.artifact_uri and serving.get("settings") == settings:
             return self._unchanged(state, source)
 
-        # 2. Server-side copy when the MLflow artifact sits on the repository's S3 endpoint and
-        #    the signature names the tensors; else 3. download once, hash, upload.
-        io = self._signature_io(source)
-        remote = self.store.stat_uri(source.artifact_uri) if io is not None else None
+        # 2. Server-side copy when the MLflow artifacts sit on the repository's S3 endpoint and
+        #    the tensors are known without reading the model; else 3. download once, hash, upload.
+        #    ONNX weights may live in external-data files beside model.onnx (MLflow's default):
+        #    they are published with it, under the same relative names.
+        filename = mcfg.MODEL_FILENAMES[source.flavor]
         local: Path | None = None
-        if remote is not None:
-            artifact = {"etag": remote["etag"], "size": remote["size"]}
-            same = serving.get("artifact", {}).get("etag") == remote["etag"]
-        else:
+        io = self._signature_io(source)
+        external: list[str] = []
+        if source.companion_files():
             local = source.download(tmp)
             io = self._model_io(source, local)
-            artifact = {"sha256": sha256_file(local), "size": local.stat().st_size}
-            same = serving.get("artifact", {}).get("sha256") == artifact["sha256"]
-        if same and serving.get("settings") == settings:
+            external = self._external_data(source, local)
+        files = [(source.artifact_uri, filename)] + [(source.sibling_uri(n), n) for n in external]
+        remote = [self.store.stat_uri(uri) for uri, _ in files] if io is not None else []
+        copy = bool(remote) and all(remote)
+        if copy:
+            entries = [{"file": target, **stat} for (_, target), stat in zip(files, remote)]
+        else:
+            local = local or source.download(tmp)
+            io = self._model_io(source, local)
+            paths = [local] + [source.download(local.parent, n) for n in external]
+            entries = [
+                {"file": target, "sha256": sha256_file(path), "size": path.stat().st_size}
+                for (_, target), path in zip(files, paths)
+            ]
+        assert io is not None
+        artifact, external_entries = entries[0], entries[1:]
+        if (
+            serving.get("artifact") == artifact
+            and serving.get("external_data", []) == external_entries
+            and serving.get("settings") == settings
+        ):
             return self._unchanged(state, source)
 
         version = max(state.versions + [state.serving_version or 0]) + 1
         message = mcfg.build_model_config(name, source.flavor, io, self.config, version)
-        filename = mcfg.MODEL_FILENAMES[source.flavor]
         provenance = {
             "schema": PROVENANCE_SCHEMA,
             "name": name,
@@ -259,7 +276,8 @@ class ModelPublisher:
             "flavor": source.flavor,
             "backend": message.backend,
             **source.provenance(),
-            "artifact": {"file": filename, **artifact},
+            "artifact": artifact,
+            "external_data": external_entries,
             "tensors": {
                 "inputs": [_tensor_entry(t) for t in io.inputs],
                 "outputs": [_tensor_entry(t) for t in io.outputs],
@@ -271,12 +289,14 @@ class ModelPublisher:
         prefix = f"{name}/{version}/"
         uploaded = copied = 0
         try:
-            if local is None:
-                copied = self.store.copy_from(source.artifact_uri, prefix + filename) or 0
-            else:
-                uploaded = self.store.upload_file(
-                    local, prefix + filename, progress_bar(artifact["size"], f"upload {name}/{version}")
-                )
+            for (uri, target), entry in zip(files, entries):
+                if copy:
+                    copied += self.store.copy_from(uri, prefix + target) or 0
+                else:
+                    path = local if target == filename else local.parent / target
+                    uploaded += self.store.upload_file(
+                        path, prefix + target, progress_bar(entry["size"], f"upload {name}/{version}/{target}")
+                    )
             self.store.write_bytes(prefix + PROVENANCE_FILE, json.dumps(provenance, indent=2).encode())
         except BaseException:
             self._discard(prefix)
@@ -315,6 +335,21 @@ class ModelPublisher:
             return mcfg.io_from_signature(signature, source.flavor)
         except MlflowException:
             return None
+
+    @staticmethod
+    def _external_data(source: ModelSource, local: Path) -> list[str]:
+        """External-data files ``local`` (an ONNX model) needs; all must be in the MLflow model."""
+        if source.flavor != "onnx":
+            return []
+        needed = mcfg.onnx_external_data(local)
+        missing = sorted(set(needed) - set(source.companion_files()))
+        if missing:
+            raise MlflowException.invalid_parameter_value(
+                f"{source.model_uri}: {source.artifact_path} references external data {missing} "
+                "that is not in the MLflow model. Log the model with its .data files (mlflow.onnx "
+                "writes them next to model.onnx) or with save_as_external_data=False."
+            )
+        return needed
 
     def _model_io(self, source: ModelSource, local: Path) -> mcfg.ModelIO:
         if source.flavor == "onnx":

@@ -145,3 +145,48 @@ def test_grpc_protocol_for_control_and_inference(stack, unique_name, tmp_path):
     out = np.asarray(client.predict(unique_name, x)["predictions"]["scores"])
     np.testing.assert_allclose(out, model(torch.from_numpy(x)).detach().numpy(), rtol=1e-4, atol=1e-5)
     client.delete_deployment(unique_name, config={"protocol": "grpc"})
+
+
+def test_onnx_external_data_is_published_with_the_model(stack, unique_name, tmp_path):
+    """mlflow.onnx saves weights over 1 KB to a .data file beside model.onnx by default."""
+    import mlflow
+    import onnx
+    from mlflow.models import infer_signature
+
+    from models import export_onnx
+
+    class Wide(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(5)
+            self.hidden, self.out = torch.nn.Linear(4, 512), torch.nn.Linear(512, 3)
+
+        def forward(self, features):
+            return self.out(torch.relu(self.hidden(features)))
+
+    model = Wide().eval()
+    x = sample(3, seed=15)
+    expected = model(torch.from_numpy(x)).detach().numpy()
+    signature = infer_signature({"features": x}, {"scores": expected})
+    with mlflow.start_run():
+        info = mlflow.onnx.log_model(onnx.load(str(export_onnx(model, tmp_path / "w.onnx"))),
+                                     name="model", signature=signature)  # fmt: skip
+    client = get_deploy_client("triton")
+
+    result = client.create_deployment(unique_name, info.model_uri, config=CPU)
+
+    provenance = client.get_deployment(unique_name)["provenance"]
+    [external] = provenance["external_data"]
+    assert external["file"].endswith(".data") and external["size"] > 8000
+    assert result["bytes_uploaded"] == 0  # MLflow artifacts are on the same S3: copied server-side
+    out = np.asarray(client.predict(unique_name, {"features": x})["predictions"]["scores"])
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+    again = client.update_deployment(unique_name, info.model_uri, config=CPU)
+    assert again["changed"] is False
+
+    saved = tmp_path / "saved"  # a local MLflow model: downloaded, hashed, uploaded with its .data
+    mlflow.onnx.save_model(onnx.load(str(tmp_path / "w.onnx")), str(saved), signature=signature)
+    local = client.update_deployment(unique_name, str(saved), config=CPU)
+    assert local["version"] == 2 and local["bytes_uploaded"] > 8000
+    out = np.asarray(client.predict(unique_name, {"features": x})["predictions"]["scores"])
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
