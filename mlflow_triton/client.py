@@ -248,11 +248,22 @@ def _as_arrays(inputs: Any, specs: list[dict[str, str]]) -> dict[str, np.ndarray
     return {s["mlflow"]: np.ascontiguousarray(raw[s["mlflow"]], dtype=_NUMPY_FOR_TRITON[s["datatype"]]) for s in specs}
 
 
-def run_local(
-    target: str, name: str, model_uri: str, flavor: str | None = None,
-    config: Mapping[str, Any] | None = None,
-) -> None:  # fmt: skip
-    """Serve ``model_uri`` on an embedded local stack (moto S3 + CPU tritonserver) until Ctrl-C."""
+def run_local(*args: Any, **kwargs: Any) -> None:
+    """Serve a model on an embedded local stack (moto S3 + CPU tritonserver) until Ctrl-C.
+
+    ``mlflow deployments run-local`` calls ``run_local(name, model_uri, flavor, config)``, while
+    ``mlflow.deployments.base`` documents ``run_local(target, name, model_uri, flavor, config)``;
+    both forms are accepted.
+    """
+    kwargs.pop("target", None)
+    if len(args) == 5 or (args and str(args[0]).startswith("triton:/")):
+        args = args[1:]  # the documented form, target first
+    _run_local(*args, **kwargs)
+
+
+def _run_local(
+    name: str, model_uri: str, flavor: str | None = None, config: Mapping[str, Any] | None = None
+) -> None:
     import os
     import tempfile
 

@@ -64,3 +64,43 @@ def test_shell_errors_are_clear(stack, unique_name):
     assert bad_target.returncode != 0 and "Invalid Triton URL" in bad_target.stderr
     bad_key = mlflow_cli("create", "-t", "triton", "--name", "m", "-m", "models:/x/1", "-C", "batch=2", check=False)
     assert bad_key.returncode != 0 and "Unknown config key" in bad_key.stderr
+
+
+def test_run_local_serves_until_interrupted(tmp_path):
+    """`mlflow deployments run-local -t triton` starts its own S3 + tritonserver and stops them."""
+    import re
+    import signal
+
+    import mlflow
+    import onnx
+    import tritonclient.http as httpclient
+
+    from models import export_onnx
+
+    model = Scorer(seed=17)
+    mlflow.onnx.save_model(onnx.load(str(export_onnx(model, tmp_path / "m.onnx"))), str(tmp_path / "saved"))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "deployments", "run-local", "-t", "triton", "--name", "local-scorer",
+         "-m", str(tmp_path / "saved")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ),
+    )  # fmt: skip
+    try:
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("Serving local-scorer"):
+                break
+        match = re.search(r"at http://(\S+)", lines[-1])
+        assert match, "".join(lines[-20:])
+        triton = httpclient.InferenceServerClient(match[1])
+        assert triton.is_model_ready("local-scorer")
+        x = sample(2)
+        request = httpclient.InferInput("features", list(x.shape), "FP32")
+        request.set_data_from_numpy(x)
+        out = triton.infer("local-scorer", [request]).as_numpy("scores")
+        np.testing.assert_allclose(out, model(torch.from_numpy(x)).detach().numpy(), rtol=1e-4, atol=1e-5)
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+    with pytest.raises(Exception):
+        triton.is_server_live()
