@@ -1,0 +1,161 @@
+"""Run every benchmark (one process each, sequentially) and print one summary table.
+
+Run::
+
+    .venv/bin/python benchmarks/run_all.py                       # ~10 minutes on 2 cores
+    .venv/bin/python benchmarks/run_all.py --only publish batching
+    .venv/bin/python benchmarks/run_all.py --write benchmarks/RESULTS.md
+
+Each benchmark starts its own embedded stack on loopback ports and stops it. ``--write``
+renders the figures, the command and the machine into a Markdown results file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import machine_info, table  # noqa: E402
+
+BENCHMARKS = {
+    "publish": ["publish.py"],
+    "batching": ["batching.py"],
+    "sync": ["sync.py"],
+    "export": ["export.py"],
+}
+
+
+def run(name: str, out: Path, timeout_s: float) -> tuple[dict[str, Any] | None, float, str]:
+    started = time.perf_counter()
+    process = subprocess.run(
+        [sys.executable, str(HERE / BENCHMARKS[name][0]), "--json", str(out)],
+        capture_output=True, text=True, timeout=timeout_s,
+    )  # fmt: skip
+    seconds = time.perf_counter() - started
+    log = process.stdout + process.stderr
+    if process.returncode != 0 or not out.exists():
+        return None, seconds, log
+    return json.loads(out.read_text()), seconds, log
+
+
+def summary_rows(results: dict[str, dict[str, Any]]) -> list[list[str]]:
+    rows = []
+    publish = results.get("publish")
+    if publish:
+        for r in publish["results"]:
+            path = "download + upload" if r["mode"] == "local" else "server-side copy"
+            rows.append([f"publish 100 MiB ONNX, {path}", "plugin / (boto3 upload_file + Triton load)",
+                         f"{r['ratio']:.2f}  ({r['plugin_seconds']:.2f} s vs {r['floor_seconds']:.2f} s)",
+                         "<= 1.2", "yes" if r["ratio"] <= 1.2 else "no"])  # fmt: skip
+            if r["mode"] == "local":
+                rows.append(["", "plugin / (MLflow download + floor)",
+                             f"{r['ratio_vs_floor_plus_download']:.2f}", "", ""])  # fmt: skip
+            rows.append(["", "bytes through the plugin's process",
+                         f"{r['plugin_bytes_through_client'] / 2**20:.1f} MiB"
+                         f" ({r['plugin_copy_calls']} copy calls)", "", ""])  # fmt: skip
+            rows.append([f"no-op update ({r['mode']} artifacts)", "bytes uploaded / time",
+                         f"{r['noop_bytes_uploaded']} B / {r['noop_seconds']:.2f} s", "0 B, ~1 s",
+                         "yes" if r["noop_bytes_uploaded"] == 0 and r["noop_seconds"] <= 1.5 else "no"])  # fmt: skip
+    batching = results.get("batching")
+    if batching:
+        ratios = {int(k): v for k, v in batching["ratios"].items()}
+        for concurrency, ratio in sorted(ratios.items()):
+            on = next(p for p in batching["points"] if p["model"] == "batched" and p["concurrency"] == concurrency)
+            off = next(p for p in batching["points"] if p["model"] == "unbatched" and p["concurrency"] == concurrency)
+            rows.append([f"dynamic batching, concurrency {concurrency}", "req/s on / off",
+                         f"{ratio:.2f}  ({on['requests_per_s']:.0f} vs {off['requests_per_s']:.0f} req/s)",
+                         ">= 3" if concurrency == 32 else "",
+                         ("yes" if ratio >= 3 else "no") if concurrency == 32 else ""])  # fmt: skip
+    sync = results.get("sync")
+    if sync:
+        rows.append([f"no-op sync of {sync['models']} models", "wall time",
+                     f"{sync['seconds']:.2f} s ({sync['per_model_ms']:.0f} ms/model)", "<= 5 s",
+                     "yes" if sync["seconds"] <= 5 else "no"])  # fmt: skip
+        rows.append(["", "same work as 8 shards on 8 threads", f"{sync['sharded_8_threads_seconds']:.2f} s",
+                     "", ""])  # fmt: skip
+    export = results.get("export")
+    if export:
+        plain = export["runs"]["export + verify"]
+        rows.append(["callback export + verify (tiny_model)", "time / one epoch",
+                     f"{export['fraction_of_epoch']:.1f} x  ({plain['export_verify_seconds']:.2f} s vs "
+                     f"{1000 * plain['epoch_seconds']:.0f} ms)", "(report)", ""])  # fmt: skip
+    return rows
+
+
+HEADER = ["benchmark", "measure", "measured", "target", "met"]
+NOTES = "## Notes"
+RAW = "## Raw figures"
+
+
+def render_markdown(
+    results: dict[str, Any], durations: dict[str, float], machine: dict[str, Any], command: str,
+    notes: str = "",
+) -> str:  # fmt: skip
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Command: `{command}` (run from the repository root).",
+        "",
+        f"Machine: {machine['nproc']} CPUs ({machine['cpu']}), {machine['memory']} RAM, load average at "
+        f"start {machine['load_average']}; Python {machine['python']}; "
+        + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()) + ".",
+        "",
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "|".join("---" for _ in HEADER) + "|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in summary_rows(results)]
+    lines += ["", "Runtimes: " + ", ".join(f"{k} {v:.0f} s" for k, v in durations.items()) + ".", ""]
+    if notes:
+        lines += [notes.rstrip(), ""]
+    lines += [RAW, "", "```json", json.dumps(results, indent=1, default=str), "```", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    arguments = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    arguments.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS))
+    arguments.add_argument("--write", type=Path, help="write a Markdown results file")
+    arguments.add_argument("--timeout", type=float, default=900.0, help="seconds per benchmark")
+    args = arguments.parse_args()
+    machine = machine_info()
+    results: dict[str, Any] = {}
+    durations: dict[str, float] = {}
+    failed = []
+    with tempfile.TemporaryDirectory(prefix="bench-all-") as tmp:
+        for name in args.only:
+            print(f"== {name} ...", flush=True)
+            figures, seconds, log = run(name, Path(tmp) / f"{name}.json", args.timeout)
+            durations[name] = seconds
+            report = [line for line in log.splitlines() if line.strip()]
+            print("\n".join(report[-14:]), flush=True)
+            if figures is None:
+                failed.append(name)
+                print(f"== {name} FAILED after {seconds:.0f} s", flush=True)
+            else:
+                results[name] = figures
+                print(f"== {name} done in {seconds:.0f} s\n", flush=True)
+    print(f"\nSummary ({machine['nproc']} x {machine['cpu']}, load average at start {machine['load_average']}):")
+    print(table(summary_rows(results), HEADER))
+    print("runtimes: " + ", ".join(f"{k} {v:.0f} s" for k, v in durations.items()))
+    if args.write:
+        command = "python benchmarks/run_all.py" + (f" --only {' '.join(args.only)}" if args.only != list(BENCHMARKS) else "")
+        notes = ""
+        if args.write.exists() and NOTES in (previous := args.write.read_text()):
+            notes = previous[previous.index(NOTES):]  # hand-written analysis survives a rerun
+            notes = notes[: notes.index(RAW)] if RAW in notes else notes
+        args.write.write_text(render_markdown(results, durations, machine, command, notes))
+        print(f"wrote {args.write}")
+    if failed:
+        raise SystemExit(f"failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""Sync at scale: ``mlflow_triton.promotion.sync`` over 200 registered models with nothing to do.
+
+Setup (not timed): a real MLflow server and moto S3 from the embedded stack; one ONNX model
+logged once and registered as 200 models, each with alias ``production`` -> version 1; all
+200 published into the repository by a first sync (smoke test off).
+
+Triton: the no-op sync asks every replica ``is_model_ready`` for every model. Loading 200
+models on the CPU tritonserver would start 200 Python-backend stub processes (~15 GB and
+minutes on a 2-core machine), so the two replicas here are a stub HTTP server answering
+Triton's v2 endpoints (live, ready, load, unload, index). The benchmark also times the
+ready check against a real tritonserver vs the stub, so the substitution can be judged.
+
+Measured: wall time of ``sync(spec)`` (median of ``--repeats``), all models ``unchanged``,
+0 bytes moved, and a per-phase profile of one run. Target: <= 5 s.
+
+Run::
+
+    .venv/bin/python benchmarks/sync.py                 # ~2 minutes
+    .venv/bin/python benchmarks/sync.py --models 50
+"""
+
+from __future__ import annotations
+
+import cProfile
+import dataclasses
+import json
+import pstats
+import re
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from _common import S3Traffic, environment, machine_info, median, parser, quiet_logs, table, write_json
+
+ALIAS = "production"
+_READY = re.compile(r"^/v2/models/(?P<name>[^/]+)(/versions/(?P<version>[^/]+))?/ready$")
+_CONTROL = re.compile(r"^/v2/repository/models/(?P<name>[^/]+)/(?P<action>load|unload)$")
+
+
+class StubTriton:
+    """A loopback HTTP server that answers the Triton v2 calls the publisher and sync make."""
+
+    def __init__(self) -> None:
+        loaded: set[str] = set()
+        self.loaded = loaded
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _reply(self, status: int, body: bytes = b"") -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+                path = self.path.split("?")[0]
+                if path in ("/v2/health/live", "/v2/health/ready"):
+                    return self._reply(200)
+                match = _READY.match(path)
+                if match:
+                    return self._reply(200 if match["name"] in loaded else 400)
+                return self._reply(404, b'{"error": "not found"}')
+
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers.get("Content-Length", 0) or 0)
+                if length:
+                    self.rfile.read(length)
+                path = self.path.split("?")[0]
+                match = _CONTROL.match(path)
+                if match:
+                    (loaded.add if match["action"] == "load" else loaded.discard)(match["name"])
+                    return self._reply(200)
+                if path == "/v2/repository/index":
+                    index = [{"name": n, "version": "1", "state": "READY"} for n in sorted(loaded)]
+                    return self._reply(200, json.dumps(index).encode())
+                return self._reply(404, b'{"error": "not found"}')
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def register_models(count: int, workdir: Path) -> list[str]:
+    """One logged ONNX model, registered ``count`` times with alias ``production`` -> 1."""
+    import mlflow
+    import mlflow.onnx
+    import onnx
+    import torch
+    from mlflow import MlflowClient
+    from mlflow.models import infer_signature
+
+    from models import Scorer, export_onnx, sample
+
+    model = Scorer(seed=5)
+    x = sample()
+    signature = infer_signature({"features": x}, {"scores": model(torch.from_numpy(x)).detach().numpy()})
+    with mlflow.start_run() as run:
+        info = mlflow.onnx.log_model(
+            onnx.load(str(export_onnx(model, workdir / "scorer.onnx"))), name="model",
+            signature=signature, pip_requirements=["onnx"],
+        )  # fmt: skip
+    source = mlflow.get_logged_model(info.model_id).artifact_location
+    client = MlflowClient()
+    names = [f"sync-bench-{i:03d}" for i in range(count)]
+
+    def register(name: str) -> None:
+        client.create_registered_model(name)
+        version = client.create_model_version(name, source, run_id=run.info.run_id, model_id=info.model_id)
+        client.set_registered_model_alias(name, ALIAS, version.version)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(register, names))
+    return names
+
+
+def ready_check_latency(url: str, name: str, calls: int = 200) -> float:
+    """Median seconds of one ``is_model_ready`` as the sync makes it (new client per server)."""
+    from mlflow_triton.server import TritonServer
+
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        with TritonServer(url) as server:
+            assert server.is_model_ready(name, 1)
+        times.append(time.perf_counter() - started)
+    return median(times)
+
+
+PHASES = {
+    "registry alias lookup (MLflow REST)": "_alias_version",
+    "publisher/store/client creation": "publisher_for",
+    "repository read (S3: config, listing, provenance)": "read_state",
+    "Triton ready checks (all replicas)": "_ensure_loaded",
+}
+
+
+def main() -> None:
+    arguments = parser(__doc__.splitlines()[0])
+    arguments.add_argument("--models", type=int, default=200)
+    arguments.add_argument("--repeats", type=int, default=3)
+    args = arguments.parse_args()
+    quiet_logs()
+    machine = machine_info()
+    from mlflow_triton import promotion
+    from mlflow_triton.local.stack import LocalStack
+    from mlflow_triton.promotion import load_spec, sync
+    from mlflow_triton.server import TritonServer
+
+    traffic = S3Traffic()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-sync-"))
+    stack = LocalStack(workdir / "stack", replicas=1).start()
+    stubs = [StubTriton(), StubTriton()]
+    try:
+        with environment(stack.env):
+            started = time.perf_counter()
+            names = register_models(args.models, workdir)
+            spec = load_spec(
+                models=names, alias=ALIAS, repository=stack.model_repository,
+                triton=",".join(s.url for s in stubs), config={"instance_kind": "cpu"}, smoke_test=False,
+            )  # fmt: skip
+            shards = [dataclasses.replace(spec, models=spec.models[i::8]) for i in range(8)]
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                first = [m for report in pool.map(sync, shards) for m in report.models]
+            assert all(m.action == "published" for m in first), [m.describe() for m in first if m.action != "published"]
+            setup_s = time.perf_counter() - started
+            print(f"setup: {args.models} registered and published in {setup_s:.0f} s", flush=True)
+
+            runs, reports = [], []
+            for _ in range(args.repeats):
+                traffic.reset()
+                started = time.perf_counter()
+                report = sync(spec)
+                runs.append(time.perf_counter() - started)
+                reports.append((report, traffic.snapshot()))
+            # The same no-op work split over 8 threads: what a concurrent sync() could reach.
+            parallel = []
+            for _ in range(args.repeats):
+                started = time.perf_counter()
+                with ThreadPoolExecutor(max_workers=8) as pool:
+                    split = [m for r in pool.map(sync, shards) for m in r.models]
+                parallel.append(time.perf_counter() - started)
+                assert all(m.action == "unchanged" for m in split)
+            report, moved = reports[-1]
+            actions = sorted({m.action for r, _ in reports for m in r.models})
+            profile = cProfile.Profile()
+            profile.enable()
+            profiled = time.perf_counter()
+            sync(spec)
+            profiled = time.perf_counter() - profiled
+            profile.disable()
+            stats = pstats.Stats(profile).stats  # {(file, line, func): (cc, nc, tt, ct, callers)}
+            phases = {
+                label: sum(v[3] for k, v in stats.items() if k[2] == func and "mlflow_triton" in k[0])
+                for label, func in PHASES.items()
+            }
+
+            # The stub vs a real tritonserver for the one Triton call a no-op sync makes per model.
+            real = stack.triton_urls[0]
+            name = names[0]
+            TritonServer(real).load_model(name)
+            real_ready = ready_check_latency(real, name)
+            stub_ready = ready_check_latency(stubs[0].url, name)
+    finally:
+        for stub in stubs:
+            stub.close()
+        stack.stop()
+
+    seconds = median(runs)
+    print(f"\nNo-op sync of {args.models} registered models (alias {ALIAS!r}), 2 replicas, median of "
+          f"{args.repeats} (machine: {machine['nproc']} x {machine['cpu']})")  # fmt: skip
+    print(table(
+        [[args.models, f"{seconds:.2f} s", f"{1000 * seconds / args.models:.1f} ms",
+          ", ".join(actions), moved["sent"] + moved["received"], moved["copy_calls"]]],
+        ["models", "sync wall time (target <= 5 s)", "per model", "actions", "S3 body bytes", "copies"],
+    ))  # fmt: skip
+    print(f"runs: {[round(r, 2) for r in runs]}")
+    print(f"the same models as 8 shards on 8 threads (not what sync() does today): "
+          f"{median(parallel):.2f} s, runs {[round(r, 2) for r in parallel]}")  # fmt: skip
+    print(f"\nWhere one no-op sync spends its time (cProfile, {profiled:.2f} s wall, cumulative):")
+    for label, value in phases.items():
+        print(f"  {label:52} {value:6.2f} s ({100 * value / profiled:4.1f} %)")
+    print(f"\nready check, new client per call: real tritonserver {1000 * real_ready:.2f} ms, "
+          f"stub {1000 * stub_ready:.2f} ms (median of 200)")  # fmt: skip
+    write_json(args.json, {
+        "benchmark": "sync", "machine": machine, "models": args.models, "seconds": seconds,
+        "runs": runs, "per_model_ms": 1000 * seconds / args.models, "actions": actions,
+        "sharded_8_threads_seconds": median(parallel), "sharded_runs": parallel,
+        "s3_body_bytes": moved["sent"] + moved["received"], "copy_calls": moved["copy_calls"],
+        "phases": phases, "profiled_seconds": profiled, "setup_seconds": setup_s,
+        "ready_ms_real_triton": 1000 * real_ready, "ready_ms_stub": 1000 * stub_ready,
+        "replicas": 2, "triton": "stub HTTP server (see docstring)",
+    })  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
