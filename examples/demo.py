@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # the demo runs offline
 
 from tiny_model import TinyRegressor, train  # noqa: E402
 

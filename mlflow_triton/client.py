@@ -13,13 +13,12 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 from mlflow.deployments import BaseDeploymentClient, PredictionsResponse
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
 from mlflow_triton.config import DeploymentConfig, parse_target_uri, validate_model_name
-from mlflow_triton.model_config import tensor_names
+from mlflow_triton.model_config import as_arrays, tensor_names
 from mlflow_triton.model_source import resolve_model
 from mlflow_triton.publisher import ModelPublisher
 from mlflow_triton.server import TritonCluster
@@ -198,7 +197,7 @@ class TritonDeploymentClient(BaseDeploymentClient):
         name = validate_model_name(deployment_name)
         with TritonCluster(self.triton_urls).server() as server:
             tensors = tensor_names(server.model_config(name))
-            arrays = _as_arrays(inputs, tensors["inputs"])
+            arrays = as_arrays(inputs, tensors["inputs"])
             outputs = server.infer(
                 name,
                 {t["triton"]: arrays[t["mlflow"]] for t in tensors["inputs"]},
@@ -208,44 +207,6 @@ class TritonDeploymentClient(BaseDeploymentClient):
         return PredictionsResponse(
             {"predictions": {t["mlflow"]: outputs[t["triton"]].tolist() for t in tensors["outputs"]}}
         )
-
-
-_NUMPY_FOR_TRITON = {
-    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
-    "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
-    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "BYTES": np.object_,
-}  # fmt: skip
-
-
-def _as_arrays(inputs: Any, specs: list[dict[str, str]]) -> dict[str, np.ndarray]:
-    """Turn user inputs into one numpy array per MLflow input name, with Triton's dtypes."""
-    import pandas as pd
-
-    names = [s["mlflow"] for s in specs]
-    if isinstance(inputs, pd.DataFrame):
-        if set(names) <= set(inputs.columns):
-            raw = {n: np.stack([np.asarray(v) for v in inputs[n]]) for n in names}
-        elif len(names) == 1:
-            raw = {names[0]: inputs.to_numpy()}
-        else:
-            raise MlflowException.invalid_parameter_value(
-                f"DataFrame columns {list(inputs.columns)} do not name the model inputs {names}."
-            )
-    elif isinstance(inputs, Mapping):
-        missing = [n for n in names if n not in inputs]
-        if missing:
-            raise MlflowException.invalid_parameter_value(
-                f"Missing input(s) {missing}; the model expects {names}, got {sorted(inputs)}."
-            )
-        raw = {n: np.asarray(inputs[n]) for n in names}
-    elif len(names) == 1 and inputs is not None:
-        raw = {names[0]: np.asarray(inputs)}
-    else:
-        raise MlflowException.invalid_parameter_value(
-            f"Inputs must be a dict of arrays keyed by {names}, a numpy array (one input) or a "
-            f"pandas DataFrame; got {type(inputs).__name__}."
-        )
-    return {s["mlflow"]: np.ascontiguousarray(raw[s["mlflow"]], dtype=_NUMPY_FOR_TRITON[s["datatype"]]) for s in specs}
 
 
 def run_local(*args: Any, **kwargs: Any) -> None:

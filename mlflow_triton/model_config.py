@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 from google.protobuf import text_format
@@ -277,3 +277,46 @@ def serving_versions(message: mc.ModelConfig) -> list[int]:
     if message.version_policy.WhichOneof("policy_choice") == "specific":
         return sorted(int(v) for v in message.version_policy.specific.versions)
     return []
+
+
+NUMPY_DTYPES = {
+    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
+    "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
+    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "BYTES": np.object_,
+}  # fmt: skip
+
+
+def as_arrays(inputs: Any, specs: list[dict[str, str]]) -> dict[str, np.ndarray]:
+    """One numpy array per MLflow input name, with Triton's dtypes, from user inputs.
+
+    Accepts a dict keyed by input name, one array (single-input models) or a pandas DataFrame
+    (columns named after inputs holding per-row lists, or the columns of one 2-D input).
+    ``specs`` are ``tensor_names(...)["inputs"]`` entries.
+    """
+    import pandas as pd
+
+    names = [s["mlflow"] for s in specs]
+    if isinstance(inputs, pd.DataFrame):
+        if set(names) <= set(inputs.columns):
+            raw = {n: np.stack([np.asarray(v) for v in inputs[n]]) for n in names}
+        elif len(names) == 1:
+            raw = {names[0]: inputs.to_numpy()}
+        else:
+            raise MlflowException.invalid_parameter_value(
+                f"DataFrame columns {list(inputs.columns)} do not name the model inputs {names}."
+            )
+    elif isinstance(inputs, Mapping):
+        missing = [n for n in names if n not in inputs]
+        if missing:
+            raise MlflowException.invalid_parameter_value(
+                f"Missing input(s) {missing}; the model expects {names}, got {sorted(inputs)}."
+            )
+        raw = {n: np.asarray(inputs[n]) for n in names}
+    elif len(names) == 1 and inputs is not None:
+        raw = {names[0]: np.asarray(inputs)}
+    else:
+        raise MlflowException.invalid_parameter_value(
+            f"Inputs must be a dict of arrays keyed by {names}, a numpy array (one input) or a "
+            f"pandas DataFrame; got {type(inputs).__name__}."
+        )
+    return {s["mlflow"]: np.ascontiguousarray(raw[s["mlflow"]], dtype=NUMPY_DTYPES[s["datatype"]]) for s in specs}

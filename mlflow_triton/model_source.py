@@ -111,15 +111,13 @@ class ModelSource:
         return local
 
     def load_input_example(self) -> Any:
-        """The input example logged with the model, or None."""
-        import mlflow
+        """The input example logged with the model, or None; only the example file is fetched."""
         from mlflow.models import Model
 
         if not self.saved_input_example:
             return None
-        with tempfile.TemporaryDirectory(prefix="mlflow-triton-") as tmp:
-            mlflow.artifacts.download_artifacts(artifact_uri=self.download_uri, dst_path=tmp)
-            return Model.load(tmp).load_input_example(tmp)
+        model = Model(saved_input_example_info=self.saved_input_example, signature=self.signature)
+        return model.load_input_example(self.download_uri)
 
     def provenance(self) -> dict[str, Any]:
         return {

@@ -68,6 +68,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, RESOURCE_DOES_NOT_EXIST
 
 from mlflow_triton.config import DeploymentConfig, parse_target_uri, validate_model_name
+from mlflow_triton.model_config import NUMPY_DTYPES, as_arrays
 from mlflow_triton.model_source import ModelSource, resolve_model
 from mlflow_triton.publisher import CONFIG_SETTINGS, DeploymentState, ModelPublisher
 from mlflow_triton.server import TritonCluster, raise_failures
@@ -494,7 +495,7 @@ class SmokeTest:
     def for_source(cls, publisher: ModelPublisher, name: str, source: ModelSource) -> "SmokeTest":
         """A smoke test fed with ``source``'s logged input example (read now, before publishing)."""
         try:
-            example = load_input_example(source)
+            example = source.load_input_example()
         except Exception as err:
             raise MlflowException(
                 f"Cannot read the input example of {source.model_uri} for the smoke test: {err}",
@@ -545,10 +546,9 @@ class SmokeTest:
     def _inputs(
         self, specs: list[dict[str, str]], model_file: Path, provenance: Mapping[str, Any]
     ) -> dict[str, np.ndarray]:
-        from mlflow_triton.client import _as_arrays
 
         if self.input_example is not None:
-            arrays = _as_arrays(self.input_example, specs)
+            arrays = as_arrays(self.input_example, specs)
         else:
             arrays = self._zeros(specs, model_file)
         settings = provenance.get("settings") or {}
@@ -559,7 +559,6 @@ class SmokeTest:
 
     def _zeros(self, specs: list[dict[str, str]], model_file: Path) -> dict[str, np.ndarray]:
         from mlflow_triton import model_config as mcfg
-        from mlflow_triton.client import _NUMPY_FOR_TRITON
 
         shapes: dict[str, tuple[int, ...]] = {}
         schema = getattr(self.signature, "inputs", None)
@@ -575,7 +574,7 @@ class SmokeTest:
                 "model with input_example=... (or a tensor signature) to enable the smoke test."
             )
         return {
-            t["mlflow"]: np.zeros([d if d > 0 else 1 for d in shapes[t["mlflow"]]], _NUMPY_FOR_TRITON[t["datatype"]])
+            t["mlflow"]: np.zeros([d if d > 0 else 1 for d in shapes[t["mlflow"]]], NUMPY_DTYPES[t["datatype"]])
             for t in specs
         }  # fmt: skip
 
@@ -619,20 +618,6 @@ class SmokeTest:
                     f"output {output!r} differs from the local {self.flavor} run",
                     error_code=INTERNAL_ERROR,
                 )
-
-
-def load_input_example(source: ModelSource) -> Any:
-    """The input example logged with ``source``, or None; only the example file is fetched.
-
-    ``ModelSource.load_input_example`` would download the whole model directory (the model
-    file included) and, for a directory URI, looks for ``MLmodel`` one level too high.
-    """
-    if not source.saved_input_example:
-        return None
-    from mlflow.models import Model
-
-    model = Model(saved_input_example_info=source.saved_input_example, signature=source.signature)
-    return model.load_input_example(source.download_uri)
 
 
 def _require_runtime(flavor: str) -> None:

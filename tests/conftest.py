@@ -12,6 +12,9 @@ import os
 import uuid
 from pathlib import Path
 
+# Offline machine: MLflow's telemetry thread fails and races os.environ while requests reads it.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 import pytest
 
 from mlflow_triton.local.stack import LocalStack

@@ -287,7 +287,7 @@ class LocalStack:
 
     def start(self) -> "LocalStack":
         self.workdir.mkdir(parents=True, exist_ok=True)
-        base_env = {**os.environ, **AWS_TEST_CREDENTIALS}
+        base_env = {"MLFLOW_DISABLE_TELEMETRY": "true", **os.environ, **AWS_TEST_CREDENTIALS}
         try:
             self.s3_port = free_port()
             s3 = moto_s3(self.s3_port, self.workdir / "logs" / "moto.log")
