@@ -35,7 +35,7 @@ MODELS = {"batched": {}, "unbatched": {"dynamic_batching": False}}
 
 
 def mlp_model_dir(folder: Path) -> str:
-    """An MLflow ONNX model of the MLP (weights embedded: the plugin publishes model.onnx)."""
+    """An MLflow ONNX model of the MLP, weights embedded in model.onnx."""
     import mlflow.onnx
     from mlflow.models import infer_signature
     from onnx import TensorProto, helper, numpy_helper

@@ -70,7 +70,7 @@ def log_model() -> str:
     x = np.zeros((1, ROWS), dtype=np.float32)
     signature = infer_signature({"x": x}, {"y": np.zeros((1, COLS), dtype=np.float32)})
     with mlflow.start_run():
-        # save_as_external_data=False: the plugin publishes model.onnx only (see RESULTS.md).
+        # Weights embedded (save_as_external_data=False): the floor uploads the same single file.
         info = mlflow.onnx.log_model(
             big_onnx_model(), name="model", signature=signature, registered_model_name=REGISTERED,
             save_as_external_data=False, pip_requirements=["onnx"],

@@ -1,6 +1,8 @@
 """Bad input gives a clear MlflowException and leaves the model repository exactly as it was.
 
-Every test snapshots the whole repository (``{key: etag}``) before and after the call. Models
+The last tests cover unusual but valid models that a naive publisher mangles (ONNX weights in
+external data files) and a pickled eager module that reaches Triton on the server-side copy
+path. Refusal tests snapshot the whole repository (``{key: etag}``) before and after. Models
 are MLflow model directories on disk (the plugin's download path) unless a test needs the
 server-side copy path, which takes a registered model whose artifacts are on the stack's S3.
 """
@@ -278,7 +280,7 @@ def test_onnx_weights_in_external_data_files(stack, unique_name, models_dir, reg
         onnx.load(str(export_onnx(model, models_dir / f"wide-{registered}.onnx"))), str(path),
         signature=signature_for(model), pip_requirements=REQUIREMENTS,
     )  # fmt: skip
-    assert len(list(path.glob("*.data"))) == 1
+    (data_file,) = path.glob("*.data")
     uri = str(path)
     if registered:
         with mlflow.start_run() as run:
@@ -286,15 +288,13 @@ def test_onnx_weights_in_external_data_files(stack, unique_name, models_dir, reg
         version = mlflow.register_model(f"runs:/{run.info.run_id}/model", unique_name).version
         uri = f"models:/{unique_name}/{version}"
     client = get_deploy_client("triton")
-    before = snapshot(stack)
-    try:
-        client.create_deployment(unique_name, uri, config=CPU)
-    except MlflowException as err:
-        assert "was rejected" in err.message and snapshot(stack) == before, err.message
-        pytest.xfail(
-            "BUG: only model.onnx is published, not the external data file it references, so "
-            "Triton refuses the model (onnxruntime: 'External data path does not exist')"
-        )
+
+    client.create_deployment(unique_name, uri, config=CPU)
+
+    provenance = client.get_deployment(unique_name)["provenance"]
+    assert [entry["file"] for entry in provenance["external_data"]] == [data_file.name]
+    assert ("etag" if registered else "sha256") in provenance["artifact"]  # copied vs uploaded
+    assert open_store(stack.model_repository).read_bytes(f"{unique_name}/1/{data_file.name}") == data_file.read_bytes()
     x = sample(3, seed=66)
     out = np.asarray(client.predict(unique_name, {"features": x})["predictions"]["scores"])
     np.testing.assert_allclose(out, model(torch.from_numpy(x)).detach().numpy(), rtol=1e-4, atol=1e-5)
