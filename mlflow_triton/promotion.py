@@ -56,6 +56,7 @@ free it compares provenance again, normally finds the alias version serving and 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 import tempfile
 import threading
 import time
@@ -633,9 +634,24 @@ def _require_runtime(flavor: str) -> None:
 
 
 # -- reconciliation ------------------------------------------------------------------------------
-def publisher_for(config: DeploymentConfig, triton_urls: Sequence[str]) -> ModelPublisher:
-    """The publisher of one deployment: its repository store and the Triton replicas."""
-    store = open_store(config.require_repository(), endpoint_url=config.s3_endpoint_url)
+#: Models reconciled at once by :func:`sync` (I/O bound: registry, S3 and Triton round trips).
+SYNC_WORKERS = 8
+
+
+def publisher_for(
+    config: DeploymentConfig, triton_urls: Sequence[str], stores: dict[Any, Any] | None = None
+) -> ModelPublisher:
+    """The publisher of one deployment: its repository store and the Triton replicas.
+
+    ``stores`` shares one store (one boto3 client, thread-safe) between the deployments of one
+    reconciliation that use the same repository.
+    """
+    key = (config.require_repository(), config.s3_endpoint_url)
+    store = stores.get(key) if stores is not None else None
+    if store is None:
+        store = open_store(*key)
+        if stores is not None:
+            stores[key] = store
     cluster = TritonCluster(list(triton_urls), config.protocol, timeout_s=config.wait_ready_timeout)
     return ModelPublisher(store, cluster, config)
 
@@ -663,21 +679,70 @@ def sync(spec: PromotionSpec, registered_model: str | None = None) -> SyncReport
     selected = spec.select(registered_model) if registered_model is not None else spec
     from mlflow import MlflowClient
 
-    registry = MlflowClient()
-    return SyncReport([_reconcile(model, selected, registry) for model in selected.models])
+    round_ = _Round(MlflowClient(), selected)
+    with ThreadPoolExecutor(max_workers=max(1, min(SYNC_WORKERS, len(selected.models)))) as pool:
+        return SyncReport(list(pool.map(round_.reconcile, selected.models)))
 
 
-def _reconcile(model: ModelPromotion, spec: PromotionSpec, registry: Any) -> ModelReport:
+class _Round:
+    """What one reconciliation reads once for all models: every alias (one paginated registry
+    search instead of one call per model), each replica's repository index, shared stores."""
+
+    def __init__(self, registry: Any, spec: PromotionSpec) -> None:
+        self.registry = registry
+        self.spec = spec
+        self.stores: dict[Any, Any] = {}
+        self.aliases = _all_aliases(registry, {m.registered_model for m in spec.models})
+        self.ready = _ready_snapshot(spec.triton_urls)
+
+    def reconcile(self, model: ModelPromotion) -> ModelReport:
+        return _reconcile(model, self.spec, self.registry, self)
+
+
+def _all_aliases(registry: Any, names: set[str]) -> dict[str, dict[str, str]]:
+    """``{registered model: {alias: version}}`` for ``names``; {} if the search fails."""
+    found: dict[str, dict[str, str]] = {}
+    if len(names) < 2:
+        return found  # one model: get_model_version_by_alias is as cheap
+    token = None
+    try:
+        while True:
+            page = registry.search_registered_models(max_results=1000, page_token=token)
+            for model in page:
+                if model.name in names:
+                    found[model.name] = {a: str(v) for a, v in (model.aliases or {}).items()}
+            token = page.token
+            if not token:
+                return found
+    except MlflowException as err:
+        logger.debug("Registry search failed (%s); resolving aliases one by one", err.message)
+        return {}
+
+
+def _ready_snapshot(urls: Sequence[str]) -> dict[str, set[tuple[str, str]]]:
+    """``{url: {(model, version) READY}}`` from one repository-index call per replica."""
+    snapshot: dict[str, set[tuple[str, str]]] = {}
+    for url, index in TritonCluster(list(urls)).repository_index().items():
+        if not isinstance(index, Exception):
+            snapshot[url] = {
+                (e.get("name"), str(e.get("version"))) for e in index if e.get("state") == "READY"
+            }
+    return snapshot
+
+
+def _reconcile(
+    model: ModelPromotion, spec: PromotionSpec, registry: Any, round_: _Round | None = None
+) -> ModelReport:
     started = time.monotonic()
     report = ModelReport(model.registered_model, model.alias, model.deployment)
     try:
-        target = _alias_version(registry, model)
+        target = _alias_version(registry, model, round_.aliases if round_ else None)
         report.registry_version = target
-        publisher = publisher_for(model.config, spec.triton_urls)
+        publisher = publisher_for(model.config, spec.triton_urls, round_.stores if round_ else None)
         deadline = started + spec.lease_wait_s
         while True:
             try:
-                _reconcile_once(publisher, model, target, spec.smoke_test, report)
+                _reconcile_once(publisher, model, target, spec.smoke_test, report, round_.ready if round_ else None)
                 break
             except (MlflowException, _Changed) as err:
                 if not _is_lease_conflict(err) or time.monotonic() >= deadline:
@@ -696,15 +761,16 @@ def _reconcile(model: ModelPromotion, spec: PromotionSpec, registry: Any) -> Mod
 
 
 def _reconcile_once(
-    publisher: ModelPublisher, model: ModelPromotion, target: str, smoke_test: bool, report: ModelReport
-) -> None:
+    publisher: ModelPublisher, model: ModelPromotion, target: str, smoke_test: bool,
+    report: ModelReport, ready: dict[str, set[tuple[str, str]]] | None = None,
+) -> None:  # fmt: skip
     state = publisher.read_state(model.deployment)
     provenance = state.provenance or {}
     report.previous_triton_version = state.serving_version
     if provenance.get("registered_model") == model.registered_model:
         report.previous_registry_version = provenance.get("registered_version")
     if _serves(state, model, target):
-        report.reloaded = _ensure_loaded(publisher, model.deployment, state.serving_version)
+        report.reloaded = _ensure_loaded(publisher, model.deployment, state.serving_version, ready)
         report.action = "unchanged"
         report.triton_version = state.serving_version
         return
@@ -717,7 +783,12 @@ def _reconcile_once(
     report.bytes_copied = result.bytes_copied
 
 
-def _alias_version(registry: Any, model: ModelPromotion) -> str:
+def _alias_version(
+    registry: Any, model: ModelPromotion, aliases: dict[str, dict[str, str]] | None = None
+) -> str:
+    known = (aliases or {}).get(model.registered_model, {})
+    if model.alias in known:
+        return known[model.alias]
     try:
         version = registry.get_model_version_by_alias(model.registered_model, model.alias)
     except MlflowException as err:
@@ -747,9 +818,14 @@ def _serves(state: DeploymentState, model: ModelPromotion, target: str) -> bool:
     return provenance.get("settings") == _expected_settings(model.config, flavor)
 
 
-def _ensure_loaded(publisher: ModelPublisher, name: str, version: int | None) -> list[str]:
+def _ensure_loaded(
+    publisher: ModelPublisher, name: str, version: int | None,
+    ready: dict[str, set[tuple[str, str]]] | None = None,
+) -> list[str]:  # fmt: skip
     """Ask replicas that lost ``version`` (a restart) to load it; returns their URLs."""
     assert version is not None
+    if ready and all((name, str(version)) in ready.get(url, set()) for url in publisher.cluster.urls):
+        return []  # every replica listed it READY at the start of this round
     missing = _not_ready(publisher, name, version)
     if not missing:
         return []

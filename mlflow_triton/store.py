@@ -34,6 +34,7 @@ MB = KB * KB
 MULTIPART_THRESHOLD = 16 * MB
 MULTIPART_CHUNKSIZE = 16 * MB
 MAX_CONCURRENCY = 10
+MAX_POOL_EXTRA = 22
 PROGRESS_MIN_BYTES = 64 * MB
 
 ProgressCallback = Callable[[int], None]
@@ -216,8 +217,11 @@ class S3Store(ModelRepositoryStore):
         self.endpoint_url = endpoint_url
         if client is None:
             import boto3
+            from botocore.config import Config
 
-            client = boto3.client("s3", endpoint_url=endpoint_url)
+            # One pool slot per concurrent transfer part, plus room for concurrent callers.
+            pool = Config(max_pool_connections=MAX_CONCURRENCY + MAX_POOL_EXTRA)
+            client = boto3.client("s3", endpoint_url=endpoint_url, config=pool)
         self.client = client
         self.transfer_config = _transfer_config()
 
