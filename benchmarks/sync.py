@@ -11,7 +11,7 @@ Triton's v2 endpoints (live, ready, load, unload, index). The benchmark also tim
 ready check against a real tritonserver vs the stub, so the substitution can be judged.
 
 Measured: wall time of ``sync(spec)`` (median of ``--repeats``), all models ``unchanged``,
-0 bytes moved, and a per-phase profile of one run. Target: <= 5 s.
+0 bytes moved, the same sync with one worker, and where one run spends its time. Target: <= 5 s.
 
 Run::
 
@@ -21,10 +21,8 @@ Run::
 
 from __future__ import annotations
 
-import cProfile
 import dataclasses
 import json
-import pstats
 import re
 import tempfile
 import threading
@@ -140,12 +138,50 @@ def ready_check_latency(url: str, name: str, calls: int = 200) -> float:
     return median(times)
 
 
-PHASES = {
-    "registry alias lookup (MLflow REST)": "_alias_version",
-    "publisher/store/client creation": "publisher_for",
-    "repository read (S3: config, listing, provenance)": "read_state",
-    "Triton ready checks (all replicas)": "_ensure_loaded",
+PHASES = {  # label: (object, attribute) wrapped with a timer; missing ones are skipped
+    "registry: aliases of all models (one search)": ("promotion", "_all_aliases"),
+    "registry: alias lookups (one call per model)": ("promotion", "_alias_version"),
+    "publisher/store creation": ("promotion", "publisher_for"),
+    "repository reads (S3: config, listing, provenance)": ("ModelPublisher", "read_state"),
+    "Triton: repository index per replica": ("promotion", "_ready_snapshot"),
+    "Triton: ready checks / reloads": ("promotion", "_ensure_loaded"),
 }
+
+
+def time_phases(spec) -> tuple[dict[str, float], float]:
+    """Seconds spent in each phase during one sync, summed over the worker threads."""
+    from mlflow_triton import promotion
+    from mlflow_triton.publisher import ModelPublisher
+
+    owners = {"promotion": promotion, "ModelPublisher": ModelPublisher}
+    totals = {label: 0.0 for label in PHASES}
+    lock = threading.Lock()
+    originals = []
+    for label, (owner, attribute) in PHASES.items():
+        target = owners[owner]
+        original = getattr(target, attribute, None)
+        if original is None:
+            totals.pop(label)
+            continue
+
+        def timed(*args, __original=original, __label=label, **kwargs):
+            started = time.perf_counter()
+            try:
+                return __original(*args, **kwargs)
+            finally:
+                with lock:
+                    totals[__label] += time.perf_counter() - started
+
+        originals.append((target, attribute, original))
+        setattr(target, attribute, timed)
+    try:
+        started = time.perf_counter()
+        promotion.sync(spec)
+        wall = time.perf_counter() - started
+    finally:
+        for target, attribute, original in originals:
+            setattr(target, attribute, original)
+    return totals, wall
 
 
 def main() -> None:
@@ -186,27 +222,19 @@ def main() -> None:
                 report = sync(spec)
                 runs.append(time.perf_counter() - started)
                 reports.append((report, traffic.snapshot()))
-            # The same no-op work split over 8 threads: what a concurrent sync() could reach.
-            parallel = []
-            for _ in range(args.repeats):
-                started = time.perf_counter()
-                with ThreadPoolExecutor(max_workers=8) as pool:
-                    split = [m for r in pool.map(sync, shards) for m in r.models]
-                parallel.append(time.perf_counter() - started)
-                assert all(m.action == "unchanged" for m in split)
+            # The same no-op sync with one worker, when sync() reconciles models concurrently.
+            sequential = None
+            if hasattr(promotion, "SYNC_WORKERS"):
+                workers, promotion.SYNC_WORKERS = promotion.SYNC_WORKERS, 1
+                try:
+                    started = time.perf_counter()
+                    assert all(m.action == "unchanged" for m in sync(spec).models)
+                    sequential = time.perf_counter() - started
+                finally:
+                    promotion.SYNC_WORKERS = workers
             report, moved = reports[-1]
             actions = sorted({m.action for r, _ in reports for m in r.models})
-            profile = cProfile.Profile()
-            profile.enable()
-            profiled = time.perf_counter()
-            sync(spec)
-            profiled = time.perf_counter() - profiled
-            profile.disable()
-            stats = pstats.Stats(profile).stats  # {(file, line, func): (cc, nc, tt, ct, callers)}
-            phases = {
-                label: sum(v[3] for k, v in stats.items() if k[2] == func and "mlflow_triton" in k[0])
-                for label, func in PHASES.items()
-            }
+            phases, profiled = time_phases(spec)
 
             # The stub vs a real tritonserver for the one Triton call a no-op sync makes per model.
             real = stack.triton_urls[0]
@@ -228,17 +256,17 @@ def main() -> None:
         ["models", "sync wall time (target <= 5 s)", "per model", "actions", "S3 body bytes", "copies"],
     ))  # fmt: skip
     print(f"runs: {[round(r, 2) for r in runs]}")
-    print(f"the same models as 8 shards on 8 threads (not what sync() does today): "
-          f"{median(parallel):.2f} s, runs {[round(r, 2) for r in parallel]}")  # fmt: skip
-    print(f"\nWhere one no-op sync spends its time (cProfile, {profiled:.2f} s wall, cumulative):")
+    if sequential is not None:
+        print(f"the same sync with SYNC_WORKERS=1: {sequential:.2f} s")
+    print(f"\nWhere one no-op sync spends its time ({profiled:.2f} s wall; seconds summed over worker threads):")
     for label, value in phases.items():
-        print(f"  {label:52} {value:6.2f} s ({100 * value / profiled:4.1f} %)")
+        print(f"  {label:52} {value:6.2f} s")
     print(f"\nready check, new client per call: real tritonserver {1000 * real_ready:.2f} ms, "
           f"stub {1000 * stub_ready:.2f} ms (median of 200)")  # fmt: skip
     write_json(args.json, {
         "benchmark": "sync", "machine": machine, "models": args.models, "seconds": seconds,
         "runs": runs, "per_model_ms": 1000 * seconds / args.models, "actions": actions,
-        "sharded_8_threads_seconds": median(parallel), "sharded_runs": parallel,
+        "sequential_seconds": sequential,
         "s3_body_bytes": moved["sent"] + moved["received"], "copy_calls": moved["copy_calls"],
         "phases": phases, "profiled_seconds": profiled, "setup_seconds": setup_s,
         "ready_ms_real_triton": 1000 * real_ready, "ready_ms_stub": 1000 * stub_ready,
