@@ -25,16 +25,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     workdir = Path(tmp_path_factory.mktemp("stack"))
     local = LocalStack(workdir, replicas=2)
     local.start()
-    saved = {key: os.environ.get(key) for key in local.env}
-    os.environ.update(local.env)
     try:
-        yield local
+        with local.exported_env():
+            yield local
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         local.stop()
 
 

@@ -16,6 +16,7 @@ would serve with its C++ backends.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -30,7 +31,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -284,6 +285,21 @@ class LocalStack:
         if self.with_mlflow:
             env["MLFLOW_TRACKING_URI"] = self.tracking_uri
         return env
+
+    @contextlib.contextmanager
+    def exported_env(self) -> Iterator[dict[str, str]]:
+        """Export :attr:`env` into ``os.environ`` for the duration, then restore it."""
+        values = self.env
+        saved = {key: os.environ.get(key) for key in values}
+        os.environ.update(values)
+        try:
+            yield values
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
     def start(self) -> "LocalStack":
         self.workdir.mkdir(parents=True, exist_ok=True)
