@@ -23,7 +23,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import machine_info, table  # noqa: E402
+from _common import human_bytes, machine_info, table  # noqa: E402
 
 BENCHMARKS = {
     "publish": ["publish.py"],
@@ -59,7 +59,7 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[list[str]]:
                 rows.append(["", "plugin / (MLflow download + floor)",
                              f"{r['ratio_vs_floor_plus_download']:.2f}", "", ""])  # fmt: skip
             rows.append(["", "bytes through the plugin's process",
-                         f"{r['plugin_bytes_through_client'] / 2**20:.1f} MiB"
+                         f"{human_bytes(r['plugin_bytes_through_client'])}"
                          f" ({r['plugin_copy_calls']} copy calls)", "", ""])  # fmt: skip
             rows.append([f"no-op update ({r['mode']} artifacts)", "bytes uploaded / time",
                          f"{r['noop_bytes_uploaded']} B / {r['noop_seconds']:.2f} s", "0 B, ~1 s",
@@ -146,7 +146,9 @@ def main() -> None:
     print(table(summary_rows(results), HEADER))
     print("runtimes: " + ", ".join(f"{k} {v:.0f} s" for k, v in durations.items()))
     if args.write:
-        command = "python benchmarks/run_all.py" + (f" --only {' '.join(args.only)}" if args.only != list(BENCHMARKS) else "")
+        command = ".venv/bin/python benchmarks/run_all.py" + (
+            f" --only {' '.join(args.only)}" if args.only != list(BENCHMARKS) else ""
+        ) + f" --write {args.write}"
         notes = ""
         if args.write.exists() and NOTES in (previous := args.write.read_text()):
             notes = previous[previous.index(NOTES):]  # hand-written analysis survives a rerun
