@@ -16,7 +16,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
@@ -130,10 +130,14 @@ class ModelSource:
         }
 
 
-def check_torchscript(path: Path, model_uri: str) -> None:
-    """Raise unless ``path`` is a TorchScript archive (what Triton's pytorch backend loads)."""
+def check_torchscript(file: Path | BinaryIO, model_uri: str) -> None:
+    """Raise unless ``file`` is a TorchScript archive (what Triton's pytorch backend loads).
+
+    Only the zip's central directory is read, so a seekable remote reader costs a few ranged
+    requests, not the model's bytes.
+    """
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(file) as archive:
             names = archive.namelist()
     except zipfile.BadZipFile:
         names = []

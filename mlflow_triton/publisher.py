@@ -38,7 +38,7 @@ from mlflow.protos.databricks_pb2 import (
 
 from mlflow_triton import model_config as mcfg
 from mlflow_triton.config import DeploymentConfig, validate_model_name
-from mlflow_triton.model_source import ModelSource
+from mlflow_triton.model_source import ModelSource, check_torchscript
 from mlflow_triton.server import TritonCluster, is_unreachable, raise_failures
 from mlflow_triton.store import ModelRepositoryStore, progress_bar
 
@@ -250,6 +250,9 @@ class ModelPublisher:
         copy = bool(remote) and all(remote)
         if copy:
             entries = [{"file": target, **stat} for (_, target), stat in zip(files, remote)]
+            if source.flavor == "torchscript":
+                with self.store.open_uri(source.artifact_uri) as reader:
+                    check_torchscript(reader, source.model_uri)
         else:
             local = local or source.download(tmp)
             io = self._model_io(source, local)

@@ -13,6 +13,7 @@ Uploads go through boto3's transfer manager with one shared :data:`TRANSFER_CONF
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import posixpath
@@ -20,7 +21,7 @@ import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 from urllib.parse import urlparse
 
 from mlflow.exceptions import MlflowException
@@ -36,6 +37,7 @@ MULTIPART_CHUNKSIZE = 16 * MB
 MAX_CONCURRENCY = 10
 MAX_POOL_EXTRA = 22
 PROGRESS_MIN_BYTES = 64 * MB
+RANGE_READ_BYTES = 1 * MB
 
 ProgressCallback = Callable[[int], None]
 
@@ -109,6 +111,10 @@ class ModelRepositoryStore(ABC):
 
     def copy_from(self, source_uri: str, key: str) -> int | None:
         """Server-side copy of ``source_uri`` into ``key``; None when not possible here."""
+        return None
+
+    def open_uri(self, uri: str) -> BinaryIO | None:
+        """A seekable reader of an object this store can copy server-side, else None."""
         return None
 
     def url(self, key: str) -> str:
@@ -347,6 +353,18 @@ class S3Store(ModelRepositoryStore):
             return None  # another endpoint or no access: the caller downloads instead
         return {"etag": head["ETag"].strip('"'), "size": head["ContentLength"]}
 
+    def open_uri(self, uri: str) -> BinaryIO | None:
+        """Seekable, buffered reader over ``s3://bucket/key`` using ranged GETs.
+
+        Lets a caller inspect part of an object (a zip's central directory) without moving it.
+        """
+        stat = self.stat_uri(uri)
+        if stat is None:
+            return None
+        parsed = urlparse(uri)
+        raw = _RangeReader(self.client, parsed.netloc, parsed.path.lstrip("/"), stat["size"])
+        return io.BufferedReader(raw, buffer_size=RANGE_READ_BYTES)
+
     def copy_from(self, source_uri: str, key: str) -> int | None:
         """Server-side (multipart) copy from ``s3://bucket/key`` on the same endpoint."""
         from botocore.exceptions import BotoCoreError, ClientError
@@ -388,6 +406,38 @@ class S3Store(ModelRepositoryStore):
         except (BotoCoreError, ClientError) as err:
             raise self._fail("delete", prefix, err) from err
         return count
+
+
+class _RangeReader(io.RawIOBase):
+    """A read-only, seekable view of one S3 object, each read one ``Range`` GET."""
+
+    def __init__(self, client, bucket: str, key: str, size: int) -> None:
+        self.client, self.bucket, self.key, self.size, self.position = client, bucket, key, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def readinto(self, buffer) -> int:
+        if self.position >= self.size or len(buffer) == 0:
+            return 0
+        end = min(self.position + len(buffer), self.size) - 1
+        data = self.client.get_object(
+            Bucket=self.bucket, Key=self.key, Range=f"bytes={self.position}-{end}"
+        )["Body"].read()
+        buffer[: len(data)] = data
+        self.position += len(data)
+        return len(data)
 
 
 def open_store(uri: str, endpoint_url: str | None = None) -> ModelRepositoryStore:
