@@ -193,14 +193,23 @@ def _dims(spec: TensorSpec, batched: bool, kind: str) -> list[int]:
             "non-empty example."
         )
     if not batched:
-        return list(spec.shape) or [1]
+        return list(spec.shape)
     if not spec.shape or spec.shape[0] != -1:
         raise MlflowException.invalid_parameter_value(
             f"{kind} {spec.source_name!r} has shape {list(spec.shape)} without a dynamic first "
             "(batch) axis, so Triton cannot batch it. Re-export the model with a dynamic batch "
             "axis, or deploy with -C max_batch_size=0."
         )
-    return list(spec.shape[1:]) or [1]
+    return list(spec.shape[1:])
+
+
+def _add_tensor(tensors, spec: TensorSpec, batched: bool, kind: str) -> None:
+    """Add one tensor; a model tensor with no dims left (a scalar per sample) is declared
+    ``dims: [1]`` with ``reshape { shape: [] }``, as Triton's model configuration requires."""
+    dims = _dims(spec, batched, kind)
+    tensor = tensors.add(name=spec.name, data_type=mc.DataType.Value(spec.data_type), dims=dims or [1])
+    if not dims:
+        tensor.reshape.SetInParent()
 
 
 def build_model_config(
@@ -219,15 +228,9 @@ def build_model_config(
         default_model_filename=MODEL_FILENAMES[flavor],
     )
     for spec in io.inputs:
-        message.input.add(
-            name=spec.name, data_type=mc.DataType.Value(spec.data_type),
-            dims=_dims(spec, batched, "input"),
-        )  # fmt: skip
+        _add_tensor(message.input, spec, batched, "input")
     for spec in io.outputs:
-        message.output.add(
-            name=spec.name, data_type=mc.DataType.Value(spec.data_type),
-            dims=_dims(spec, batched, "output"),
-        )  # fmt: skip
+        _add_tensor(message.output, spec, batched, "output")
     message.instance_group.add(
         kind=INSTANCE_KINDS[config.instance_kind], count=config.instance_count
     )

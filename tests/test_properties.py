@@ -140,8 +140,8 @@ def test_batched_rank_one_tensor_gets_an_empty_reshape():
     )
     message = build_model_config("m", "onnx", io_from_signature(signature, "onnx"), DeploymentConfig(), 1)
     assert [list(t.dims) for t in (*message.input, *message.output)] == [[1], [1]]
-    if not all(t.HasField("reshape") and not t.reshape.shape for t in (*message.input, *message.output)):
-        pytest.xfail("known gap: rank-1 batched tensors get dims [1] without reshape { shape: [] }")
+    assert all(t.HasField("reshape") and not t.reshape.shape for t in (*message.input, *message.output))
+    assert "reshape {" in to_pbtxt(message)
 
 
 # -- the real tritonserver accepts what the builder generates ---------------------------------
