@@ -1,4 +1,4 @@
-"""Shared helpers for the benchmarks: machine info, stack environment, S3 byte counters, output.
+"""Shared helpers for the benchmarks: machine info, S3 byte counters, output.
 
 Every benchmark script prints a human-readable report and, with ``--json PATH``, writes its
 figures for ``run_all.py``. Nothing here is imported by the package or the test suite.
@@ -61,21 +61,6 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "versions": versions,
     }
-
-
-@contextlib.contextmanager
-def environment(values: Mapping[str, str]) -> Iterator[None]:
-    """Export ``values`` (a stack's AWS/MLflow/Triton variables) for the duration."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 class S3Traffic:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import environment, machine_info, median, parser, quiet_logs, table, write_json
+from _common import machine_info, median, parser, quiet_logs, table, write_json
 
 IN, HIDDEN, OUT = 1024, 4096, 1024
 MODELS = {"batched": {}, "unbatched": {"dynamic_batching": False}}
@@ -136,7 +136,7 @@ def main() -> None:
     stack = LocalStack(workdir / "stack", replicas=1, with_mlflow=False).start()
     points: list[dict[str, Any]] = []
     try:
-        with environment({k: v for k, v in stack.env.items() if k != "MLFLOW_TRACKING_URI"}):
+        with stack.exported_env():
             model_dir = mlp_model_dir(workdir / "mlp")
             url = stack.triton_urls[0]
             client = get_deploy_client(f"triton:/{url}")

@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from _common import environment, machine_info, median, parser, quiet_logs, table, write_json
+from _common import machine_info, median, parser, quiet_logs, table, write_json
 
 
 def fit(epochs: int, workdir: Path, tracking_uri: str | None) -> dict[str, Any]:
@@ -116,7 +116,7 @@ def main() -> None:
 
         stack = LocalStack(workdir / "stack", replicas=0).start()
         try:
-            with environment(stack.env):
+            with stack.exported_env():
                 runs["export + verify + MLflow log/register"] = fit(args.epochs, workdir / "logged", stack.tracking_uri)
         finally:
             stack.stop()

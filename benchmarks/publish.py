@@ -30,7 +30,6 @@ from _common import (
     MB,
     DownloadTraffic,
     S3Traffic,
-    environment,
     human_bytes,
     machine_info,
     median,
@@ -125,7 +124,7 @@ def run_mode(mode: str, repeats: int, workdir: Path, s3_traffic: S3Traffic, down
 
     stack = LocalStack(workdir / mode, replicas=1, mlflow_artifacts=mode).start()
     try:
-        with environment(stack.env):
+        with stack.exported_env():
             model_uri = log_model()
             source = resolve_model(model_uri)
             model_file = source.download(workdir / f"floor-{mode}")  # the very same bytes

@@ -32,7 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from _common import S3Traffic, environment, machine_info, median, parser, quiet_logs, table, write_json
+from _common import S3Traffic, machine_info, median, parser, quiet_logs, table, write_json
 
 ALIAS = "production"
 _READY = re.compile(r"^/v2/models/(?P<name>[^/]+)(/versions/(?P<version>[^/]+))?/ready$")
@@ -201,7 +201,7 @@ def main() -> None:
     stack = LocalStack(workdir / "stack", replicas=1).start()
     stubs = [StubTriton(), StubTriton()]
     try:
-        with environment(stack.env):
+        with stack.exported_env():
             started = time.perf_counter()
             names = register_models(args.models, workdir)
             spec = load_spec(
