@@ -193,6 +193,12 @@ def _dims(spec: TensorSpec, batched: bool, kind: str) -> list[int]:
             "non-empty example."
         )
     if not batched:
+        if not spec.shape:  # tritonserver: "scalar tensors are not supported" without batching
+            raise MlflowException.invalid_parameter_value(
+                f"{kind} {spec.source_name!r} is a scalar (shape []), which Triton cannot serve "
+                "without batching. Deploy with max_batch_size > 0 and a dynamic batch axis, or "
+                "export the tensor with shape [1]."
+            )
         return list(spec.shape)
     if not spec.shape or spec.shape[0] != -1:
         raise MlflowException.invalid_parameter_value(
