@@ -170,11 +170,10 @@ class TritonDeploymentClient(BaseDeploymentClient):
     def list_deployments(self, endpoint: str | None = None) -> list[dict[str, Any]]:
         """Deployments in the repository (``TRITON_MODEL_REPO``) with their serving version."""
         publisher = self._publisher(self._config(None))
-        result = []
-        for name in publisher.model_names():
-            state = publisher.read_state(name)
-            result.append({"name": name, "serving_version": state.serving_version, "versions": state.versions})
-        return result
+        return [
+            {"name": s.name, "serving_version": s.serving_version, "versions": s.versions}
+            for s in publisher.deployments()
+        ]
 
     def get_deployment(self, name: str, endpoint: str | None = None) -> dict[str, Any]:
         """Repository and Triton view of ``name``: versions, state per server, provenance."""

@@ -826,25 +826,17 @@ def _ensure_loaded(
     assert version is not None
     if ready and all((name, str(version)) in ready.get(url, set()) for url in publisher.cluster.urls):
         return []  # every replica listed it READY at the start of this round
-    missing = _not_ready(publisher, name, version)
+    missing = publisher.cluster.not_ready(name, version)
     if not missing:
         return []
     with publisher.lease(name):  # never load while another publisher switches config.pbtxt
         if publisher.read_state(name).serving_version != version:
             raise _Changed(f"{name!r} was republished while reconciling")
-        missing = _not_ready(publisher, name, version)
+        missing = publisher.cluster.not_ready(name, version)
         raise_failures(f"load {name!r} version {version}", publisher.cluster.load_model(name, version, missing))
     logger.info("Reloaded %s version %d on %s", name, version, ", ".join(missing))
     return missing
 
-
-def _not_ready(publisher: ModelPublisher, name: str, version: int) -> list[str]:
-    missing = []
-    for url in publisher.cluster.urls:
-        with publisher.cluster.server(url) as server:
-            if not server.is_model_ready(name, version):
-                missing.append(url)
-    return missing
 
 
 class _Changed(Exception):

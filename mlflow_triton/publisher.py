@@ -127,9 +127,11 @@ class ModelPublisher:
         raw = self.store.read_bytes(f"{name}/{version}/{PROVENANCE_FILE}")
         return json.loads(raw) if raw else None
 
-    def model_names(self) -> list[str]:
+    def deployments(self) -> list[DeploymentState]:
+        """The state of every model folder in the repository that has a config.pbtxt."""
         folders, _ = self.store.list_dir("")
-        return [f for f in folders if self.store.read_bytes(f"{f}/{CONFIG_FILE}") is not None]
+        states = (self.read_state(f) for f in folders if _is_model_name(f))
+        return [state for state in states if state.exists]
 
     # -- the lease ---------------------------------------------------------------------------
     @contextmanager
@@ -368,11 +370,7 @@ class ModelPublisher:
         if any(provenance.get(k) != v for k, v in source.provenance().items()):
             provenance.update(source.provenance())
             self.store.write_bytes(f"{name}/{version}/{PROVENANCE_FILE}", json.dumps(provenance, indent=2).encode())
-        not_ready = []
-        for url in self.cluster.urls:
-            with self.cluster.server(url) as server:
-                if not server.is_model_ready(name, version):
-                    not_ready.append(url)
+        not_ready = self.cluster.not_ready(name, version)
         if not_ready:
             raise_failures(f"load {name!r} version {version}", self.cluster.load_model(name, version, not_ready))
         logger.info("%s version %d already serves this model: nothing uploaded", name, version)
@@ -477,6 +475,14 @@ class ModelPublisher:
         self.cluster.unload_model(name, ignore_missing=True)
         removed = self.store.delete_prefix(f"{name}/")
         logger.info("Deleted %s (%d objects) from %s", name, removed, self.store.uri)
+
+
+def _is_model_name(folder: str) -> bool:
+    try:
+        validate_model_name(folder)
+        return True
+    except MlflowException:
+        return False
 
 
 def _tensor_entry(spec: mcfg.TensorSpec) -> dict[str, str]:

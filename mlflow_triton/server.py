@@ -199,6 +199,15 @@ class TritonCluster:
 
         return self._each(load, urls)
 
+    def not_ready(self, name: str, version: int) -> list[str]:
+        """URLs of the replicas on which ``name`` ``version`` is not READY."""
+        missing = []
+        for url in self.urls:
+            with self.server(url) as server:
+                if not server.is_model_ready(name, version):
+                    missing.append(url)
+        return missing
+
     def unload_model(self, name: str, ignore_missing: bool = True) -> None:
         errors = self._each(lambda server: server.unload_model(name))
         failures = {
