@@ -141,16 +141,16 @@ def ready_check_latency(url: str, name: str, calls: int = 200) -> float:
 PHASES = {  # label: (object, attribute) wrapped with a timer; missing ones are skipped
     "registry: aliases of all models (one search)": ("promotion", "_all_aliases"),
     "registry: alias lookups (one call per model)": ("promotion", "_alias_version"),
-    "publisher/store creation": ("promotion", "publisher_for"),
+    "publisher/store creation": ("ModelPublisher", "for_config"),
     "repository reads (S3: config, listing, provenance)": ("ModelPublisher", "read_state"),
     "Triton: repository index per replica": ("promotion", "_ready_snapshot"),
-    "Triton: ready checks / reloads": ("promotion", "_ensure_loaded"),
+    "Triton: ready checks / repairs": ("ModelPublisher", "repair"),
 }
 
 
 def time_phases(spec) -> tuple[dict[str, float], float]:
     """Seconds spent in each phase during one sync, summed over the worker threads."""
-    from mlflow_triton import promotion
+    from mlflow_triton.promotion import reconcile as promotion
     from mlflow_triton.publisher import ModelPublisher
 
     owners = {"promotion": promotion, "ModelPublisher": ModelPublisher}

@@ -22,7 +22,7 @@ from mlflow_triton.model_config import as_arrays, tensor_names
 from mlflow_triton.model_source import resolve_model
 from mlflow_triton.publisher import ModelPublisher
 from mlflow_triton.server import TritonCluster
-from mlflow_triton.store import open_store
+from mlflow_triton.verification import SmokeTest
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +48,7 @@ class TritonDeploymentClient(BaseDeploymentClient):
         return DeploymentConfig.from_dict(config)
 
     def _publisher(self, config: DeploymentConfig) -> ModelPublisher:
-        store = open_store(config.require_repository(), endpoint_url=config.s3_endpoint_url)
-        cluster = TritonCluster(self.triton_urls, config.protocol, timeout_s=config.wait_ready_timeout)
-        return ModelPublisher(store, cluster, config)
+        return ModelPublisher.for_config(config, self.triton_urls)
 
     def _describe(self, publisher: ModelPublisher, name: str) -> dict[str, Any]:
         state = publisher.read_state(name)
@@ -71,6 +69,7 @@ class TritonDeploymentClient(BaseDeploymentClient):
             }
         provenance = dict(state.provenance or {})
         provenance.pop("config_pbtxt", None)
+        history = publisher.read_history(name)
         return {
             "name": name,
             "serving_version": state.serving_version,
@@ -80,6 +79,8 @@ class TritonDeploymentClient(BaseDeploymentClient):
             "model_uri": provenance.get("model_uri"),
             "provenance": provenance,
             "servers": servers,
+            "rollback_target": publisher.previous_good(name, state),
+            "history": history.to_list(),
         }
 
     # -- the plugin contract -----------------------------------------------------------------
@@ -99,6 +100,9 @@ class TritonDeploymentClient(BaseDeploymentClient):
             keep_versions (2): published versions kept, the serving one included.
             wait_ready_timeout (300): seconds to wait for READY on every replica.
             protocol (http): ``http`` or ``grpc`` (with ``grpc://`` URLs).
+            verify (true): before any client sees the version, load it under a staging name
+                on every replica and compare a smoke inference with the model run locally.
+            lease_wait (120): seconds to wait while another publisher holds the lease.
 
         Returns:
             ``{"name", "version", "flavor", "model_uri", "repository", "triton_urls", ...}``
@@ -136,7 +140,10 @@ class TritonDeploymentClient(BaseDeploymentClient):
                     f"No deployment named {name!r} to update; pass --model-uri or create it.",
                     error_code=RESOURCE_DOES_NOT_EXIST,
                 )
-            model_uri = state.provenance["model_uri"]
+            # The same registry version, not the alias re-resolved: an update without a
+            # model URI changes settings, never the model.
+            registered = state.provenance.get("registered_model"), state.provenance.get("registered_version")
+            model_uri = f"models:/{registered[0]}/{registered[1]}" if all(registered) else state.provenance["model_uri"]
             flavor = flavor or state.provenance.get("flavor")
         return self._publish(name, model_uri, flavor, config, mode="update")
 
@@ -145,8 +152,9 @@ class TritonDeploymentClient(BaseDeploymentClient):
         settings = self._config(config)
         source = resolve_model(model_uri, flavor or settings.flavor)
         publisher = self._publisher(settings)
+        verify = SmokeTest.for_source(publisher.store, publisher.cluster, source) if settings.verify else None
         started = time.monotonic()
-        result = publisher.publish(name, source, mode=mode)
+        result = publisher.publish(name, source, mode=mode, verify=verify)
         return {
             "name": name,
             "version": result.version,
@@ -158,6 +166,7 @@ class TritonDeploymentClient(BaseDeploymentClient):
             "triton_urls": self.triton_urls,
             "bytes_uploaded": result.bytes_uploaded,
             "pruned_versions": result.pruned,
+            "verified": result.verified,
             "seconds": round(time.monotonic() - started, 3),
         }
 
@@ -255,7 +264,10 @@ same repository as -C model_repository (or TRITON_MODEL_REPO).
 Config (-C key=value): model_repository, s3_endpoint_url, flavor (onnx|torchscript),
 max_batch_size (32), dynamic_batching (true), preferred_batch_size, max_queue_delay_microseconds
 (200), instance_kind (gpu|cpu|auto), instance_count (1), keep_versions (2),
-wait_ready_timeout (300), protocol (http|grpc).
+wait_ready_timeout (300), protocol (http|grpc), verify (true), lease_wait (120).
+
+Every version is loaded and verified under a staging name on every replica before any
+client sees it; -C verify=false skips the smoke inference (loading is still checked).
 
 Examples:
   mlflow deployments create -t triton --name fraud -m models:/fraud@production \\

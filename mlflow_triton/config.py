@@ -25,6 +25,11 @@ FLAVORS: tuple[str, ...] = ("onnx", "torchscript")
 INSTANCE_KINDS: tuple[str, ...] = ("gpu", "cpu", "auto")
 PROTOCOLS: tuple[str, ...] = ("http", "grpc")
 DEFAULT_TRITON_URL = "http://localhost:8000"
+#: DeploymentConfig keys recorded in provenance (see :meth:`DeploymentConfig.settings`).
+CONFIG_SETTINGS = (
+    "max_batch_size", "dynamic_batching", "preferred_batch_size",
+    "max_queue_delay_microseconds", "instance_kind", "instance_count",
+)  # fmt: skip
 TARGET_NAME = "triton"
 
 # Triton accepts any directory name, but a name must also be a safe S3 key segment and a URL path
@@ -52,6 +57,11 @@ class DeploymentConfig:
         keep_versions: published versions kept in the repository (the serving one included).
         wait_ready_timeout: seconds to wait for every server to report the version READY.
         protocol: ``http`` or ``grpc`` for inference and control.
+        verify: before a version serves, load it under a staging name on every replica and
+            run a smoke inference compared with the model run locally (``false``: loading
+            everywhere is the only check).
+        lease_wait: seconds to wait while another live publisher holds the deployment's
+            lease (a dead publisher's lease expires by itself after 30 s).
     """
 
     model_repository: str | None = None
@@ -66,10 +76,17 @@ class DeploymentConfig:
     keep_versions: int = 2
     wait_ready_timeout: float = 300.0
     protocol: str = "http"
+    verify: bool = True
+    lease_wait: float = 120.0
 
     @classmethod
     def keys(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+    def settings(self, flavor: str | None) -> dict[str, Any]:
+        """The settings that shape the generated config.pbtxt, as recorded in provenance:
+        the same artifact with the same settings is a no-op."""
+        return {"flavor": flavor, **{key: getattr(self, key) for key in CONFIG_SETTINGS}}
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any] | None = None) -> "DeploymentConfig":
@@ -107,6 +124,10 @@ class DeploymentConfig:
         _at_least("instance_count", self.instance_count, 1)
         _at_least("keep_versions", self.keep_versions, 1)
         _at_least("max_queue_delay_microseconds", self.max_queue_delay_microseconds, 0)
+        if self.lease_wait < 0:
+            raise MlflowException.invalid_parameter_value(
+                f"lease_wait must be >= 0 seconds, got {self.lease_wait}."
+            )
         if self.wait_ready_timeout <= 0:
             raise MlflowException.invalid_parameter_value(
                 f"wait_ready_timeout must be > 0 seconds, got {self.wait_ready_timeout}."

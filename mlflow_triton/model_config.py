@@ -1,29 +1,34 @@
 """Build Triton's ``config.pbtxt`` as a ``ModelConfig`` protobuf message.
 
-Tensor specs come from the model itself (the ONNX graph) or from its MLflow signature
-(TorchScript). The batch axis becomes ``max_batch_size``; ``dynamic_batching``,
+Tensor specs come from the model itself (the ONNX graph, read by walking the protobuf wire
+format so that embedded weights are never read: see :func:`onnx_graph_summary`) or from its MLflow
+signature (TorchScript). The batch axis becomes ``max_batch_size``; ``dynamic_batching``,
 ``instance_group`` and a ``version_policy`` pinning the serving version are generated::
 
-    io = io_from_onnx(Path("model.onnx"))
+    io = io_from_onnx(Path("model.onnx"))   # or a seekable reader (store.open_uri(uri))
     message = build_model_config("fraud", "onnx", io, DeploymentConfig(), version=3)
     text = to_pbtxt(message)          # what goes to <repo>/fraud/config.pbtxt
 """
 
 from __future__ import annotations
 
+import io
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterator, Mapping
 
 import numpy as np
 from google.protobuf import text_format
 from mlflow.exceptions import MlflowException
 from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
 
 from mlflow_triton.config import DeploymentConfig
 
 if TYPE_CHECKING:
+    import onnx
     from mlflow.models.signature import ModelSignature
 
 BACKENDS = {"onnx": "onnxruntime", "torchscript": "pytorch"}
@@ -31,22 +36,24 @@ MODEL_FILENAMES = {"onnx": "model.onnx", "torchscript": "model.pt"}
 INSTANCE_KINDS = {"gpu": mc.ModelInstanceGroup.KIND_GPU, "cpu": mc.ModelInstanceGroup.KIND_CPU,
                   "auto": mc.ModelInstanceGroup.KIND_AUTO}  # fmt: skip
 
-_NUMPY_TO_TRITON = {
-    np.dtype(np.bool_): "TYPE_BOOL",
-    np.dtype(np.uint8): "TYPE_UINT8",
-    np.dtype(np.uint16): "TYPE_UINT16",
-    np.dtype(np.uint32): "TYPE_UINT32",
-    np.dtype(np.uint64): "TYPE_UINT64",
-    np.dtype(np.int8): "TYPE_INT8",
-    np.dtype(np.int16): "TYPE_INT16",
-    np.dtype(np.int32): "TYPE_INT32",
-    np.dtype(np.int64): "TYPE_INT64",
-    np.dtype(np.float16): "TYPE_FP16",
-    np.dtype(np.float32): "TYPE_FP32",
-    np.dtype(np.float64): "TYPE_FP64",
-    np.dtype(np.object_): "TYPE_STRING",
-    np.dtype(np.bytes_): "TYPE_STRING",
-    np.dtype(np.str_): "TYPE_STRING",
+
+def protocol_dtype(config_type: str) -> str:
+    """The inference-protocol datatype of a config ``TYPE_*`` (``TYPE_STRING`` -> ``BYTES``)."""
+    return "BYTES" if config_type == "TYPE_STRING" else config_type.removeprefix("TYPE_")
+
+
+def config_dtype(protocol: str) -> str:
+    """The config.pbtxt ``TYPE_*`` for a protocol datatype (``BYTES`` -> ``TYPE_STRING``)."""
+    return "TYPE_STRING" if protocol == "BYTES" else f"TYPE_{protocol}"
+
+
+#: Protocol datatype -> numpy type, from ``tritonclient.utils`` for every ``TYPE_*`` of the model
+#: config it knows. BF16 is left out (as before): numpy has no bfloat16 (only ``ml_dtypes``) and
+#: the backends this plugin generates configs for are not exercised with it.
+NUMPY_DTYPES: dict[str, Any] = {
+    protocol: triton_to_np_dtype(protocol)
+    for protocol in map(protocol_dtype, mc.DataType.keys())
+    if protocol != "BF16" and triton_to_np_dtype(protocol) is not None
 }
 TENSOR_NAMES_PARAMETER = "mlflow_triton.tensor_names"
 _TORCH_UNSUPPORTED = {"TYPE_STRING", "TYPE_UINT16", "TYPE_UINT32", "TYPE_UINT64"}
@@ -67,7 +74,7 @@ class TensorSpec:
     @property
     def triton_dtype(self) -> str:
         """The datatype string of Triton's inference protocol (``FP32``, ``BYTES``...)."""
-        return "BYTES" if self.data_type == "TYPE_STRING" else self.data_type[len("TYPE_") :]
+        return protocol_dtype(self.data_type)
 
 
 @dataclass(frozen=True)
@@ -82,65 +89,261 @@ def triton_type(dtype: np.dtype | type | str, where: str) -> str:
         key = np.dtype(dtype)
     except TypeError as err:
         raise MlflowException.invalid_parameter_value(f"{where}: unknown dtype {dtype!r}.") from err
-    if key.kind in ("U", "S"):
-        key = np.dtype(np.object_)
-    if key not in _NUMPY_TO_TRITON:
+    if key.kind in ("U", "S", "O"):  # any string-like numpy array travels as BYTES
+        return "TYPE_STRING"
+    protocol = np_to_triton_dtype(key)
+    if protocol not in NUMPY_DTYPES:
+        supported = sorted({np.dtype(t).name for t in NUMPY_DTYPES.values()} | {"str", "bytes"})
         raise MlflowException.invalid_parameter_value(
-            f"{where}: dtype {key} has no Triton equivalent; supported: "
-            f"{', '.join(sorted({str(d) for d in _NUMPY_TO_TRITON}))}."
+            f"{where}: dtype {key} has no Triton equivalent; supported: {', '.join(supported)}."
         )
-    return _NUMPY_TO_TRITON[key]
+    return config_dtype(protocol)
 
 
-def io_from_onnx(path: Path) -> ModelIO:
-    """Names, types and shapes of an ONNX model's graph inputs and outputs (weights not loaded)."""
-    import onnx
-    from onnx.helper import tensor_dtype_to_np_dtype
+# --- ONNX graph structure without the weights -------------------------------------------------
+#
+# An ONNX file is one serialized ``ModelProto``. Its weights usually sit *inside* the graph
+# (``GraphProto.initializer[i].raw_data``), so parsing the file with ``onnx.load`` reads, and
+# holds in memory, every byte of a multi-GB model. The inputs and outputs we need are a few
+# hundred bytes. Protobuf's wire format is a flat sequence of ``(field number, wire type)``
+# keys, each followed by a varint, a fixed 4/8 bytes or a length-prefixed payload, so a reader
+# can hop over any payload it does not need with one ``seek``. Walking only the fields below
+# costs a handful of small reads wherever the weights are; on S3 (``S3Store.open_uri``: 1 MiB
+# ranged GETs) that is a few requests instead of downloading the model.
+
+_VARINT, _FIXED64, _LEN, _GROUP_START, _GROUP_END, _FIXED32 = range(6)
+_MODEL_GRAPH = 7  # ModelProto.graph
+_GRAPH_INITIALIZER, _GRAPH_INPUT, _GRAPH_OUTPUT = 5, 11, 12  # GraphProto
+_TENSOR_NAME, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 8, 13, 14  # TensorProto
+_EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
+_MAX_VARINT_BYTES = 10
+
+
+class _CorruptModel(Exception):
+    """The bytes are not a well-formed protobuf message (turned into INVALID_PARAMETER_VALUE)."""
+
+
+class _WireReader:
+    """Protobuf wire-format primitives over a seekable binary stream.
+
+    Every method takes ``end``, the offset where the enclosing message stops, and refuses to
+    read or skip past it: a truncated file or a corrupt length fails here instead of being
+    read as garbage.
+    """
+
+    def __init__(self, stream: BinaryIO, start: int) -> None:
+        self.stream, self.pos = stream, start
+
+    def read(self, size: int, end: int) -> bytes:
+        if self.pos + size > end:
+            raise _CorruptModel(f"a field of {size} bytes at offset {self.pos} runs past its end")
+        data = self.stream.read(size)
+        if len(data) != size:
+            raise _CorruptModel(f"file ends inside a field at offset {self.pos}")
+        self.pos += size
+        return data
+
+    def skip(self, size: int, end: int) -> None:
+        if self.pos + size > end:
+            raise _CorruptModel(f"a field of {size} bytes at offset {self.pos} runs past its end")
+        self.pos += size
+        self.stream.seek(self.pos)
+
+    def varint(self, end: int) -> int:
+        value = 0
+        for shift in range(0, 7 * _MAX_VARINT_BYTES, 7):
+            byte = self.read(1, end)[0]
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return value
+        raise _CorruptModel(f"varint longer than {_MAX_VARINT_BYTES} bytes at offset {self.pos}")
+
+    def length(self, end: int) -> int:
+        """A length prefix, checked to fit in the enclosing message."""
+        size = self.varint(end)
+        if self.pos + size > end:
+            raise _CorruptModel(f"a field of {size} bytes at offset {self.pos} runs past its end")
+        return size
+
+    def fields(self, end: int) -> Iterator[tuple[int, int]]:
+        """``(field number, wire type)`` of each field up to ``end``; the caller consumes the
+        value (``read``/``varint``/``skip_value``...) before asking for the next one."""
+        while self.pos < end:
+            key = self.varint(end)
+            number, wire = key >> 3, key & 7
+            if number == 0:
+                raise _CorruptModel(f"field number 0 at offset {self.pos}")
+            yield number, wire
+
+    def skip_value(self, wire: int, end: int) -> None:
+        if wire == _VARINT:
+            self.varint(end)
+        elif wire == _FIXED64:
+            self.skip(8, end)
+        elif wire == _LEN:
+            self.skip(self.length(end), end)
+        elif wire == _FIXED32:
+            self.skip(4, end)
+        else:  # 3/4 are groups, deprecated and never used by onnx.proto; 6/7 do not exist
+            raise _CorruptModel(f"unsupported wire type {wire} at offset {self.pos}")
+
+
+@dataclass(frozen=True)
+class OnnxGraphSummary:
+    """What the config builder needs from an ONNX model, read without its weights.
+
+    ``inputs``/``outputs`` are the graph's ``ValueInfoProto`` as listed (initializers included:
+    see :func:`io_from_onnx`); ``initializers`` the names of the main graph's initializers;
+    ``external_data`` the ``location`` of each initializer stored outside the file, sorted.
+    """
+
+    inputs: tuple["onnx.ValueInfoProto", ...]
+    outputs: tuple["onnx.ValueInfoProto", ...]
+    initializers: frozenset[str]
+    external_data: tuple[str, ...]
+
+
+def _source_label(source: Path | str | BinaryIO) -> str:
+    name = source if isinstance(source, (str, os.PathLike)) else getattr(source, "name", None)
+    return Path(name).name if isinstance(name, (str, os.PathLike)) else "the ONNX model"
+
+
+def onnx_graph_summary(source: Path | str | BinaryIO) -> OnnxGraphSummary:
+    """Inputs, outputs, initializer names and external-data files of an ONNX model.
+
+    ``source`` is a path or a seekable binary reader (a local file opened ``"rb"``,
+    ``S3Store.open_uri(...)``); a reader is read from offset 0 and left open. Only the graph's
+    structure is read: ``ModelProto.graph`` -> ``GraphProto.input``/``output`` (small messages,
+    parsed with ``onnx``) and, of each ``GraphProto.initializer``, its ``name`` and
+    ``external_data``/``data_location``. Everything else -- nodes, the tensors' data -- is
+    skipped with ``seek``, so a model with gigabytes of embedded weights costs a few small
+    reads (a few ranged GETs on S3) instead of a download. Fields may come in any order and
+    repeat (protobuf merges repeated messages), as ``onnx.load`` would accept them.
+
+    Raises:
+        MlflowException: INVALID_PARAMETER_VALUE when the bytes are not a readable ONNX model
+            (truncated, corrupt, not protobuf, or without a graph).
+    """
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as stream:
+            return _read_summary(stream, _source_label(source))
+    return _read_summary(source, _source_label(source))
+
+
+def _read_summary(stream: BinaryIO, label: str) -> OnnxGraphSummary:
+    from google.protobuf.message import DecodeError
+    from onnx import StringStringEntryProto, ValueInfoProto
+
+    inputs: list[ValueInfoProto] = []
+    outputs: list[ValueInfoProto] = []
+    initializers: set[str] = set()
+    external: set[str] = set()
+
+    def initializer(reader: _WireReader, end: int) -> None:
+        name, location, locations = "", 0, []
+        for number, wire in reader.fields(end):
+            if number == _TENSOR_NAME and wire == _LEN:
+                name = reader.read(reader.length(end), end).decode("utf-8")
+            elif number == _TENSOR_EXTERNAL_DATA and wire == _LEN:
+                entry = StringStringEntryProto.FromString(reader.read(reader.length(end), end))
+                if entry.key == "location":
+                    locations.append(entry.value)
+            elif number == _TENSOR_DATA_LOCATION and wire == _VARINT:
+                location = reader.varint(end)
+            else:  # dims, data_type, raw_data, float_data...: seek past the weights
+                reader.skip_value(wire, end)
+        initializers.add(name)
+        if location == _EXTERNAL:
+            external.update(locations)
+
+    def graph(reader: _WireReader, end: int) -> None:
+        for number, wire in reader.fields(end):
+            if number in (_GRAPH_INPUT, _GRAPH_OUTPUT) and wire == _LEN:
+                value = ValueInfoProto.FromString(reader.read(reader.length(end), end))
+                (inputs if number == _GRAPH_INPUT else outputs).append(value)
+            elif number == _GRAPH_INITIALIZER and wire == _LEN:
+                size = reader.length(end)
+                initializer(reader, reader.pos + size)
+            else:  # nodes, value_info, doc_string...
+                reader.skip_value(wire, end)
 
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as err:  # onnx raises DecodeError and others for a corrupt file
+        size = stream.seek(0, io.SEEK_END)
+        stream.seek(0)
+        reader, has_graph = _WireReader(stream, 0), False
+        for number, wire in reader.fields(size):
+            if number == _MODEL_GRAPH and wire == _LEN:
+                length = reader.length(size)
+                graph(reader, reader.pos + length)
+                has_graph = True
+            else:  # ir_version, opset_import, functions, metadata...
+                reader.skip_value(wire, size)
+        if not has_graph:
+            raise _CorruptModel("it has no graph")
+    except (_CorruptModel, DecodeError, UnicodeDecodeError) as err:
         raise MlflowException.invalid_parameter_value(
-            f"{path.name} is not a readable ONNX model: {err}"
+            f"{label} is not a readable ONNX model: {err}"
         ) from err
-    initializers = {init.name for init in model.graph.initializer}
+    return OnnxGraphSummary(
+        tuple(inputs), tuple(outputs), frozenset(initializers), tuple(sorted(external))
+    )
+
+
+def io_from_onnx(source: Path | str | BinaryIO) -> ModelIO:
+    """Names, types and shapes of an ONNX model's graph inputs and outputs (weights not read).
+
+    ``source``: a path or a seekable binary reader (see :func:`onnx_graph_summary`). Inputs that
+    are initializers (weights some exporters also list as inputs) are left out; a symbolic
+    (``dim_param``) or missing dimension is -1.
+    """
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    summary = onnx_graph_summary(source)
 
     def specs(values, kind: str) -> tuple[TensorSpec, ...]:
         result = []
         for value in values:
-            if value.name in initializers:
+            if value.name in summary.initializers:
                 continue
-            tensor_type = value.type.tensor_type
             where = f"ONNX {kind} {value.name!r}"
-            dtype = tensor_dtype_to_np_dtype(tensor_type.elem_type)
+            if not isinstance(value.name, str):  # protobuf hands back bytes for invalid UTF-8
+                raise MlflowException.invalid_parameter_value(f"{where}: the name is not UTF-8.")
+            if value.type.WhichOneof("value") != "tensor_type":
+                raise MlflowException.invalid_parameter_value(
+                    f"{where} is not a tensor ({value.type.WhichOneof('value') or 'no type'}): "
+                    "Triton serves tensors only."
+                )
+            tensor_type = value.type.tensor_type
+            try:
+                dtype = tensor_dtype_to_np_dtype(tensor_type.elem_type)
+            except (KeyError, ValueError) as err:
+                raise MlflowException.invalid_parameter_value(
+                    f"{where} has no usable element type (ONNX elem_type {tensor_type.elem_type})."
+                ) from err
             shape = tuple(
                 d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim
             )
             result.append(TensorSpec(value.name, triton_type(dtype, where), shape, value.name))
         return tuple(result)
 
-    return ModelIO(specs(model.graph.input, "input"), specs(model.graph.output, "output"))
+    return ModelIO(specs(summary.inputs, "input"), specs(summary.outputs, "output"))
 
 
-def onnx_external_data(path: Path) -> list[str]:
-    """Files (relative to the model file) holding an ONNX model's external tensor data."""
-    import onnx
-    from onnx.external_data_helper import uses_external_data
+def onnx_external_data(source: Path | str | BinaryIO) -> list[str]:
+    """Files (relative to the model file) holding an ONNX model's external tensor data.
 
-    model = onnx.load(str(path), load_external_data=False)
-    locations = {
-        entry.value
-        for tensor in model.graph.initializer
-        if uses_external_data(tensor)
-        for entry in tensor.external_data
-        if entry.key == "location"
-    }
+    ``source``: a path or a seekable binary reader. As before, only the main graph's
+    initializers are looked at, not tensors inside nodes (``Constant`` attributes, the
+    initializers of ``If``/``Loop`` bodies), which ``onnx.save_model`` can also move out.
+    """
+    locations = onnx_graph_summary(source).external_data
     for location in locations:
         if location.startswith("/") or ".." in location.split("/"):
             raise MlflowException.invalid_parameter_value(
-                f"{path.name} references external data outside its folder ({location!r})."
+                f"{_source_label(source)} references external data outside its folder "
+                f"({location!r})."
             )
-    return sorted(locations)
+    return list(locations)
 
 
 def io_from_signature(signature: "ModelSignature | None", flavor: str) -> ModelIO:
@@ -263,7 +466,7 @@ def tensor_names(config: dict) -> dict[str, list[dict[str, str]]]:
             {
                 "mlflow": names[key].get(t["name"], t["name"]),
                 "triton": t["name"],
-                "datatype": t["data_type"].removeprefix("TYPE_").replace("STRING", "BYTES"),
+                "datatype": protocol_dtype(t["data_type"]),
             }
             for t in config.get(kind, [])
         ]
@@ -288,11 +491,13 @@ def serving_versions(message: mc.ModelConfig) -> list[int]:
     return []
 
 
-NUMPY_DTYPES = {
-    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
-    "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
-    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "BYTES": np.object_,
-}  # fmt: skip
+def pin_version(message: mc.ModelConfig, version: int) -> mc.ModelConfig:
+    """A copy of ``message`` whose ``version_policy`` serves exactly ``version``."""
+    pinned = mc.ModelConfig()
+    pinned.CopyFrom(message)
+    pinned.version_policy.specific.ClearField("versions")
+    pinned.version_policy.specific.versions.append(version)
+    return pinned
 
 
 def as_arrays(inputs: Any, specs: list[dict[str, str]]) -> dict[str, np.ndarray]:

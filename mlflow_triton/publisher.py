@@ -1,16 +1,24 @@
 """Publishing a model version into a Triton repository, as one transaction.
 
-Layout written for model ``NAME`` (Triton's repository layout plus one provenance file)::
+Layout written for model ``NAME`` (Triton's repository layout plus three files of ours)::
 
     <repo>/NAME/config.pbtxt                 version_policy pins the serving version
     <repo>/NAME/<N>/model.onnx | model.pt
     <repo>/NAME/<N>/mlflow-triton.json       provenance: MLflow URI, registry version, hashes
+    <repo>/NAME/mlflow-triton-history.json   which version served when (mlflow_triton.history)
+    <repo>/NAME/.mlflow-triton.lease         held while a publisher writes (mlflow_triton.lease)
 
-A publish never overwrites a served version. It uploads ``N = last + 1``, then swaps
-``config.pbtxt`` (a single atomic object write) and asks every Triton replica to load. If a
-replica refuses, the previous config is restored, version ``N`` is deleted and replicas that
-had switched are reloaded on the previous version: the repository and the serving version
-are left as they were. A lease object serializes concurrent publishers of one model.
+A publish never overwrites a served version. Under the deployment's lease it uploads
+``N = last + 1`` (the provenance file last, so a folder without one is an interrupted upload),
+then hands ``N`` to a :class:`~mlflow_triton.rollout.Rollout`: loaded and verified under a
+staging name, then switched in. A refused version is deleted and recorded as refused; the
+repository and the serving version are left as they were.
+
+Crashes: a publisher killed at any point leaves its lease, which expires after its TTL. The
+next publisher (or ``sync``) takes it over and first repairs what the dead one left: the
+staging model, version folders that never served or lack their provenance, replicas that did
+not load the pinned version (they are loaded and verified now), versions beyond
+``keep_versions``.
 """
 
 from __future__ import annotations
@@ -18,19 +26,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import socket
 import tempfile
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator, Mapping, Sequence
 
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import (
-    INTERNAL_ERROR,
+    ABORTED,
     RESOURCE_ALREADY_EXISTS,
     RESOURCE_DOES_NOT_EXIST,
     TEMPORARILY_UNAVAILABLE,
@@ -38,34 +43,30 @@ from mlflow.protos.databricks_pb2 import (
 
 from mlflow_triton import model_config as mcfg
 from mlflow_triton.config import DeploymentConfig, validate_model_name
+from mlflow_triton.history import ServingHistory
+from mlflow_triton.lease import DEFAULT_TTL_S, LEASE_FILE, Lease, LeaseLost
 from mlflow_triton.model_source import ModelSource, check_torchscript
-from mlflow_triton.server import TritonCluster, is_unreachable, raise_failures
-from mlflow_triton.store import ModelRepositoryStore, progress_bar
+from mlflow_triton.rollout import CONFIG_FILE, Rollout, VersionRefused, staging_name
+from mlflow_triton.server import TritonCluster, raise_failures
+from mlflow_triton.store import ModelRepositoryStore, open_store, progress_bar
+from mlflow_triton.verification import Verifier
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.pbtxt"
 PROVENANCE_FILE = "mlflow-triton.json"
-LEASE_FILE = ".mlflow-triton.lease"
-LEASE_TTL_S = 900.0
 PROVENANCE_SCHEMA = 1
-#: DeploymentConfig keys recorded in provenance: same artifact + same settings = no-op.
-CONFIG_SETTINGS = (
-    "max_batch_size", "dynamic_batching", "preferred_batch_size",
-    "max_queue_delay_microseconds", "instance_kind", "instance_count",
-)  # fmt: skip
 
-#: ``verify(version, local_model_file)``: raise to reject a version that Triton loaded.
-VerifyFn = Callable[[int, Path], None]
 
-#: Lease tokens of this process whose publish ended but whose release failed (S3 unreachable):
-#: stale by construction, so this process's next publish of that model may take them over.
-_UNRELEASED_LEASES: set[str] = set()
+class ServingChanged(MlflowException):
+    """Another publisher changed the serving version while we waited: compare again."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, error_code=ABORTED)
 
 
 @dataclass
 class DeploymentState:
-    """What the repository says about one model."""
+    """What the repository says about one model (one config read and one listing)."""
 
     name: str
     config: Any  # model_config_pb2.ModelConfig | None
@@ -73,6 +74,8 @@ class DeploymentState:
     versions: list[int]
     serving_version: int | None
     provenance: dict[str, Any] | None
+    #: A lease object is present: a publisher is at work, or died and left work to repair.
+    leased: bool = False
 
     @property
     def exists(self) -> bool:
@@ -90,9 +93,18 @@ class PublishResult:
     flavor: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
     pruned: list[int] = field(default_factory=list)
+    verified: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class RepairResult:
+    """What :meth:`ModelPublisher.repair` did: replicas reloaded, version folders removed."""
+
+    reloaded: list[str] = field(default_factory=list)
+    removed: list[int] = field(default_factory=list)
 
 
 def sha256_file(path: Path, chunk: int = 8 * 1024 * 1024) -> str:
@@ -104,28 +116,60 @@ def sha256_file(path: Path, chunk: int = 8 * 1024 * 1024) -> str:
 
 
 class ModelPublisher:
-    """Publishes, activates and deletes model versions in one repository for one cluster."""
+    """Publishes, activates and deletes model versions in one repository for one cluster.
 
-    def __init__(self, store: ModelRepositoryStore, cluster: TritonCluster, config: DeploymentConfig):
+    Args:
+        store / cluster / config: the repository, its replicas and the deployment config.
+        lease_ttl_s: seconds without renewal after which a publisher's lease expires.
+    """
+
+    def __init__(
+        self, store: ModelRepositoryStore, cluster: TritonCluster, config: DeploymentConfig,
+        lease_ttl_s: float = DEFAULT_TTL_S,
+    ) -> None:  # fmt: skip
         self.store = store
         self.cluster = cluster
         self.config = config
+        self.lease_ttl_s = lease_ttl_s
+
+    @classmethod
+    def for_config(
+        cls, config: DeploymentConfig, triton_urls: Sequence[str], stores: dict[Any, Any] | None = None
+    ) -> "ModelPublisher":
+        """The publisher of ``config``'s repository for the replicas ``triton_urls``.
+
+        ``stores`` shares one store (one boto3 client, thread-safe) between the deployments of
+        one reconciliation that use the same repository.
+        """
+        key = (config.require_repository(), config.s3_endpoint_url)
+        store = stores.get(key) if stores is not None else None
+        if store is None:
+            store = open_store(*key)
+            if stores is not None:
+                stores[key] = store
+        cluster = TritonCluster(list(triton_urls), config.protocol, timeout_s=config.wait_ready_timeout)
+        return cls(store, cluster, config)
 
     # -- reading -----------------------------------------------------------------------------
     def read_state(self, name: str) -> DeploymentState:
         validate_model_name(name)
         config_bytes = self.store.read_bytes(f"{name}/{CONFIG_FILE}")
-        folders, _ = self.store.list_dir(f"{name}/")
+        folders, files = self.store.list_dir(f"{name}/")
         versions = sorted(int(f) for f in folders if f.isdigit())
         config = mcfg.parse_pbtxt(config_bytes) if config_bytes is not None else None
         serving = mcfg.serving_versions(config) if config is not None else []
         serving_version = serving[-1] if serving else (versions[-1] if versions and config else None)
         provenance = self.read_provenance(name, serving_version) if serving_version else None
-        return DeploymentState(name, config, config_bytes, versions, serving_version, provenance)
+        return DeploymentState(
+            name, config, config_bytes, versions, serving_version, provenance, LEASE_FILE in files
+        )
 
     def read_provenance(self, name: str, version: int) -> dict[str, Any] | None:
         raw = self.store.read_bytes(f"{name}/{version}/{PROVENANCE_FILE}")
         return json.loads(raw) if raw else None
+
+    def read_history(self, name: str) -> ServingHistory:
+        return ServingHistory.load(self.store, name)
 
     def deployments(self) -> list[DeploymentState]:
         """The state of every model folder in the repository that has a config.pbtxt."""
@@ -135,58 +179,23 @@ class ModelPublisher:
 
     # -- the lease ---------------------------------------------------------------------------
     @contextmanager
-    def lease(self, name: str, ttl_s: float = LEASE_TTL_S) -> Iterator[None]:
-        """Hold ``NAME/.mlflow-triton.lease`` (created with a conditional write) while publishing."""
-        key = f"{name}/{LEASE_FILE}"
-        token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
-        body = json.dumps({"owner": token, "expires_at": time.time() + ttl_s}).encode()
-        if not self.store.create_exclusive(key, body):
-            held = json.loads(self.store.read_bytes(key) or b"{}")
-            unreleased = held.get("owner") in _UNRELEASED_LEASES
-            if not unreleased and held.get("expires_at", 0) > time.time():
-                raise MlflowException(
-                    f"Another publish of {name!r} holds the lease {self.store.url(key)} "
-                    f"(owner {held.get('owner')}); retry when it finishes, or delete the lease "
-                    "object if that process died.",
-                    error_code=RESOURCE_ALREADY_EXISTS,
-                )
-            logger.warning(
-                "Taking over the %s lease of %s held by %s", "unreleased" if unreleased else "expired",
-                name, held.get("owner"),
-            )  # fmt: skip
-            _UNRELEASED_LEASES.discard(held.get("owner"))
-            self.store.delete(key)
-            if not self.store.create_exclusive(key, body):
-                raise MlflowException(
-                    f"Another publish of {name!r} took the lease first; retry.",
-                    error_code=RESOURCE_ALREADY_EXISTS,
-                )
-        try:
-            yield
-        finally:
-            self._release(key, token)
+    def lease(self, name: str, wait_s: float | None = None) -> Iterator[Lease]:
+        """Hold the deployment's lease (see :mod:`mlflow_triton.lease`) for the block.
 
-    def _release(self, key: str, token: str) -> None:
-        """Delete the lease if it is still ours; never hide the publish's own error."""
-        try:
-            held = json.loads(self.store.read_bytes(key) or b"{}")
-            if held.get("owner") == token:
-                self.store.delete(key)
-        except Exception as err:  # S3 unreachable: the lease stays until it expires
-            _UNRELEASED_LEASES.add(token)
-            logger.warning(
-                "Could not release the lease %s: %s. Publishes from other processes wait until it "
-                "expires, unless the object is deleted.", self.store.url(key), err,
-            )  # fmt: skip
+        Args:
+            wait_s: how long to wait for a live holder (default: ``config.lease_wait``).
+        """
+        wait = self.config.lease_wait if wait_s is None else wait_s
+        with Lease(self.store, name, ttl_s=self.lease_ttl_s, wait_s=wait) as held:
+            yield held
+
+    def _rollout(self, name: str, lease: Lease) -> Rollout:
+        return Rollout(self.store, self.cluster, name, lease, self.read_history(name))
 
     # -- publishing --------------------------------------------------------------------------
     def check_servers(self) -> None:
         """Fail before writing anything when a Triton replica does not answer."""
-        down = {url: None for url in self.cluster.urls}
-        for url in self.cluster.urls:
-            with self.cluster.server(url) as server:
-                if server.is_live():
-                    down.pop(url)
+        down = self.cluster.not_live()
         if down:
             raise MlflowException(
                 f"Triton unreachable at {', '.join(down)}: nothing was published. Check the target "
@@ -195,20 +204,27 @@ class ModelPublisher:
             )
 
     def publish(
-        self, name: str, source: ModelSource, mode: str = "any", verify: VerifyFn | None = None
-    ) -> PublishResult:
-        """Publish ``source`` as the serving version of ``name`` and load it everywhere.
+        self, name: str, source: ModelSource, mode: str = "any", verify: Verifier | None = None,
+        lease_wait_s: float | None = None,
+    ) -> PublishResult:  # fmt: skip
+        """Publish ``source`` as the serving version of ``name``, verified on every replica.
 
         Args:
             mode: ``create`` (fail if it exists), ``update`` (fail if missing) or ``any``.
-            verify: called as ``verify(version, local_model_file)`` once every replica reports
-                the version READY (e.g. a smoke inference); if it raises, the publish is rolled
-                back like a refusal.
+            verify: called with the candidate loaded under its staging name on every replica
+                (:class:`~mlflow_triton.verification.SmokeTest`); raising refuses it. Without
+                it the candidate must still load everywhere before it serves.
+            lease_wait_s: how long to wait for another publisher (default: config).
+
+        Raises:
+            MlflowException: RESOURCE_ALREADY_EXISTS / RESOURCE_DOES_NOT_EXIST for the mode,
+                or when another publisher kept the lease; INTERNAL_ERROR when the version was
+                refused (nothing changed); TEMPORARILY_UNAVAILABLE when a replica is down.
         """
         validate_model_name(name)
         self.store.check()
         self.check_servers()
-        with self.lease(name):
+        with self.lease(name, lease_wait_s) as lease:
             state = self.read_state(name)
             if mode == "create" and state.exists:
                 raise MlflowException(
@@ -221,40 +237,40 @@ class ModelPublisher:
                     f"Deployment {name!r} does not exist in {self.store.uri}; create it first.",
                     error_code=RESOURCE_DOES_NOT_EXIST,
                 )
+            rollout = self._rollout(name, lease)
+            self._remove_leftovers(state, rollout)
             with tempfile.TemporaryDirectory(prefix="mlflow-triton-") as tmp:
-                return self._publish_locked(state, source, Path(tmp), verify)
+                return self._publish_locked(state, source, Path(tmp), verify, rollout)
 
     def _publish_locked(
-        self, state: DeploymentState, source: ModelSource, tmp: Path, verify: VerifyFn | None
-    ) -> PublishResult:
+        self, state: DeploymentState, source: ModelSource, tmp: Path, verify: Verifier | None,
+        rollout: Rollout,
+    ) -> PublishResult:  # fmt: skip
         name = state.name
         serving = state.provenance or {}
         started = time.monotonic()
-        settings = self._settings(source.flavor)
+        settings = self.config.settings(source.flavor)
         # 1. The very artifact that serves, with the same settings: nothing to read or write.
         if serving.get("source_uri") == source.artifact_uri and serving.get("settings") == settings:
-            return self._unchanged(state, source)
+            return self._unchanged(state, source, rollout, verify)
 
-        # 2. Server-side copy when the MLflow artifacts sit on the repository's S3 endpoint and
-        #    the tensors are known without reading the model; else 3. download once, hash, upload.
-        #    ONNX weights may live in external-data files beside model.onnx (MLflow's default):
-        #    they are published with it, under the same relative names.
+        # 2. Server-side copy when the MLflow artifacts sit on the repository's S3 endpoint;
+        #    else 3. download once, hash, upload. The tensors come from the same place on both
+        #    paths (the ONNX graph, read without its weights; the signature for TorchScript),
+        #    so both generate the same config.pbtxt. ONNX weights may live in external-data
+        #    files beside model.onnx (MLflow's default): they are published with it.
         filename = mcfg.MODEL_FILENAMES[source.flavor]
         local: Path | None = None
-        io = self._signature_io(source)
         external: list[str] = []
         if source.companion_files():
             local = source.download(tmp)
-            io = self._model_io(source, local)
             external = self._external_data(source, local)
         files = [(source.artifact_uri, filename)] + [(source.sibling_uri(n), n) for n in external]
-        remote = [self.store.stat_uri(uri) for uri, _ in files] if io is not None else []
-        copy = bool(remote) and all(remote)
+        remote = [self.store.stat_uri(uri) for uri, _ in files]
+        copy = all(remote)
         if copy:
             entries = [{"file": target, **stat} for (_, target), stat in zip(files, remote)]
-            if source.flavor == "torchscript":
-                with self.store.open_uri(source.artifact_uri) as reader:
-                    check_torchscript(reader, source.model_uri)
+            io = self._model_io(source, local)
         else:
             local = local or source.download(tmp)
             io = self._model_io(source, local)
@@ -263,16 +279,15 @@ class ModelPublisher:
                 {"file": target, "sha256": sha256_file(path), "size": path.stat().st_size}
                 for (_, target), path in zip(files, paths)
             ]
-        assert io is not None
         artifact, external_entries = entries[0], entries[1:]
         if (
             serving.get("artifact") == artifact
             and serving.get("external_data", []) == external_entries
             and serving.get("settings") == settings
         ):
-            return self._unchanged(state, source)
+            return self._unchanged(state, source, rollout, verify)
 
-        version = max(state.versions + [state.serving_version or 0]) + 1
+        version = max(state.versions + [state.serving_version or 0, rollout.history.highest_version()]) + 1
         message = mcfg.build_model_config(name, source.flavor, io, self.config, version)
         provenance = {
             "schema": PROVENANCE_SCHEMA,
@@ -302,44 +317,44 @@ class ModelPublisher:
                     uploaded += self.store.upload_file(
                         path, prefix + target, progress_bar(entry["size"], f"upload {name}/{version}/{target}")
                     )
+            # Written last: a version folder without provenance is an interrupted upload.
             self.store.write_bytes(prefix + PROVENANCE_FILE, json.dumps(provenance, indent=2).encode())
-        except BaseException:
+            logger.info(
+                "%s %s version %d (%d bytes) to %s", "Copied" if copied else "Uploaded", name,
+                version, copied or uploaded, self.store.url(prefix),
+            )  # fmt: skip
+            # A local copy serves verification only if it is complete (the copy path may
+            # have downloaded model.onnx alone, to read its external-data references).
+            rollout.verify(version, message, provenance, verify, model_file=None if copy else local)
+            rollout.switch(
+                version, message, state.config_bytes, state.serving_version, "publish",
+                verified=verify is not None, registered_model=source.registered_model,
+                registered_version=source.registered_version, model_uri=source.model_uri,
+            )  # fmt: skip
+        except VersionRefused as err:
+            rollout.lease.check("removing the refused version")  # a lost lease deletes nothing
             self._discard(prefix)
+            if not any(e["event"] == "refused" and e["version"] == version for e in rollout.history.events):
+                rollout.refuse(version, "publish", err.message)
+            restored = f"version {state.serving_version}" if state.serving_version else "no version"
+            raise MlflowException(
+                f"{name!r} version {version} was rejected, so it was not published and the "
+                f"repository still serves {restored}. {err.message}",
+                error_code=err.error_code,
+            ) from err
+        except LeaseLost:
+            raise  # the new holder repairs; deleting now could hit its upload
+        except BaseException:
+            if not _config_pins(self.store, name, version):  # an unreachable replica at the
+                self._discard(prefix)  # switch keeps it: the next update finishes the job
             raise
-        logger.info(
-            "%s %s version %d (%d bytes) to %s", "Copied" if copied else "Uploaded", name, version,
-            copied or uploaded, self.store.url(prefix),
-        )  # fmt: skip
-
-        def check(v: int) -> None:
-            assert verify is not None
-            verify(v, local if local is not None else source.download(tmp))
-
-        self._switch(name, message, version, state, check if verify else None)
-        pruned = self.prune(name, keep=self.config.keep_versions, serving=version)
+        pruned = self.prune(name, keep=self.config.keep_versions, serving=version, rollout=rollout)
         logger.info("Published %s version %d in %.1fs", name, version, time.monotonic() - started)
         return PublishResult(
             name, version, state.serving_version, True, bytes_uploaded=uploaded,
             bytes_copied=copied, flavor=source.flavor, provenance=provenance, pruned=pruned,
+            verified=verify is not None,
         )  # fmt: skip
-
-    def _settings(self, flavor: str) -> dict[str, Any]:
-        """The deployment settings that shape the generated config."""
-        return {"flavor": flavor, **{key: getattr(self.config, key) for key in CONFIG_SETTINGS}}
-
-    def _signature_io(self, source: ModelSource) -> mcfg.ModelIO | None:
-        """Tensor specs from the signature when it names every tensor, else None."""
-        signature = source.signature
-        if signature is None or signature.inputs is None or signature.outputs is None:
-            return None
-        if not signature.inputs.is_tensor_spec() or not all(
-            spec.name for schema in (signature.inputs, signature.outputs) for spec in schema.inputs
-        ):
-            return None
-        try:
-            return mcfg.io_from_signature(signature, source.flavor)
-        except MlflowException:
-            return None
 
     @staticmethod
     def _external_data(source: ModelSource, local: Path) -> list[str]:
@@ -356,25 +371,88 @@ class ModelPublisher:
             )
         return needed
 
-    def _model_io(self, source: ModelSource, local: Path) -> mcfg.ModelIO:
-        if source.flavor == "onnx":
+    def _model_io(self, source: ModelSource, local: Path | None) -> mcfg.ModelIO:
+        """Tensors: the ONNX graph (local file, or ranged reads of the remote one), or the
+        signature for TorchScript, whose archive declares no tensor types."""
+        if source.flavor != "onnx":
+            if local is None:
+                with self.store.open_uri(source.artifact_uri) as reader:
+                    check_torchscript(reader, source.model_uri)
+            return mcfg.io_from_signature(source.signature, source.flavor)
+        if local is not None:
             io = mcfg.io_from_onnx(local)
-            return _with_signature_names(io, source.signature)
-        return mcfg.io_from_signature(source.signature, source.flavor)
+        else:
+            with self.store.open_uri(source.artifact_uri) as reader:
+                io = mcfg.io_from_onnx(reader)
+        return _with_signature_names(io, source.signature)
 
-    def _unchanged(self, state: DeploymentState, source: ModelSource) -> PublishResult:
+    def _unchanged(
+        self, state: DeploymentState, source: ModelSource, rollout: Rollout, verify: Verifier | None
+    ) -> PublishResult:
         """Same bytes, same settings: record the registry coordinates and make sure it serves."""
         name, version = state.name, state.serving_version
         assert version is not None and state.provenance is not None
         provenance = dict(state.provenance)
         if any(provenance.get(k) != v for k, v in source.provenance().items()):
             provenance.update(source.provenance())
+            rollout.lease.check("updating the provenance")
             self.store.write_bytes(f"{name}/{version}/{PROVENANCE_FILE}", json.dumps(provenance, indent=2).encode())
-        not_ready = self.cluster.not_ready(name, version)
-        if not_ready:
-            raise_failures(f"load {name!r} version {version}", self.cluster.load_model(name, version, not_ready))
+        self._reload_missing(state, rollout, verify)
+        pruned = self.prune(name, keep=self.config.keep_versions, serving=version, rollout=rollout)
         logger.info("%s version %d already serves this model: nothing uploaded", name, version)
-        return PublishResult(name, version, version, False, flavor=source.flavor, provenance=provenance)
+        return PublishResult(name, version, version, False, flavor=source.flavor, provenance=provenance, pruned=pruned)
+
+    # -- repair --------------------------------------------------------------------------------
+    def repair(self, name: str, version: int, verify: Verifier | None = None) -> RepairResult:
+        """Make ``version`` (which the repository pins) serve verified on every replica, and
+        remove what a dead publisher left (staging model, partial versions, extra versions).
+
+        Raises:
+            ServingChanged: another publisher pinned another version meanwhile.
+        """
+        with self.lease(name) as lease:
+            state = self.read_state(name)
+            if state.serving_version != version:
+                raise ServingChanged(f"{name!r} was republished while reconciling")
+            rollout = self._rollout(name, lease)
+            result = RepairResult(removed=self._remove_leftovers(state, rollout))
+            result.reloaded = self._reload_missing(state, rollout, verify)
+            result.removed += self.prune(name, keep=self.config.keep_versions, serving=version, rollout=rollout)
+            return result
+
+    def _reload_missing(self, state: DeploymentState, rollout: Rollout, verify: Verifier | None) -> list[str]:
+        """Replicas that lost the serving version (a restart in explicit mode) load it again,
+        verified under the staging name first."""
+        version = state.serving_version
+        assert version is not None
+        missing = self.cluster.not_ready(state.name, version)
+        if not missing:
+            return []
+        rollout.verify(version, state.config, state.provenance or {}, verify, urls=missing)
+        raise_failures(f"load {state.name!r} version {version}", self.cluster.load_model(state.name, version, missing))
+        logger.info("Reloaded %s version %d on %s", state.name, version, ", ".join(missing))
+        return missing
+
+    def _remove_leftovers(self, state: DeploymentState, rollout: Rollout) -> list[int]:
+        """Remove a dead publisher's staging model and version folders that never served or
+        lost their provenance (an interrupted upload or prune). ``state.versions`` keeps their
+        numbers, so that the next version number is never one a dead publisher used."""
+        staging_folders, staging_files = self.store.list_dir(f"{staging_name(state.name)}/")
+        if staging_folders or staging_files:
+            logger.warning("Removing the staging model left by an interrupted rollout of %s", state.name)
+            rollout.clean_staging()
+        served = rollout.history.served()
+        removed = []
+        for version in list(state.versions):
+            if version == state.serving_version:
+                continue
+            never_served = version > (state.serving_version or 0) and version not in served
+            if never_served or PROVENANCE_FILE not in self.store.list_dir(f"{state.name}/{version}/")[1]:
+                rollout.lease.check("removing leftovers")
+                logger.warning("Removing %s version %d left by an interrupted publish", state.name, version)
+                self.store.delete_prefix(f"{state.name}/{version}/")
+                removed.append(version)
+        return removed
 
     def _discard(self, prefix: str) -> None:
         try:
@@ -382,66 +460,15 @@ class ModelPublisher:
         except Exception as err:  # the original error matters more; the version is not served
             logger.warning("Could not remove the partial upload %s: %s", prefix, err)
 
-    def _switch(
-        self, name: str, message, version: int, state: DeploymentState,
-        verify: Callable[[int], None] | None = None,
-    ) -> None:  # fmt: skip
-        """Point config.pbtxt at ``version`` and load it everywhere, or put everything back."""
-        config_key = f"{name}/{CONFIG_FILE}"
-        self.store.write_bytes(config_key, mcfg.to_pbtxt(message).encode())
-        errors = self.cluster.load_model(name, version)
-        failed = {url: err for url, err in errors.items() if err is not None}
-        if failed and all(is_unreachable(err) for err in failed.values()):
-            raise MlflowException(
-                f"{name!r} version {version} is published in {self.store.uri} but Triton at "
-                f"{', '.join(sorted(failed))} did not reload it (unreachable). Rerun the same "
-                "`mlflow deployments update` (or `mlflow-triton sync`) when it is back: nothing "
-                "will be uploaded again.",
-                error_code=TEMPORARILY_UNAVAILABLE,
-            )
-        if not failed and verify is not None:
-            try:
-                verify(version)
-            except Exception as err:
-                failed = {"smoke test": err}
-        if not failed:
-            return
-        # A replica refused the new version: restore the repository and the serving version.
-        switched = [url for url, err in errors.items() if err is None]
-        self._restore(name, version, state, switched)
-        details = "; ".join(
-            f"{where}: {err.message if isinstance(err, MlflowException) else err}"
-            for where, err in failed.items()
-        )
-        restored = f"version {state.serving_version}" if state.serving_version else "no version"
-        raise MlflowException(
-            f"{name!r} version {version} was rejected, so it was not published and the "
-            f"repository still serves {restored}. {details}",
-            error_code=INTERNAL_ERROR,
-        )
-
-    def _restore(self, name: str, version: int, state: DeploymentState, switched: list[str]) -> None:
-        """Put back the previous config, drop ``version`` and reload replicas that switched."""
-        config_key = f"{name}/{CONFIG_FILE}"
-        if state.config_bytes is not None:
-            self.store.write_bytes(config_key, state.config_bytes)
-        else:
-            self.store.delete(config_key)
-        if version not in state.versions:  # a rollback target is kept, a new upload is not
-            self._discard(f"{name}/{version}/")
-        if switched and state.serving_version is not None:
-            errors = self.cluster.load_model(name, state.serving_version, switched)
-            for url, err in errors.items():
-                if err is not None:
-                    logger.error("Could not reload %s version %s on %s: %s", name, state.serving_version, url, err)
-        elif switched:
-            self.cluster.unload_model(name)
-
-    def activate(self, name: str, version: int, verify: Callable[[int], None] | None = None) -> PublishResult:
-        """Serve an already published ``version`` again (rollback), with the config it had."""
+    # -- rollback ------------------------------------------------------------------------------
+    def activate(
+        self, name: str, version: int, verify: Verifier | None = None, lease_wait_s: float | None = None
+    ) -> PublishResult:
+        """Serve an already published ``version`` again (rollback), verified first, with the
+        config it had. The history records that the serving version was rolled back from."""
         self.store.check()
         self.check_servers()
-        with self.lease(name):
+        with self.lease(name, lease_wait_s) as lease:
             state = self.read_state(name)
             provenance = self.read_provenance(name, version)
             if version not in state.versions or provenance is None:
@@ -450,20 +477,49 @@ class ModelPublisher:
                     f"(versions: {state.versions}).",
                     error_code=RESOURCE_DOES_NOT_EXIST,
                 )
+            rollout = self._rollout(name, lease)
             message = mcfg.parse_pbtxt(provenance["config_pbtxt"])
-            message.version_policy.specific.ClearField("versions")
-            message.version_policy.specific.versions.append(version)
-            self._switch(name, message, version, state, verify)
+            try:
+                rollout.verify(version, message, provenance, verify)
+            except VersionRefused as err:
+                rollout.refuse(version, "rollback", err.message)
+                raise MlflowException(
+                    f"Rollback of {name!r} to version {version} was refused; version "
+                    f"{state.serving_version} still serves. {err.message}",
+                    error_code=err.error_code,
+                ) from err
+            rollout.switch(
+                version, message, state.config_bytes, state.serving_version, "rollback",
+                verified=verify is not None, rolled_back_from=state.serving_version,
+                registered_model=provenance.get("registered_model"),
+                registered_version=provenance.get("registered_version"),
+            )  # fmt: skip
             return PublishResult(
                 name, version, state.serving_version, True, flavor=provenance["flavor"],
-                provenance=provenance,
+                provenance=provenance, verified=verify is not None,
             )  # fmt: skip
 
-    def prune(self, name: str, keep: int, serving: int) -> list[int]:
-        """Delete the oldest versions so that ``keep`` remain (never the serving one)."""
-        older = [v for v in self.read_state(name).versions if v != serving]
-        doomed = older[: max(0, len(older) - (keep - 1))]
+    def previous_good(self, name: str, state: DeploymentState | None = None) -> int | None:
+        """The version ``rollback`` goes to by default: the previous serving version that was
+        neither refused nor rolled back from, and is still in the repository."""
+        state = state or self.read_state(name)
+        history = self.read_history(name)
+        if history.events:
+            return history.previous_good(state.serving_version, state.versions)
+        older = [v for v in state.versions if state.serving_version is not None and v < state.serving_version]
+        return max(older) if older else None  # a repository published before the history
+
+    def prune(self, name: str, keep: int, serving: int, rollout: Rollout) -> list[int]:
+        """Delete the oldest versions so that ``keep`` remain; never the serving version nor
+        the last known-good one (the rollback target). Provenance goes first, so a prune
+        interrupted half-way leaves a folder the next publisher recognizes and removes."""
+        state = self.read_state(name)
+        protected = {serving, rollout.history.previous_good(serving, state.versions)} - {None}
+        others = sorted((v for v in state.versions if v not in protected), reverse=True)
+        doomed = sorted(others[max(0, keep - len(protected)) :])
         for version in doomed:
+            rollout.lease.check("prune")
+            self.store.delete(f"{name}/{version}/{PROVENANCE_FILE}")
             self.store.delete_prefix(f"{name}/{version}/")
         if doomed:
             logger.info("Pruned %s versions %s", name, doomed)
@@ -475,6 +531,14 @@ class ModelPublisher:
         self.cluster.unload_model(name, ignore_missing=True)
         removed = self.store.delete_prefix(f"{name}/")
         logger.info("Deleted %s (%d objects) from %s", name, removed, self.store.uri)
+
+
+def _config_pins(store: ModelRepositoryStore, name: str, version: int) -> bool:
+    try:
+        raw = store.read_bytes(f"{name}/{CONFIG_FILE}")
+    except Exception:
+        return True  # unknown: keep the upload; the next publisher's repair decides
+    return raw is not None and version in mcfg.serving_versions(mcfg.parse_pbtxt(raw))
 
 
 def _is_model_name(folder: str) -> bool:

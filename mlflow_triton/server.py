@@ -208,6 +208,15 @@ class TritonCluster:
                     missing.append(url)
         return missing
 
+    def not_live(self) -> list[str]:
+        """URLs of the replicas that do not answer the liveness probe."""
+        down = []
+        for url in self.urls:
+            with self.server(url) as server:
+                if not server.is_live():
+                    down.append(url)
+        return down
+
     def unload_model(self, name: str, ignore_missing: bool = True) -> None:
         errors = self._each(lambda server: server.unload_model(name))
         failures = {

@@ -13,13 +13,16 @@ Uploads go through boto3's transfer manager with one shared :data:`TRANSFER_CONF
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
 import posixpath
 import shutil
 import tempfile
+import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 from urllib.parse import urlparse
@@ -40,6 +43,20 @@ PROGRESS_MIN_BYTES = 64 * MB
 RANGE_READ_BYTES = 1 * MB
 
 ProgressCallback = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One small object read with what conditional writes and leases need.
+
+    ``age_s`` is measured by the store's clock alone (S3: the response's ``Date`` minus the
+    object's ``Last-Modified``), so clock skew between publishers cannot make a lease look
+    expired.
+    """
+
+    data: bytes
+    etag: str
+    age_s: float
 
 
 def _transfer_config():
@@ -90,8 +107,26 @@ class ModelRepositoryStore(ABC):
         """Write one object atomically (readers see the old or the new content)."""
 
     @abstractmethod
-    def create_exclusive(self, key: str, data: bytes) -> bool:
-        """Create ``key`` only if it does not exist; False when it already does."""
+    def create_exclusive(self, key: str, data: bytes) -> str | None:
+        """Create ``key`` only if it does not exist: its ETag, or None when it already does
+        (or a concurrent conditional write won the race)."""
+
+    @abstractmethod
+    def read_object(self, key: str) -> StoredObject | None:
+        """Content, ETag and age (by the store's own clock) of ``key``, or None."""
+
+    @abstractmethod
+    def replace_if_match(self, key: str, data: bytes, etag: str) -> str | None:
+        """Overwrite ``key`` only if its ETag is still ``etag``: the new ETag, or None."""
+
+    @abstractmethod
+    def download_file(self, key: str, path: Path) -> int:
+        """Stream one object to a local file (never whole in memory); returns its size."""
+
+    @abstractmethod
+    def copy_prefix(self, source: str, target: str) -> int:
+        """Copy every object under ``source/`` to ``target/`` inside this repository, without
+        moving the bytes through this process where the store can; returns the count."""
 
     @abstractmethod
     def upload_file(self, path: Path, key: str, progress: ProgressCallback | None = None) -> int:
@@ -171,16 +206,64 @@ class LocalStore(ModelRepositoryStore):
             handle.write(data)
         os.replace(tmp, path)
 
-    def create_exclusive(self, key: str, data: bytes) -> bool:
+    def create_exclusive(self, key: str, data: bytes) -> str | None:
+        """Written to a temporary file, then hard-linked into place: the link fails if the
+        key exists, and a reader never sees a half-written object."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.link(tmp, path)
         except FileExistsError:
-            return False
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        return True
+            return None
+        finally:
+            os.unlink(tmp)
+        return _md5(data)
+
+    def read_object(self, key: str) -> StoredObject | None:
+        path = self._path(key)
+        try:
+            data = path.read_bytes()
+            modified = path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        return StoredObject(data, _md5(data), max(0.0, time.time() - modified))
+
+    def replace_if_match(self, key: str, data: bytes, etag: str) -> str | None:
+        """Compare-and-swap under an exclusive ``flock`` on a sibling lock file."""
+        import fcntl
+
+        path = self._path(key)
+        with open(path.parent / f".{path.name}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            current = self.read_object(key)
+            if current is None or current.etag != etag:
+                return None
+            self.write_bytes(key, data)
+            return _md5(data)
+
+    def download_file(self, key: str, path: Path) -> int:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self._path(key), path)
+        return path.stat().st_size
+
+    def copy_prefix(self, source: str, target: str) -> int:
+        """Hard links where possible: files are only ever replaced, never modified in place."""
+        source_dir = self._path(self._check_prefix(source))
+        target_dir = self._path(self._check_prefix(target))
+        count = 0
+        for file in sorted(p for p in source_dir.rglob("*") if p.is_file()):
+            destination = target_dir / file.relative_to(source_dir)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            destination.unlink(missing_ok=True)
+            try:
+                os.link(file, destination)
+            except OSError:
+                shutil.copy2(file, destination)
+            count += 1
+        return count
 
     def upload_file(self, path: Path, key: str, progress: ProgressCallback | None = None) -> int:
         target = self._path(key)
@@ -195,7 +278,10 @@ class LocalStore(ModelRepositoryStore):
         return size
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        (path.parent / f".{path.name}.lock").unlink(missing_ok=True)
+        _remove_empty_parents(path.parent, self.root)
 
     def delete_prefix(self, prefix: str) -> int:
         path = self._path(self._check_prefix(prefix))
@@ -203,6 +289,7 @@ class LocalStore(ModelRepositoryStore):
             return 0
         count = sum(1 for p in path.rglob("*") if p.is_file())
         shutil.rmtree(path)
+        _remove_empty_parents(path.parent, self.root)
         return count
 
 
@@ -310,21 +397,75 @@ class S3Store(ModelRepositoryStore):
         except (BotoCoreError, ClientError) as err:
             raise self._fail("write", key, err) from err
 
-    def create_exclusive(self, key: str, data: bytes) -> bool:
-        """Conditional write (``If-None-Match: *``), supported by S3 since 2024 and MinIO."""
+    def create_exclusive(self, key: str, data: bytes) -> str | None:
+        """Conditional write (``If-None-Match: *``), supported by S3 since 2024 and MinIO.
+
+        412 means the key exists; 409 ``ConditionalRequestConflict`` is what AWS answers the
+        loser of two racing conditional writes: both mean "not created".
+        """
+        return self._conditional_put("create", key, data, IfNoneMatch="*")
+
+    def replace_if_match(self, key: str, data: bytes, etag: str) -> str | None:
+        """Conditional overwrite (``If-Match: etag``), supported by S3 since 2024 and MinIO."""
+        return self._conditional_put("replace", key, data, IfMatch=f'"{etag}"')
+
+    def _conditional_put(self, action: str, key: str, data: bytes, **condition: str) -> str | None:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            self.client.put_object(
-                Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*"
-            )
-            return True
+            response = self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
         except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
-                return False
-            raise self._fail("create", key, err) from err
+            if _status(err) in CONDITION_FAILED_STATUSES:
+                return None
+            raise self._fail(action, key, err) from err
         except BotoCoreError as err:
-            raise self._fail("create", key, err) from err
+            raise self._fail(action, key, err) from err
+        return response["ETag"].strip('"')
+
+    def read_object(self, key: str) -> StoredObject | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            data = response["Body"].read()
+        except ClientError as err:
+            if _status(err) == 404:
+                return None
+            raise self._fail("read", key, err) from err
+        except BotoCoreError as err:
+            raise self._fail("read", key, err) from err
+        return StoredObject(data, response["ETag"].strip('"'), _age_s(response))
+
+    def download_file(self, key: str, path: Path) -> int:
+        from boto3.exceptions import S3TransferFailedError
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.client.download_file(self.bucket, self._key(key), str(path), Config=self.transfer_config)
+        except (BotoCoreError, ClientError, S3TransferFailedError) as err:
+            raise self._fail("download", key, err) from err
+        return path.stat().st_size
+
+    def copy_prefix(self, source: str, target: str) -> int:
+        """Server-side copies (multipart above the transfer threshold): no bytes pass here."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        source_full = self._key(self._check_prefix(source))
+        count = 0
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=source_full)
+            for page in pages:
+                for entry in page.get("Contents", []):
+                    relative = entry["Key"][len(source_full) :]
+                    self.client.copy(
+                        {"Bucket": self.bucket, "Key": entry["Key"]}, self.bucket,
+                        self._key(self._check_prefix(target) + relative), Config=self.transfer_config,
+                    )  # fmt: skip
+                    count += 1
+        except (BotoCoreError, ClientError) as err:
+            raise self._fail("copy to", target, err) from err
+        return count
 
     def upload_file(self, path: Path, key: str, progress: ProgressCallback | None = None) -> int:
         from boto3.exceptions import S3UploadFailedError
@@ -438,6 +579,40 @@ class _RangeReader(io.RawIOBase):
         buffer[: len(data)] = data
         self.position += len(data)
         return len(data)
+
+
+#: HTTP statuses of a conditional write that did not happen: 412 Precondition Failed, and
+#: 409 ConditionalRequestConflict (AWS, for the loser of racing conditional writes).
+CONDITION_FAILED_STATUSES = (409, 412)
+
+
+def _status(err: Exception) -> int | None:
+    """The HTTP status of a botocore ``ClientError``."""
+    return getattr(err, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+
+
+def _age_s(response: dict[str, Any]) -> float:
+    """Seconds since ``Last-Modified``, by the server's ``Date`` header (local clock if absent)."""
+    from email.utils import parsedate_to_datetime
+
+    modified = response["LastModified"]
+    date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    now = parsedate_to_datetime(date).timestamp() if date else time.time()
+    return max(0.0, now - modified.timestamp())
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def _remove_empty_parents(folder: Path, root: Path) -> None:
+    """Remove ``folder`` and its parents up to ``root`` while empty (S3 has no folders either)."""
+    while folder != root and root in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
 
 
 def open_store(uri: str, endpoint_url: str | None = None) -> ModelRepositoryStore:

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from mlflow_triton.cli import cli
-from mlflow_triton.promotion import load_spec, publisher_for, sync
+from mlflow_triton.promotion import load_spec, sync
+from mlflow_triton.publisher import ModelPublisher
 from test_promotion_support import ALIAS, CPU, assert_every_replica_serves, deployment, register  # noqa: F401
 
 
@@ -64,7 +65,7 @@ def test_rollback_serves_the_previous_version_on_every_replica(stack, deployment
     assert result.exit_code == 0, result.output
     assert f"{deployment}: rolled back from version 2 to 1" in result.output
     assert "sync/watch will roll forward" in result.output
-    publisher = publisher_for(spec.models[0].config, stack.triton_urls)
+    publisher = ModelPublisher.for_config(spec.models[0].config, stack.triton_urls)
     assert publisher.read_state(deployment).serving_version == 1
     assert_every_replica_serves(stack.triton_urls, deployment, v1)
 
@@ -109,7 +110,7 @@ def test_watch_finishes_the_round_on_sigterm_and_exits_0(stack, deployment):
     assert copied.is_set(), log
     assert "Received SIGTERM" in log and "Watch stopped after 1 round(s)" in log
     assert "published registry version 1 as Triton version 1" in log
-    publisher = publisher_for(load_spec(models=[deployment], config=CPU).models[0].config, stack.triton_urls)
+    publisher = ModelPublisher.for_config(load_spec(models=[deployment], config=CPU).models[0].config, stack.triton_urls)
     assert publisher.read_state(deployment).serving_version == 1
     assert publisher.store.read_bytes(f"{deployment}/.mlflow-triton.lease") is None
     assert_every_replica_serves(stack.triton_urls, deployment, v1)

@@ -96,3 +96,25 @@ def test_corrupt_onnx_is_rejected(tmp_path):
     bad.write_bytes(b"\x00not an onnx model" * 10)
     with pytest.raises(MlflowException, match="not a readable ONNX model"):
         io_from_onnx(bad)
+
+
+def test_dtype_tables_come_from_tritonclient():
+    from mlflow_triton.model_config import NUMPY_DTYPES, config_dtype, protocol_dtype, triton_type
+
+    assert set(NUMPY_DTYPES) == {
+        "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+        "FP16", "FP32", "FP64", "BYTES",
+    }  # fmt: skip
+    for protocol, numpy_type in NUMPY_DTYPES.items():
+        assert triton_type(numpy_type, "x") == config_dtype(protocol)
+        assert protocol_dtype(config_dtype(protocol)) == protocol
+    assert config_dtype("BYTES") == "TYPE_STRING" and protocol_dtype("TYPE_STRING") == "BYTES"
+    for text in (np.str_, np.bytes_, np.dtype("U3"), np.dtype("S2"), object):
+        assert triton_type(text, "x") == "TYPE_STRING"
+    import ml_dtypes  # what numpy/onnx use for bfloat16: Triton's BF16 is not generated
+
+    for unsupported in (np.complex64, np.dtype("datetime64[s]"), ml_dtypes.bfloat16):
+        with pytest.raises(MlflowException) as err:
+            triton_type(unsupported, "signature input 'weird'")
+        assert err.value.error_code == "INVALID_PARAMETER_VALUE"
+        assert "'weird'" in err.value.message

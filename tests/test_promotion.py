@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from mlflow_triton import promotion
+from mlflow_triton import promotion, verification
+from mlflow_triton.publisher import ModelPublisher
 from mlflow_triton.cli import cli
 from mlflow_triton.promotion import load_spec, sync
 from mlflow_triton.server import TritonServer
@@ -26,7 +27,7 @@ def assert_every_replica_serves(stack, name, model) -> None:
 
 
 def publisher(stack, spec):
-    return promotion.publisher_for(spec.models[0].config, stack.triton_urls)
+    return ModelPublisher.for_config(spec.models[0].config, stack.triton_urls)
 
 
 def test_alias_flip_reaches_every_replica_and_resync_is_a_noop(stack, deployment, tmp_path, monkeypatch):
@@ -52,7 +53,7 @@ def test_alias_flip_reaches_every_replica_and_resync_is_a_noop(stack, deployment
     def no_download(*args, **kwargs):
         raise AssertionError("an unchanged model must not be resolved or downloaded")
 
-    monkeypatch.setattr(promotion, "resolve_model", no_download)
+    monkeypatch.setattr(promotion.reconcile, "resolve_model", no_download)
     third = sync(spec)
     report = third.models[0]
     assert third.ok and not third.changed
@@ -122,17 +123,35 @@ def test_alias_flip_has_zero_downtime(stack, deployment, tmp_path, record_proper
     assert_every_replica_serves(stack, deployment, v2)
 
 
-def test_refused_version_exits_nonzero_and_previous_keeps_serving(stack, deployment, tmp_path):
+def unloadable_onnx() -> bytes:
+    """A well-formed ONNX graph (features -> scores, as the signature says) whose one node is
+    an operator no runtime knows: the graph reads fine, every replica refuses to load it."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("NoSuchOperator", ["features"], ["scores"], domain="mlflow_triton.test")
+    graph = helper.make_graph(
+        [node], "unloadable",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 3])],
+    )  # fmt: skip
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("mlflow_triton.test", 1)]
+    return helper.make_model(graph, opset_imports=opsets).SerializeToString()
+
+
+@pytest.mark.parametrize("corruption", ["unloadable", "garbage"])
+def test_refused_version_exits_nonzero_and_previous_keeps_serving(stack, deployment, tmp_path, corruption):
     _, v2 = register(deployment, 21, 22)
     (tmp_path / "bad").mkdir()
     log_onnx(Scorer(seed=27), tmp_path / "bad", registered_name=deployment)  # its own copy
     registry = MlflowClient()
-    # Version 3 is corrupted after logging: the MLmodel is fine, model.onnx is garbage.
+    # Version 3 is corrupted after logging: the MLmodel is fine, model.onnx is not. A garbage
+    # file is refused before anything is written; a graph that does not load is refused
+    # when every replica tries it under the staging name.
     location = registry.get_model_version_download_uri(deployment, "3")
     bucket, _, prefix = location.removeprefix("s3://").partition("/")
-    stack.s3_client().put_object(
-        Bucket=bucket, Key=f"{prefix.rstrip('/')}/model.onnx", Body=np.random.bytes(4096)
-    )
+    body = unloadable_onnx() if corruption == "unloadable" else np.random.bytes(4096)
+    stack.s3_client().put_object(Bucket=bucket, Key=f"{prefix.rstrip('/')}/model.onnx", Body=body)
     runner = CliRunner()
     args = ["sync", "--model", deployment, "--alias", ALIAS, "-C", "instance_kind=cpu"]
     registry.set_registered_model_alias(deployment, ALIAS, "2")
@@ -146,8 +165,12 @@ def test_refused_version_exits_nonzero_and_previous_keeps_serving(stack, deploym
     failed = runner.invoke(cli, args)
 
     assert failed.exit_code == 1, failed.output
-    assert "failed" in failed.output and "rejected" in failed.output
-    assert f"repository still serves version {before.serving_version}" in failed.output
+    assert "failed" in failed.output
+    if corruption == "unloadable":
+        assert "rejected" in failed.output and "NoSuchOperator" in failed.output
+        assert f"repository still serves version {before.serving_version}" in failed.output
+    else:
+        assert "not a readable ONNX model" in failed.output
     after = publisher(stack, spec).read_state(deployment)
     assert after.serving_version == before.serving_version
     assert after.versions == before.versions
@@ -162,12 +185,12 @@ def test_smoke_mismatch_rolls_back(stack, deployment, tmp_path, monkeypatch):
     spec = load_spec(models=[deployment], alias=ALIAS, config=CPU)
     registry.set_registered_model_alias(deployment, ALIAS, "1")
     assert sync(spec).ok
-    original = promotion.SmokeTest._run_locally
+    original = verification.SmokeTest._run_locally
 
     def off_by_one(self, *args, **kwargs):  # the local reference disagrees with Triton
         return {k: v + 1.0 for k, v in original(self, *args, **kwargs).items()}
 
-    monkeypatch.setattr(promotion.SmokeTest, "_run_locally", off_by_one)
+    monkeypatch.setattr(verification.SmokeTest, "_run_locally", off_by_one)
     registry.set_registered_model_alias(deployment, ALIAS, "2")
     report = sync(spec).models[0]
 

@@ -54,6 +54,6 @@ def deployment(stack, unique_name):
     """A fresh deployment (and registered model) name; unloaded and deleted afterwards."""
     yield unique_name
     from mlflow_triton.config import DeploymentConfig
-    from mlflow_triton.promotion import publisher_for
+    from mlflow_triton.publisher import ModelPublisher
 
-    publisher_for(DeploymentConfig.from_dict(CPU), stack.triton_urls).delete(unique_name)
+    ModelPublisher.for_config(DeploymentConfig.from_dict(CPU), stack.triton_urls).delete(unique_name)

@@ -24,9 +24,35 @@ def test_local_store_roundtrip_and_listing(tmp_path):
 
 def test_create_exclusive_is_exclusive(tmp_path):
     store = LocalStore(tmp_path)
-    assert store.create_exclusive("m/.lease", b"1") is True
-    assert store.create_exclusive("m/.lease", b"2") is False
+    etag = store.create_exclusive("m/.lease", b"1")
+    assert etag and store.create_exclusive("m/.lease", b"2") is None
     assert store.read_bytes("m/.lease") == b"1"
+    held = store.read_object("m/.lease")
+    assert (held.data, held.etag) == (b"1", etag) and 0 <= held.age_s < 60
+    assert store.list_dir("m/") == ([], [".lease"])  # no temporary file is left behind
+
+
+def test_replace_if_match_is_a_compare_and_swap(tmp_path):
+    store = LocalStore(tmp_path)
+    first = store.create_exclusive("m/.lease", b"1")
+    second = store.replace_if_match("m/.lease", b"2", first)
+    assert second and second != first and store.read_bytes("m/.lease") == b"2"
+    assert store.replace_if_match("m/.lease", b"3", first) is None  # stale ETag: refused
+    assert store.replace_if_match("m/missing", b"3", first) is None
+    assert store.read_bytes("m/.lease") == b"2"
+
+
+def test_copy_prefix_and_download_file(tmp_path):
+    store = LocalStore(tmp_path / "repo")
+    store.write_bytes("m/1/model.onnx", b"weights")
+    store.write_bytes("m/1/mlflow-triton.json", b"{}")
+    store.write_bytes("m_other/1/model.onnx", b"not copied")
+    assert store.copy_prefix("m/1/", "_staging.m/1/") == 2
+    assert store.list_dir("_staging.m/1/") == ([], ["mlflow-triton.json", "model.onnx"])
+    assert store.download_file("_staging.m/1/model.onnx", tmp_path / "out" / "model.onnx") == 7
+    assert (tmp_path / "out" / "model.onnx").read_bytes() == b"weights"
+    store.delete_prefix("_staging.m/")
+    assert store.list_dir("") == (["m", "m_other"], [])  # no empty folder is left
 
 
 def test_delete_prefix_does_not_touch_siblings(tmp_path):

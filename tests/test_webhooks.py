@@ -17,7 +17,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.webhooks.delivery import _generate_hmac_signature  # how MLflow signs deliveries
 
 from mlflow_triton.local.stack import free_port, mlflow_server
-from mlflow_triton.promotion import SyncReport, load_spec, publisher_for
+from mlflow_triton.promotion import SyncReport, load_spec
+from mlflow_triton.publisher import ModelPublisher
 from mlflow_triton.webhooks import (
     SECRET_ENV,
     WebhookReceiver,
@@ -190,6 +191,6 @@ def test_mlflow_alias_webhook_rolls_out_and_forgeries_change_nothing(stack, webh
         assert post(receiver.url, body, {"Content-Type": "application/json"})[0] == 401
         assert post(receiver.url, body, signed_headers(body, secret="guessed"))[0] == 403
         assert receiver.wait_idle(10) and len(receiver.reports) == 1
-    state = publisher_for(spec.models[0].config, stack.triton_urls).read_state(deployment)
+    state = ModelPublisher.for_config(spec.models[0].config, stack.triton_urls).read_state(deployment)
     assert state.serving_version == 1 and state.provenance["registered_version"] == "1"
     assert_every_replica_serves(stack.triton_urls, deployment, v1)

@@ -1,0 +1,90 @@
+"""Serving history: which version of a deployment served when, and how it got there.
+
+Kept in the repository beside the model, ``NAME/mlflow-triton-history.json``, written only by
+the lease holder (after a fencing check). Triton ignores files it does not know in a model
+folder. Events, oldest first::
+
+    {"event": "serving", "version": 3, "at": "...", "via": "publish", "verified": true,
+     "previous": 2, "registered_model": "fraud", "registered_version": "7"}
+    {"event": "refused", "version": 4, "at": "...", "via": "publish", "reason": "..."}
+    {"event": "serving", "version": 2, "at": "...", "via": "rollback", "verified": true,
+     "previous": 3, "rolled_back_from": 3}
+
+It answers what ``rollback`` and ``prune`` need: the previous serving version (like
+``kubectl rollout undo``: never a refused version, nor one that was rolled back from), the
+last known-good version, and which version folders never served (a dead publisher's upload).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Literal
+
+from mlflow_triton.store import ModelRepositoryStore
+
+HISTORY_FILE = "mlflow-triton-history.json"
+SCHEMA = 1
+#: Events kept; older ones are dropped (the versions they name are long pruned).
+MAX_EVENTS = 200
+
+Via = Literal["publish", "rollback", "reload"]
+
+
+@dataclass
+class ServingHistory:
+    """The events of one deployment; :meth:`load` it, :meth:`record` events, :meth:`save` it."""
+
+    name: str
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, store: ModelRepositoryStore, name: str) -> "ServingHistory":
+        raw = store.read_bytes(f"{name}/{HISTORY_FILE}")
+        events = json.loads(raw).get("events", []) if raw else []
+        return cls(name, [e for e in events if isinstance(e, dict)])
+
+    def save(self, store: ModelRepositoryStore) -> None:
+        body = {"schema": SCHEMA, "name": self.name, "events": self.events[-MAX_EVENTS:]}
+        store.write_bytes(f"{self.name}/{HISTORY_FILE}", json.dumps(body, indent=1).encode())
+
+    def record(self, event: str, version: int, via: Via, **details: Any) -> dict[str, Any]:
+        entry = {
+            "event": event, "version": version, "via": via,
+            "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **{k: v for k, v in details.items() if v is not None},
+        }  # fmt: skip
+        self.events.append(entry)
+        return entry
+
+    # -- questions ---------------------------------------------------------------------------
+    def served(self) -> set[int]:
+        """Versions that ever served."""
+        return {e["version"] for e in self.events if e.get("event") == "serving"}
+
+    def refused(self) -> set[int]:
+        return {e["version"] for e in self.events if e.get("event") == "refused"}
+
+    def rolled_back_from(self) -> set[int]:
+        return {e["rolled_back_from"] for e in self.events if e.get("rolled_back_from") is not None}
+
+    def highest_version(self) -> int:
+        """The highest version ever named, so version numbers are never reused."""
+        return max((int(e["version"]) for e in self.events), default=0)
+
+    def previous_good(self, serving: int | None, available: Iterable[int] | None = None) -> int | None:
+        """The version that served before ``serving``, skipping refused versions, versions
+        that were rolled back from and (when given) versions no longer ``available``."""
+        bad = self.refused() | self.rolled_back_from()
+        keep = None if available is None else set(available)
+        for entry in reversed(self.events):
+            version = entry["version"]
+            if entry.get("event") != "serving" or version == serving or version in bad:
+                continue
+            if keep is None or version in keep:
+                return version
+        return None
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return list(self.events)

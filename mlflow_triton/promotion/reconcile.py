@@ -1,0 +1,256 @@
+"""Reconciliation: make every replica serve the version each MLflow alias points to.
+
+How one model is reconciled (:func:`sync`; :func:`watch` repeats it, webhooks trigger it):
+
+1. The alias is resolved to a registry version (one registry search for all models).
+2. The provenance of the serving repository version (``registered_model``,
+   ``registered_version`` and the deployment settings) is compared with it. Equal: the model
+   is ``unchanged`` and nothing is downloaded or uploaded. If a replica lost the model (a
+   restart in explicit model-control mode) or a dead publisher left its lease behind, the
+   deployment is repaired under the lease: leftovers are removed and the missing replicas
+   load the version, verified under a staging name first.
+3. Different: ``models:/NAME/VERSION`` is published through
+   :meth:`~mlflow_triton.publisher.ModelPublisher.publish`, the code path of
+   ``mlflow deployments update``: staged, verified by a
+   :class:`~mlflow_triton.verification.SmokeTest` on every replica, then switched in. A
+   refusal leaves the previous version serving, untouched, and the model is ``failed``.
+
+Concurrency: two reconcilers (two ``watch`` processes, a webhook receiver and a cron ``sync``)
+may race on one model. The publisher holds the deployment's lease
+(:mod:`mlflow_triton.lease`) for the whole publish; the other waits up to ``lease_wait_s``,
+then compares provenance again, normally finds the alias version serving and reports
+``unchanged``. The repository is never written by two publishers at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Sequence
+
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+
+from mlflow_triton.model_source import resolve_model
+from mlflow_triton.promotion.reports import ModelReport, SyncReport
+from mlflow_triton.promotion.spec import ModelPromotion, PromotionSpec
+from mlflow_triton.publisher import DeploymentState, ModelPublisher, ServingChanged
+from mlflow_triton.server import TritonCluster
+from mlflow_triton.verification import SmokeTest
+
+logger = logging.getLogger(__name__)
+
+#: Models reconciled at once by :func:`sync` (I/O bound: registry, S3 and Triton round trips).
+SYNC_WORKERS = 8
+#: Times a model is compared again after another publisher changed it under us.
+MAX_RECOMPARES = 3
+
+
+def sync(spec: PromotionSpec, registered_model: str | None = None) -> SyncReport:
+    """Reconcile once: make every replica serve the version each alias points to.
+
+    Idempotent: when the serving version's provenance already names the alias version (with
+    the same settings), nothing is downloaded or uploaded. Failures are reported per model,
+    never raised, so one bad model does not stop the others.
+
+    Args:
+        spec: what to promote (see :class:`PromotionSpec`).
+        registered_model: reconcile only this registered model (a webhook event).
+
+    Returns:
+        A :class:`SyncReport`; ``report.ok`` is False when a model failed (its previous
+        version still serves: the publisher rolled back).
+
+    Example::
+
+        report = sync(load_spec(models=["fraud"], alias="production"))
+        assert report.ok, [m.error for m in report.failures]
+    """
+    selected = spec.select(registered_model) if registered_model is not None else spec
+    from mlflow import MlflowClient
+
+    round_ = _Round(MlflowClient(), selected)
+    with ThreadPoolExecutor(max_workers=max(1, min(SYNC_WORKERS, len(selected.models)))) as pool:
+        return SyncReport(list(pool.map(round_.reconcile, selected.models)))
+
+
+class _Round:
+    """What one reconciliation reads once for all models: every alias (one paginated registry
+    search instead of one call per model), each replica's repository index, shared stores."""
+
+    def __init__(self, registry: Any, spec: PromotionSpec) -> None:
+        self.registry = registry
+        self.spec = spec
+        self.stores: dict[Any, Any] = {}
+        self.aliases = _all_aliases(registry, {m.registered_model for m in spec.models})
+        self.ready = _ready_snapshot(spec.triton_urls)
+
+    def reconcile(self, model: ModelPromotion) -> ModelReport:
+        started = time.monotonic()
+        report = ModelReport(model.registered_model, model.alias, model.deployment)
+        try:
+            target = _alias_version(self.registry, model, self.aliases)
+            report.registry_version = target
+            publisher = ModelPublisher.for_config(model.config, self.spec.triton_urls, self.stores)
+            for attempt in range(MAX_RECOMPARES):
+                try:
+                    self._reconcile_once(publisher, model, target, report)
+                    break
+                except ServingChanged:
+                    if attempt == MAX_RECOMPARES - 1:
+                        raise
+                    logger.debug("%s changed while reconciling; comparing again", model.deployment)
+        except Exception as err:  # reported, not raised: the other models still reconcile
+            report.action = "failed"
+            report.error = err.message if isinstance(err, MlflowException) else f"{type(err).__name__}: {err}"
+        report.seconds = round(time.monotonic() - started, 3)
+        (logger.error if report.action == "failed" else logger.info)("%s", report.describe())
+        return report
+
+    def _reconcile_once(
+        self, publisher: ModelPublisher, model: ModelPromotion, target: str, report: ModelReport
+    ) -> None:
+        state = publisher.read_state(model.deployment)
+        provenance = state.provenance or {}
+        report.previous_triton_version = state.serving_version
+        if provenance.get("registered_model") == model.registered_model:
+            report.previous_registry_version = provenance.get("registered_version")
+        if _serves(state, model, target):
+            report.action = "unchanged"
+            report.triton_version = state.serving_version
+            if state.leased or not self._ready_everywhere(publisher, state):
+                verify = (
+                    SmokeTest.for_provenance(publisher.store, publisher.cluster, provenance)
+                    if self.spec.smoke_test else None
+                )  # fmt: skip
+                repaired = publisher.repair(model.deployment, state.serving_version, verify)
+                report.reloaded, report.removed = repaired.reloaded, repaired.removed
+            return
+        source = resolve_model(f"models:/{model.registered_model}/{target}", model.config.flavor)
+        verify = (
+            SmokeTest.for_source(publisher.store, publisher.cluster, source)
+            if self.spec.smoke_test else None
+        )  # fmt: skip
+        result = publisher.publish(
+            model.deployment, source, mode="any", verify=verify, lease_wait_s=self.spec.lease_wait_s
+        )
+        report.action = "published" if result.changed else "unchanged"
+        report.triton_version = result.version
+        report.bytes_uploaded = result.bytes_uploaded
+        report.bytes_copied = result.bytes_copied
+        report.removed = result.pruned
+
+    def _ready_everywhere(self, publisher: ModelPublisher, state: DeploymentState) -> bool:
+        """From this round's repository index when it lists the version READY everywhere,
+        else asked of each replica."""
+        key = (state.name, str(state.serving_version))
+        if all(key in self.ready.get(url, set()) for url in publisher.cluster.urls):
+            return True
+        return not publisher.cluster.not_ready(state.name, state.serving_version)
+
+
+def _all_aliases(registry: Any, names: set[str]) -> dict[str, dict[str, str]]:
+    """``{registered model: {alias: version}}`` for ``names``; {} if the search fails."""
+    found: dict[str, dict[str, str]] = {}
+    if len(names) < 2:
+        return found  # one model: get_model_version_by_alias is as cheap
+    token = None
+    try:
+        while True:
+            page = registry.search_registered_models(max_results=1000, page_token=token)
+            for model in page:
+                if model.name in names:
+                    found[model.name] = {a: str(v) for a, v in (model.aliases or {}).items()}
+            token = page.token
+            if not token:
+                return found
+    except MlflowException as err:
+        logger.debug("Registry search failed (%s); resolving aliases one by one", err.message)
+        return {}
+
+
+def _ready_snapshot(urls: Sequence[str]) -> dict[str, set[tuple[str, str]]]:
+    """``{url: {(model, version) READY}}`` from one repository-index call per replica."""
+    snapshot: dict[str, set[tuple[str, str]]] = {}
+    for url, index in TritonCluster(list(urls)).repository_index().items():
+        if not isinstance(index, Exception):
+            snapshot[url] = {
+                (e.get("name"), str(e.get("version"))) for e in index if e.get("state") == "READY"
+            }
+    return snapshot
+
+
+def _alias_version(
+    registry: Any, model: ModelPromotion, aliases: dict[str, dict[str, str]] | None = None
+) -> str:
+    known = (aliases or {}).get(model.registered_model, {})
+    if model.alias in known:
+        return known[model.alias]
+    try:
+        version = registry.get_model_version_by_alias(model.registered_model, model.alias)
+    except MlflowException as err:
+        raise MlflowException(
+            f"Cannot resolve alias {model.alias!r} of registered model {model.registered_model!r}: "
+            f"{err.message}",
+            error_code=RESOURCE_DOES_NOT_EXIST,
+        ) from err
+    return str(version.version)
+
+
+def _serves(state: DeploymentState, model: ModelPromotion, target: str) -> bool:
+    """Cheap check, from provenance only: does the alias version serve, with these settings?"""
+    provenance = state.provenance or {}
+    if state.serving_version is None or not provenance:
+        return False
+    if provenance.get("registered_model") != model.registered_model:
+        return False
+    if str(provenance.get("registered_version")) != target:
+        return False
+    flavor = model.config.flavor or provenance.get("flavor")
+    return provenance.get("settings") == model.config.settings(flavor)
+
+
+def watch(
+    spec: PromotionSpec,
+    interval_s: float = 30.0,
+    stop_event: threading.Event | None = None,
+    max_rounds: int | None = None,
+    on_report: Callable[[SyncReport], None] | None = None,
+) -> SyncReport | None:
+    """Reconcile every ``interval_s`` seconds until ``stop_event`` is set.
+
+    Setting ``stop_event`` (the CLI does on SIGINT/SIGTERM) never interrupts a round: the
+    current publish finishes, or rolls back, before :func:`watch` returns.
+
+    Args:
+        spec: what to promote.
+        interval_s: pause between the end of a round and the start of the next (> 0).
+        stop_event: set it to stop; default: run until ``max_rounds``.
+        max_rounds: stop after this many rounds (None: no limit).
+        on_report: called with each round's :class:`SyncReport`.
+
+    Returns:
+        The last round's report (None if stopped before the first round).
+
+    Raises:
+        MlflowException: INVALID_PARAMETER_VALUE for ``interval_s <= 0`` or ``max_rounds < 1``.
+    """
+    if interval_s <= 0:
+        raise MlflowException.invalid_parameter_value(f"interval must be > 0 seconds, got {interval_s}.")
+    if max_rounds is not None and max_rounds < 1:
+        raise MlflowException.invalid_parameter_value(f"max_rounds must be >= 1, got {max_rounds}.")
+    stop_event = stop_event or threading.Event()
+    last: SyncReport | None = None
+    rounds = 0
+    while not stop_event.is_set():
+        last = sync(spec)
+        rounds += 1
+        if on_report is not None:
+            on_report(last)
+        if max_rounds is not None and rounds >= max_rounds:
+            break
+        stop_event.wait(interval_s)
+    logger.info("Watch stopped after %d round(s)", rounds)
+    return last

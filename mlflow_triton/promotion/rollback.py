@@ -1,0 +1,120 @@
+"""Rollback: serve an earlier published version again, verified first, on every replica."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+
+from mlflow_triton.config import validate_model_name
+from mlflow_triton.promotion.reports import RollbackResult
+from mlflow_triton.promotion.spec import PromotionSpec
+from mlflow_triton.publisher import ModelPublisher
+from mlflow_triton.verification import SmokeTest
+
+logger = logging.getLogger(__name__)
+
+
+def rollback(
+    spec: PromotionSpec,
+    deployment: str,
+    to_version: int | None = None,
+    set_alias: str | None = None,
+) -> RollbackResult:
+    """Serve an earlier published version of ``deployment`` again, on every replica.
+
+    Without ``to_version`` it goes to the previous serving version, like ``kubectl rollout
+    undo``, as the serving history records it: never a version that was refused, nor one
+    that was rolled back from. ``prune`` always keeps that version. The rollback is a rollout
+    like any other (:meth:`ModelPublisher.activate`): the lease, verification under a staging
+    name when ``spec.smoke_test``, then the switch; a refused target changes nothing.
+
+    The registry alias is not moved unless ``set_alias`` is given. A running ``watch`` (or the
+    next ``sync``) then publishes the alias version again. Pass ``set_alias="production"`` to
+    point the alias at the rolled-back registry version, so the rollback sticks.
+
+    Args:
+        spec: gives the repository, the Triton replicas and the deployment's config.
+        deployment: the Triton model name.
+        to_version: repository version to serve; default: the previous serving version.
+        set_alias: also move this registry alias to the registry version now served.
+
+    Returns:
+        A :class:`RollbackResult`.
+
+    Raises:
+        MlflowException: RESOURCE_DOES_NOT_EXIST when no such (or no earlier) version is kept;
+            INVALID_PARAMETER_VALUE for a version that was refused; INTERNAL_ERROR when the
+            target fails verification (the serving version is untouched).
+
+    Example::
+
+        rollback(load_spec(require_models=False), "fraud")    # mlflow-triton rollback fraud
+    """
+    validate_model_name(deployment)
+    started = time.monotonic()
+    publisher = ModelPublisher.for_config(spec.config_for(deployment), spec.triton_urls)
+    state = publisher.read_state(deployment)
+    if not state.exists or state.serving_version is None:
+        raise MlflowException(
+            f"No deployment named {deployment!r} in {publisher.store.uri}.",
+            error_code=RESOURCE_DOES_NOT_EXIST,
+        )
+    history = publisher.read_history(deployment)
+    if to_version is None:
+        version = publisher.previous_good(deployment, state)
+        if version is None:
+            raise MlflowException(
+                f"{deployment!r} has no earlier known-good version to roll back to (serving "
+                f"{state.serving_version}, versions kept: {state.versions}); pass --to VERSION.",
+                error_code=RESOURCE_DOES_NOT_EXIST,
+            )
+    else:
+        version = to_version
+        if version in history.refused() and version not in history.served():
+            raise MlflowException.invalid_parameter_value(
+                f"{deployment!r} version {version} was refused when it was rolled out; "
+                "publish a fixed model instead."
+            )
+    provenance = publisher.read_provenance(deployment, version) if version in state.versions else None
+    if provenance is None:
+        raise MlflowException(
+            f"{deployment!r} has no published version {version} in {publisher.store.uri} "
+            f"(versions kept: {state.versions}).",
+            error_code=RESOURCE_DOES_NOT_EXIST,
+        )
+    registered = provenance.get("registered_model"), provenance.get("registered_version")
+    if set_alias and not all(registered):
+        raise MlflowException.invalid_parameter_value(
+            f"{deployment!r} version {version} was not published from the Model Registry "
+            f"(model URI {provenance.get('model_uri')}), so no alias can point at it."
+        )
+    result = RollbackResult(deployment, version, state.serving_version, False, *registered)
+    if version != state.serving_version:
+        verify = (
+            SmokeTest.for_provenance(publisher.store, publisher.cluster, provenance)
+            if spec.smoke_test else None
+        )  # fmt: skip
+        publisher.activate(deployment, version, verify=verify, lease_wait_s=spec.lease_wait_s)
+        result.changed = True
+    if set_alias:
+        from mlflow import MlflowClient
+
+        try:
+            MlflowClient().set_registered_model_alias(registered[0], set_alias, registered[1])
+        except MlflowException as err:
+            raise MlflowException(
+                f"{deployment!r} now serves version {version}, but alias {set_alias!r} of "
+                f"{registered[0]!r} could not be moved to version {registered[1]}: {err.message}",
+                error_code=err.error_code,
+            ) from err
+        result.alias_set = set_alias
+    result.seconds = round(time.monotonic() - started, 3)
+    logger.info(
+        "Rolled back %s to version %d (was %s; registry %s version %s)%s", deployment, version,
+        state.serving_version, registered[0], registered[1],
+        f"; alias {set_alias!r} moved" if set_alias else "",
+    )  # fmt: skip
+    return result
