@@ -103,6 +103,7 @@ class TritonDeploymentClient(BaseDeploymentClient):
             verify (true): before any client sees the version, load it under a staging name
                 on every replica and compare a smoke inference with the model run locally.
             lease_wait (120): seconds to wait while another publisher holds the lease.
+            lease_ttl (30): seconds after which a dead publisher's lease expires.
 
         Returns:
             ``{"name", "version", "flavor", "model_uri", "repository", "triton_urls", ...}``
@@ -264,7 +265,7 @@ same repository as -C model_repository (or TRITON_MODEL_REPO).
 Config (-C key=value): model_repository, s3_endpoint_url, flavor (onnx|torchscript),
 max_batch_size (32), dynamic_batching (true), preferred_batch_size, max_queue_delay_microseconds
 (200), instance_kind (gpu|cpu|auto), instance_count (1), keep_versions (2),
-wait_ready_timeout (300), protocol (http|grpc), verify (true), lease_wait (120).
+wait_ready_timeout (300), protocol (http|grpc), verify (true), lease_wait (120), lease_ttl (30).
 
 Every version is loaded and verified under a staging name on every replica before any
 client sees it; -C verify=false skips the smoke inference (loading is still checked).

@@ -61,7 +61,10 @@ class DeploymentConfig:
             run a smoke inference compared with the model run locally (``false``: loading
             everywhere is the only check).
         lease_wait: seconds to wait while another live publisher holds the deployment's
-            lease (a dead publisher's lease expires by itself after 30 s).
+            lease.
+        lease_ttl: seconds without renewal after which a publisher's lease expires, so a
+            publisher killed mid-publish blocks others this long at most (renewed every
+            ``lease_ttl / 3`` while it runs).
     """
 
     model_repository: str | None = None
@@ -78,6 +81,7 @@ class DeploymentConfig:
     protocol: str = "http"
     verify: bool = True
     lease_wait: float = 120.0
+    lease_ttl: float = 30.0
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -124,6 +128,11 @@ class DeploymentConfig:
         _at_least("instance_count", self.instance_count, 1)
         _at_least("keep_versions", self.keep_versions, 1)
         _at_least("max_queue_delay_microseconds", self.max_queue_delay_microseconds, 0)
+        if self.lease_ttl < 3:
+            raise MlflowException.invalid_parameter_value(
+                f"lease_ttl must be >= 3 seconds (it is renewed every lease_ttl / 3), got "
+                f"{self.lease_ttl}."
+            )
         if self.lease_wait < 0:
             raise MlflowException.invalid_parameter_value(
                 f"lease_wait must be >= 0 seconds, got {self.lease_wait}."

@@ -44,7 +44,7 @@ from mlflow.protos.databricks_pb2 import (
 from mlflow_triton import model_config as mcfg
 from mlflow_triton.config import DeploymentConfig, validate_model_name
 from mlflow_triton.history import ServingHistory
-from mlflow_triton.lease import DEFAULT_TTL_S, LEASE_FILE, Lease, LeaseLost
+from mlflow_triton.lease import LEASE_FILE, Lease, LeaseLost
 from mlflow_triton.model_source import ModelSource, check_torchscript
 from mlflow_triton.rollout import CONFIG_FILE, Rollout, VersionRefused, staging_name
 from mlflow_triton.server import TritonCluster, raise_failures
@@ -119,18 +119,14 @@ class ModelPublisher:
     """Publishes, activates and deletes model versions in one repository for one cluster.
 
     Args:
-        store / cluster / config: the repository, its replicas and the deployment config.
-        lease_ttl_s: seconds without renewal after which a publisher's lease expires.
+        store / cluster / config: the repository, its replicas and the deployment config
+            (``config.lease_ttl`` and ``config.lease_wait`` shape the lease).
     """
 
-    def __init__(
-        self, store: ModelRepositoryStore, cluster: TritonCluster, config: DeploymentConfig,
-        lease_ttl_s: float = DEFAULT_TTL_S,
-    ) -> None:  # fmt: skip
+    def __init__(self, store: ModelRepositoryStore, cluster: TritonCluster, config: DeploymentConfig) -> None:
         self.store = store
         self.cluster = cluster
         self.config = config
-        self.lease_ttl_s = lease_ttl_s
 
     @classmethod
     def for_config(
@@ -186,7 +182,7 @@ class ModelPublisher:
             wait_s: how long to wait for a live holder (default: ``config.lease_wait``).
         """
         wait = self.config.lease_wait if wait_s is None else wait_s
-        with Lease(self.store, name, ttl_s=self.lease_ttl_s, wait_s=wait) as held:
+        with Lease(self.store, name, ttl_s=self.config.lease_ttl, wait_s=wait) as held:
             yield held
 
     def _rollout(self, name: str, lease: Lease) -> Rollout:
