@@ -52,6 +52,12 @@ DEFAULT_TTL_S = 30.0
 DEFAULT_WAIT_S = 120.0
 POLL_S = 1.0
 
+#: ``{lease URL: ETag}`` of leases this process held but could not delete (the store was
+#: unreachable at release). Their holder is known to be done, so this process may take them
+#: over at once, with ``If-Match`` on that ETag, instead of waiting for them to expire.
+_ABANDONED: dict[str, str] = {}
+_ABANDONED_LOCK = threading.Lock()
+
 
 class LeaseHeld(MlflowException):
     """Another live publisher holds the lease (RESOURCE_ALREADY_EXISTS)."""
@@ -150,7 +156,7 @@ class Lease:
             held = self.store.read_object(self.key)
             if held is None:  # released between our create and our read: try again
                 etag = self.store.create_exclusive(self.key, self.body())
-            elif self.expired(held):
+            elif self.expired(held) or self._abandoned_by_us(held):
                 etag = self.store.replace_if_match(self.key, self.body(), held.etag)
                 if etag is not None:
                     self.took_over = _describe(held)
@@ -162,7 +168,13 @@ class Lease:
             return False
         with self._lock:
             self.etag, self._renewed_at, self.lost_reason = etag, self._clock(), None
+        with _ABANDONED_LOCK:
+            _ABANDONED.pop(self.store.url(self.key), None)
         return True
+
+    def _abandoned_by_us(self, held: StoredObject) -> bool:
+        with _ABANDONED_LOCK:
+            return _ABANDONED.get(self.store.url(self.key)) == held.etag
 
     def expired(self, held: StoredObject) -> bool:
         """A lease is expired when its holder did not renew it within the holder's TTL."""
@@ -253,8 +265,12 @@ class Lease:
             if held is not None and held.etag == self.etag and not self.lost_reason:
                 self.store.delete(self.key)
         except Exception as err:  # S3 unreachable: the lease expires by itself after its TTL
+            if self.etag is not None and not self.lost_reason:
+                with _ABANDONED_LOCK:
+                    _ABANDONED[self.store.url(self.key)] = self.etag
             logger.warning(
-                "Could not release the lease %s (%s); it expires by itself in %.0fs.",
+                "Could not release the lease %s (%s); it expires by itself in %.0fs (at once "
+                "for this process).",
                 self.store.url(self.key), err, self.ttl_s,
             )  # fmt: skip
 

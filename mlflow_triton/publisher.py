@@ -46,7 +46,7 @@ from mlflow_triton.config import DeploymentConfig, validate_model_name
 from mlflow_triton.history import ServingHistory
 from mlflow_triton.lease import LEASE_FILE, Lease, LeaseLost
 from mlflow_triton.model_source import ModelSource, check_torchscript
-from mlflow_triton.rollout import CONFIG_FILE, Rollout, VersionRefused, staging_name
+from mlflow_triton.rollout import CONFIG_FILE, ReplicasUnavailable, Rollout, VersionRefused, staging_name
 from mlflow_triton.server import TritonCluster, raise_failures
 from mlflow_triton.store import ModelRepositoryStore, open_store, progress_bar
 from mlflow_triton.verification import Verifier
@@ -283,7 +283,8 @@ class ModelPublisher:
         ):
             return self._unchanged(state, source, rollout, verify)
 
-        version = max(state.versions + [state.serving_version or 0, rollout.history.highest_version()]) + 1
+        pending = self._pending_upload(state, rollout, artifact, external_entries, settings)
+        version = pending or max(state.versions + [state.serving_version or 0, rollout.history.highest_version()]) + 1
         message = mcfg.build_model_config(name, source.flavor, io, self.config, version)
         provenance = {
             "schema": PROVENANCE_SCHEMA,
@@ -304,8 +305,11 @@ class ModelPublisher:
         }
         prefix = f"{name}/{version}/"
         uploaded = copied = 0
+        switching = False
         try:
-            for (uri, target), entry in zip(files, entries):
+            if pending:
+                logger.info("%s version %d is already uploaded (an earlier try): nothing to upload", name, version)
+            for (uri, target), entry in zip(files, entries) if not pending else ():
                 if copy:
                     copied += self.store.copy_from(uri, prefix + target) or 0
                 else:
@@ -315,13 +319,15 @@ class ModelPublisher:
                     )
             # Written last: a version folder without provenance is an interrupted upload.
             self.store.write_bytes(prefix + PROVENANCE_FILE, json.dumps(provenance, indent=2).encode())
-            logger.info(
-                "%s %s version %d (%d bytes) to %s", "Copied" if copied else "Uploaded", name,
-                version, copied or uploaded, self.store.url(prefix),
-            )  # fmt: skip
+            if not pending:
+                logger.info(
+                    "%s %s version %d (%d bytes) to %s", "Copied" if copied else "Uploaded", name,
+                    version, copied or uploaded, self.store.url(prefix),
+                )  # fmt: skip
             # A local copy serves verification only if it is complete (the copy path may
             # have downloaded model.onnx alone, to read its external-data references).
-            rollout.verify(version, message, provenance, verify, model_file=None if copy else local)
+            rollout.verify(version, message, provenance, verify, model_file=local if local and not copy and not pending else None)
+            switching = True
             rollout.switch(
                 version, message, state.config_bytes, state.serving_version, "publish",
                 verified=verify is not None, registered_model=source.registered_model,
@@ -338,11 +344,23 @@ class ModelPublisher:
                 f"repository still serves {restored}. {err.message}",
                 error_code=err.error_code,
             ) from err
+        except ReplicasUnavailable as err:
+            if switching:
+                raise  # the config pins the verified version: the next update reloads it
+            # Complete and unverified: kept (never served, so the next publish either reuses
+            # it without uploading or prunes it), but nothing changed for clients.
+            raise ReplicasUnavailable(
+                f"{name!r} version {version} is uploaded to {self.store.url(prefix)} but could not "
+                f"be verified: {err.message} Clients still get "
+                f"{f'version {state.serving_version}' if state.serving_version else 'no version'}. "
+                "Rerun the same `mlflow deployments update` (or `mlflow-triton sync`) when Triton "
+                "is back: nothing will be uploaded again."
+            ) from err
         except LeaseLost:
             raise  # the new holder repairs; deleting now could hit its upload
         except BaseException:
-            if not _config_pins(self.store, name, version):  # an unreachable replica at the
-                self._discard(prefix)  # switch keeps it: the next update finishes the job
+            if not (switching and _config_pins(self.store, name, version)):
+                self._discard(prefix)
             raise
         pruned = self.prune(name, keep=self.config.keep_versions, serving=version, rollout=rollout)
         logger.info("Published %s version %d in %.1fs", name, version, time.monotonic() - started)
@@ -351,6 +369,27 @@ class ModelPublisher:
             bytes_copied=copied, flavor=source.flavor, provenance=provenance, pruned=pruned,
             verified=verify is not None,
         )  # fmt: skip
+
+    def _pending_upload(
+        self, state: DeploymentState, rollout: Rollout, artifact: dict[str, Any],
+        external: list[dict[str, Any]], settings: dict[str, Any],
+    ) -> int | None:  # fmt: skip
+        """A complete version folder that never served and holds these very files with these
+        settings (an earlier try that could not reach a replica): reused, not uploaded again."""
+        served = rollout.history.served() | rollout.history.refused()
+        for version in sorted(state.versions, reverse=True):
+            if version == state.serving_version or version in served:
+                continue
+            if version < (state.serving_version or 0):
+                break
+            provenance = self.read_provenance(state.name, version) or {}
+            if (
+                provenance.get("artifact") == artifact
+                and provenance.get("external_data", []) == external
+                and provenance.get("settings") == settings
+            ):
+                return version
+        return None
 
     @staticmethod
     def _external_data(source: ModelSource, local: Path) -> list[str]:
@@ -430,20 +469,19 @@ class ModelPublisher:
         return missing
 
     def _remove_leftovers(self, state: DeploymentState, rollout: Rollout) -> list[int]:
-        """Remove a dead publisher's staging model and version folders that never served or
-        lost their provenance (an interrupted upload or prune). ``state.versions`` keeps their
-        numbers, so that the next version number is never one a dead publisher used."""
+        """Remove a dead publisher's staging model and version folders without provenance (an
+        interrupted upload or prune). Complete versions that never served are left to
+        :meth:`prune` (or reused by the next publish of the same files). ``state.versions``
+        keeps their numbers, so the next version number is never one a dead publisher used."""
         staging_folders, staging_files = self.store.list_dir(f"{staging_name(state.name)}/")
         if staging_folders or staging_files:
             logger.warning("Removing the staging model left by an interrupted rollout of %s", state.name)
             rollout.clean_staging()
-        served = rollout.history.served()
         removed = []
         for version in list(state.versions):
             if version == state.serving_version:
                 continue
-            never_served = version > (state.serving_version or 0) and version not in served
-            if never_served or PROVENANCE_FILE not in self.store.list_dir(f"{state.name}/{version}/")[1]:
+            if PROVENANCE_FILE not in self.store.list_dir(f"{state.name}/{version}/")[1]:
                 rollout.lease.check("removing leftovers")
                 logger.warning("Removing %s version %d left by an interrupted publish", state.name, version)
                 self.store.delete_prefix(f"{state.name}/{version}/")
@@ -506,13 +544,16 @@ class ModelPublisher:
         return max(older) if older else None  # a repository published before the history
 
     def prune(self, name: str, keep: int, serving: int, rollout: Rollout) -> list[int]:
-        """Delete the oldest versions so that ``keep`` remain; never the serving version nor
-        the last known-good one (the rollback target). Provenance goes first, so a prune
-        interrupted half-way leaves a folder the next publisher recognizes and removes."""
+        """Delete versions that never served, and the oldest others so that ``keep`` remain;
+        never the serving version nor the last known-good one (the rollback target).
+        Provenance goes first, so a prune interrupted half-way leaves a folder the next
+        publisher recognizes and removes."""
         state = self.read_state(name)
         protected = {serving, rollout.history.previous_good(serving, state.versions)} - {None}
-        others = sorted((v for v in state.versions if v not in protected), reverse=True)
-        doomed = sorted(others[max(0, keep - len(protected)) :])
+        served = rollout.history.served()
+        never_served = [v for v in state.versions if v > serving and v not in served]
+        others = sorted((v for v in state.versions if v not in protected and v not in never_served), reverse=True)
+        doomed = sorted(never_served + others[max(0, keep - len(protected)) :])
         for version in doomed:
             rollout.lease.check("prune")
             self.store.delete(f"{name}/{version}/{PROVENANCE_FILE}")

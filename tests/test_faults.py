@@ -5,8 +5,9 @@ These tests kill things, so they do not use the session stack:
 * S3 dies mid-upload. A loopback TCP proxy sits between the plugin and moto and is cut after
   a few MB of a multipart upload (moto itself keeps running, so its in-memory state survives
   and "S3 comes back" is the proxy listening again). Triton reads moto directly.
-* Triton dies after the upload, before the reload. The version stays in the repository; once
-  Triton is back, the same update finishes the job without uploading again.
+* Triton dies after the upload, before the staged load. The version stays in the repository,
+  unverified and not pinned; once Triton is back, the same update verifies and switches to it
+  without uploading again.
 """
 
 from __future__ import annotations
@@ -255,7 +256,7 @@ def test_triton_dies_before_the_reload_then_update_finishes_without_upload(
     def upload_then_kill_triton(self, *args, **kwargs):
         sent = upload(self, *args, **kwargs)
         os.killpg(triton_process.process.pid, signal.SIGKILL)  # a crash: after check_servers,
-        triton_process.process.wait(30)  # before the config swap and the reload
+        triton_process.process.wait(30)  # before the staged load and verification
         return sent
 
     monkeypatch.setattr(S3Store, "upload_file", upload_then_kill_triton)
@@ -268,16 +269,18 @@ def test_triton_dies_before_the_reload_then_update_finishes_without_upload(
 
     assert err.value.error_code == "TEMPORARILY_UNAVAILABLE"
     message = err.value.message
-    assert "version 2 is published" in message and "did not reload it" in message, message
+    assert "version 2 is uploaded" in message and "could not be verified" in message, message
     assert "Rerun" in message and "nothing will be uploaded again" in message
+    # Never verified, so never pinned: a replica restarting now loads version 1.
     store = direct_store(own_stack)
-    assert serving_versions(parse_pbtxt(store.read_bytes(f"{name}/config.pbtxt"))) == [2]
+    assert serving_versions(parse_pbtxt(store.read_bytes(f"{name}/config.pbtxt"))) == [1]
     assert store.read_bytes(f"{name}/2/model.onnx") is not None
     assert store.read_bytes(f"{name}/2/mlflow-triton.json") is not None
 
     again = client.update_deployment(name, new_uri, config=config)
 
-    assert (again["version"], again["changed"], again["bytes_uploaded"]) == (2, False, 0)
+    assert (again["version"], again["changed"], again["bytes_uploaded"]) == (2, True, 0)
+    assert again["verified"] is True
     with TritonServer(own_stack.triton_urls[0]) as triton:
         assert triton.is_model_ready(name, 2)
     x = sample(3, seed=53)
