@@ -180,7 +180,8 @@ def serve_webhooks(host: str, port: int, **options: Any) -> None:
 @cli.command()
 @click.argument("name")
 @click.option("--to", "to_version", type=click.IntRange(min=1), help="Repository version to serve "
-              "(default: the newest one older than the serving version).")  # fmt: skip
+              "(default: the previous serving version, never a refused one or one rolled back "
+              "from, as the serving history records).")  # fmt: skip
 @click.option("--set-alias", metavar="ALIAS", help="Also point this registry alias at the rolled-back "
               "version, so that sync/watch do not roll forward again.")  # fmt: skip
 @spec_file
@@ -189,7 +190,7 @@ def serve_webhooks(host: str, port: int, **options: Any) -> None:
 @config
 @smoke
 def rollback(name: str, to_version: int | None, set_alias: str | None, **options: Any) -> None:
-    """Serve the previous published version of deployment NAME again, on every replica."""
+    """Serve the previous good version of deployment NAME again, verified, on every replica."""
     with _errors():
         spec = _load(require_models=False, **options)
         result = promotion.rollback(spec, name, to_version=to_version, set_alias=set_alias)

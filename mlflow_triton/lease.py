@@ -142,6 +142,10 @@ class Lease:
         self._clock = clock
         self._renewed_at = 0.0
         self._lock = threading.Lock()
+        #: Serializes renew(), check() and release() against each other: otherwise check()
+        #: could read the store between a renewal's write and its ETag update, and take our
+        #: own renewal for a takeover.
+        self._io_lock = threading.Lock()
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
 
@@ -209,17 +213,18 @@ class Lease:
     # -- holding -----------------------------------------------------------------------------
     def renew(self) -> bool:
         """Rewrite the lease with ``If-Match`` on our ETag; False (and lost) if it is not ours."""
-        with self._lock:
-            etag = self.etag
-        if etag is None or self.lost_reason:
-            return False
-        new = self.store.replace_if_match(self.key, self.body(), etag)
-        with self._lock:
-            if new is None:
-                self.lost_reason = "another publisher took the lease over"
+        with self._io_lock:
+            with self._lock:
+                etag = self.etag
+            if etag is None or self.lost_reason:
                 return False
-            self.etag, self._renewed_at = new, self._clock()
-        return True
+            new = self.store.replace_if_match(self.key, self.body(), etag)
+            with self._lock:
+                if new is None:
+                    self.lost_reason = "another publisher took the lease over"
+                    return False
+                self.etag, self._renewed_at = new, self._clock()
+            return True
 
     def _beat(self) -> None:
         while not self._stop.wait(self.ttl_s / 3):
@@ -236,16 +241,17 @@ class Lease:
         Args:
             before: what is about to be written, for the message.
         """
-        with self._lock:
-            reason = self.lost_reason
-            stale = self._clock() - self._renewed_at
-            etag = self.etag
-        if reason is None and stale > self.ttl_s * 2 / 3:
-            reason = f"not renewed for {stale:.0f}s (TTL {self.ttl_s:.0f}s)"
-        if reason is None:
-            held = self.store.read_object(self.key)
-            if held is None or held.etag != etag:
-                reason = "the lease object changed: another publisher took it over"
+        with self._io_lock:
+            with self._lock:
+                reason = self.lost_reason
+                stale = self._clock() - self._renewed_at
+                etag = self.etag
+            if reason is None and stale > self.ttl_s * 2 / 3:
+                reason = f"not renewed for {stale:.0f}s (TTL {self.ttl_s:.0f}s)"
+            if reason is None:
+                held = self.store.read_object(self.key)
+                if held is None or held.etag != etag:
+                    reason = "the lease object changed: another publisher took it over"
         if reason is not None:
             with self._lock:
                 self.lost_reason = reason
@@ -261,9 +267,13 @@ class Lease:
         if self._heartbeat is not None:
             self._heartbeat.join(timeout=5)
         try:
-            held = self.store.read_object(self.key)
-            if held is not None and held.etag == self.etag and not self.lost_reason:
-                self.store.delete(self.key)
+            with self._io_lock:
+                # A lease not renewed for 2/3 of its TTL may be taken over between our read
+                # and our delete: leave it to expire rather than delete someone else's.
+                fresh = self._clock() - self._renewed_at <= self.ttl_s * 2 / 3
+                held = self.store.read_object(self.key)
+                if fresh and held is not None and held.etag == self.etag and not self.lost_reason:
+                    self.store.delete(self.key)
         except Exception as err:  # S3 unreachable: the lease expires by itself after its TTL
             if self.etag is not None and not self.lost_reason:
                 with _ABANDONED_LOCK:
