@@ -7,12 +7,28 @@ control operations out to every replica that reads the same model repository::
     cluster.load_model("fraud", timeout_s=300)        # POST /v2/repository/models/fraud/load
     cluster.wait_until_ready("fraud", version=3, timeout_s=60)
 
-Every failure is raised as ``MlflowException`` (INTERNAL_ERROR) naming the server, the model
-and Triton's own error text.
+Every failure is raised as a :class:`TritonError` (an ``MlflowException``) naming the server,
+the model and Triton's own error text. Its type says what happened, decided from the exception
+tritonclient raised and its status, never from the text:
+
+* :class:`ReplicaUnreachable` (TEMPORARILY_UNAVAILABLE): no answer from Triton at all. The HTTP
+  client raises the socket's own error (``ConnectionRefusedError``, ``TimeoutError``,
+  ``socket.gaierror``: all ``OSError``) or geventhttpclient's ``HTTPConnectionClosed`` (an
+  ``http.client.HTTPException``); a gateway in front of Triton answers 502/504. The gRPC client
+  raises ``InferenceServerException`` with status ``StatusCode.UNAVAILABLE`` or
+  ``StatusCode.DEADLINE_EXCEEDED``; Triton itself also answers UNAVAILABLE ("server not
+  ready", e.g. when it could not reach its repository at start-up), so an UNAVAILABLE is
+  unreachable only if the liveness RPC gets no answer either.
+* :class:`ModelNotFound` (RESOURCE_DOES_NOT_EXIST): Triton answered HTTP 404 / gRPC NOT_FOUND.
+* :class:`TritonError` (INTERNAL_ERROR): Triton answered with any other error, for instance
+  500 / INTERNAL for a load that could not read the repository (S3 down, unknown model, broken
+  config.pbtxt), 400 / INVALID_ARGUMENT for a model that failed to initialise, 503 / UNAVAILABLE
+  "Server not ready".
 """
 
 from __future__ import annotations
 
+import http.client
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +46,82 @@ from mlflow.protos.databricks_pb2 import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 300.0
+#: How long the liveness RPC that settles an ambiguous gRPC UNAVAILABLE may take.
+PROBE_TIMEOUT_S = 5.0
+
+#: tritonclient's ``InferenceServerException.status()``: the HTTP status code, or
+#: ``str(grpc.StatusCode)`` for gRPC.
+MISSING_STATUSES = frozenset({"404", "StatusCode.NOT_FOUND"})
+#: Statuses that mean no answer from Triton: a gateway's 502/504 (Triton never sends them), the
+#: gRPC channel's failure to connect and a deadline. ``StatusCode.UNAVAILABLE`` is also what
+#: Triton answers while not ready: :meth:`TritonServer._error` tells the two apart.
+UNREACHABLE_STATUSES = frozenset(
+    {"502", "504", "StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED"}
+)
+GRPC_UNAVAILABLE = "StatusCode.UNAVAILABLE"
+#: What the HTTP client raises when the connection fails: the socket's own errors (refused,
+#: reset, timed out, name resolution, TLS) and geventhttpclient's ``HTTPConnectionClosed`` /
+#: ``HTTPParseError`` (``http.client.HTTPException`` subclasses).
+NETWORK_ERRORS: tuple[type[BaseException], ...] = (OSError, http.client.HTTPException)
+
+
+class TritonError(MlflowException):
+    """A Triton call failed; this class itself: Triton answered with an error (INTERNAL_ERROR).
+
+    Attributes:
+        url: the replica.
+        status: tritonclient's status (HTTP ``"500"``, gRPC ``"StatusCode.INTERNAL"``), or None
+            when the call failed below HTTP/gRPC.
+    """
+
+    error_code_default = INTERNAL_ERROR
+
+    def __init__(self, message: str, url: str, status: str | None = None) -> None:
+        super().__init__(message, error_code=self.error_code_default)
+        self.url = url
+        self.status = status
+
+
+class ReplicaUnreachable(TritonError):
+    """No answer from the replica: connection refused/reset/closed, name resolution, timeout."""
+
+    error_code_default = TEMPORARILY_UNAVAILABLE
+
+
+class ModelNotFound(TritonError):
+    """Triton answered that it does not know the model (HTTP 404 / gRPC NOT_FOUND)."""
+
+    error_code_default = RESOURCE_DOES_NOT_EXIST
+
+
+def _status(err: BaseException) -> str | None:
+    """tritonclient's status of ``err``; None unless it is an InferenceServerException."""
+    from tritonclient.utils import InferenceServerException
+
+    if isinstance(err, InferenceServerException) and err.status() is not None:
+        return str(err.status())
+    return None
+
+
+def classify(err: BaseException) -> type[TritonError]:
+    """The :class:`TritonError` class for an exception a tritonclient call raised.
+
+    Decided by type and status only. A gRPC ``StatusCode.UNAVAILABLE`` classifies as
+    :class:`ReplicaUnreachable` here; :class:`TritonServer` asks the replica whether it is
+    live before it says so.
+    """
+    if isinstance(err, TritonError):
+        return type(err)
+    status = _status(err)
+    if status is not None:
+        if status in MISSING_STATUSES:
+            return ModelNotFound
+        if status in UNREACHABLE_STATUSES:
+            return ReplicaUnreachable
+        return TritonError
+    if isinstance(err, NETWORK_ERRORS):
+        return ReplicaUnreachable
+    return TritonError  # tritonclient's own argument checks (status None), anything else
 
 
 class TritonServer:
@@ -65,16 +157,33 @@ class TritonServer:
                 network_timeout=timeout_s,
             )  # fmt: skip
 
-    def _error(self, action: str, err: Exception, code=INTERNAL_ERROR) -> MlflowException:
-        text = err.message() if hasattr(err, "message") else str(err)
-        if not text or "connect" in text.lower() or isinstance(err, (ConnectionError, OSError)):
-            return MlflowException(
-                f"Triton at {self.url} is unreachable ({action}): {text or type(err).__name__}. "
+    def _error(self, action: str, err: Exception) -> TritonError:
+        """The typed error for ``err`` raised by tritonclient while doing ``action``."""
+        kind = classify(err)
+        status = _status(err)
+        if kind is ReplicaUnreachable and status == GRPC_UNAVAILABLE and self._answers():
+            kind = TritonError  # Triton itself said UNAVAILABLE (not ready, exiting)
+        text = err.message() if callable(getattr(err, "message", None)) else str(err)
+        text = text or type(err).__name__
+        if kind is ReplicaUnreachable:
+            return ReplicaUnreachable(
+                f"Triton at {self.url} is unreachable ({action}): {text}. "
                 "Check the target URI / TRITON_URL and that the server runs with "
                 "--model-control-mode=explicit.",
-                error_code=TEMPORARILY_UNAVAILABLE,
-            )
-        return MlflowException(f"Triton at {self.url} failed to {action}: {text}", error_code=code)
+                self.url, status,
+            )  # fmt: skip
+        return kind(f"Triton at {self.url} failed to {action}: {text}", self.url, status)
+
+    def _answers(self) -> bool:
+        """Whether the replica answers the liveness call at all (live or not)."""
+        try:
+            if self.protocol == "grpc":
+                self.client.is_server_live(client_timeout=min(PROBE_TIMEOUT_S, self.timeout_s))
+            else:
+                self.client.is_server_live()
+            return True
+        except Exception:
+            return False
 
     def _call(self, action: str, fn, *args, **kwargs):
         try:
@@ -104,10 +213,10 @@ class TritonServer:
         deadline = time.monotonic() + timeout_s
         while not self.is_model_ready(name, version):
             if time.monotonic() > deadline:
-                raise MlflowException(
+                raise TritonError(
                     f"Model {name!r} version {version or 'latest'} is not READY on {self.url} "
                     f"after {timeout_s}s: {self.model_state(name, version)}",
-                    error_code=INTERNAL_ERROR,
+                    self.url,
                 )
             time.sleep(0.2)
 
@@ -239,12 +348,12 @@ class TritonCluster:
 
 def is_unreachable(err: Exception | None) -> bool:
     """True for the error a replica gives when it cannot be reached at all."""
-    return isinstance(err, MlflowException) and err.error_code == "TEMPORARILY_UNAVAILABLE"
+    return isinstance(err, ReplicaUnreachable)
 
 
-def _is_missing(err: Exception) -> bool:
-    text = str(getattr(err, "message", err)).lower()
-    return "not found" in text or "unknown model" in text or "no such" in text
+def _is_missing(err: Exception | None) -> bool:
+    """True when Triton answered that it does not know the model."""
+    return isinstance(err, ModelNotFound)
 
 
 def raise_failures(action: str, failures: Mapping[str, Exception | None]) -> None:
@@ -255,5 +364,11 @@ def raise_failures(action: str, failures: Mapping[str, Exception | None]) -> Non
     details = "; ".join(
         f"{url}: {err.message if isinstance(err, MlflowException) else err}" for url, err in failures.items()
     )
-    code = RESOURCE_DOES_NOT_EXIST if all(_is_missing(e) for e in failures.values()) else INTERNAL_ERROR
-    raise MlflowException(f"Could not {action} on {len(failures)} Triton server(s): {details}", error_code=code)
+    message = f"Could not {action} on {len(failures)} Triton server(s): {details}"
+    urls = ", ".join(failures)
+    # The same kind on every replica keeps its class, so callers still decide by type: all
+    # unreachable means "retry later", never "the model was refused".
+    for kind in (ReplicaUnreachable, ModelNotFound):
+        if all(isinstance(err, kind) for err in failures.values()):
+            raise kind(message, urls)
+    raise MlflowException(message, error_code=INTERNAL_ERROR)

@@ -232,17 +232,24 @@ class LocalStore(ModelRepositoryStore):
         return StoredObject(data, _md5(data), max(0.0, time.time() - modified))
 
     def replace_if_match(self, key: str, data: bytes, etag: str) -> str | None:
-        """Compare-and-swap under an exclusive ``flock`` on a sibling lock file."""
+        """Compare-and-swap under an exclusive ``flock`` on the object's folder (a lock file
+        would need deleting, and deleting a file another process has locked breaks the lock)."""
         import fcntl
 
         path = self._path(key)
-        with open(path.parent / f".{path.name}.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            folder = os.open(path.parent, os.O_RDONLY)
+        except FileNotFoundError:  # the folder went with its last object: nothing to match
+            return None
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
             current = self.read_object(key)
             if current is None or current.etag != etag:
                 return None
             self.write_bytes(key, data)
             return _md5(data)
+        finally:
+            os.close(folder)
 
     def download_file(self, key: str, path: Path) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -280,7 +287,6 @@ class LocalStore(ModelRepositoryStore):
     def delete(self, key: str) -> None:
         path = self._path(key)
         path.unlink(missing_ok=True)
-        (path.parent / f".{path.name}.lock").unlink(missing_ok=True)
         _remove_empty_parents(path.parent, self.root)
 
     def delete_prefix(self, prefix: str) -> int:
@@ -415,7 +421,8 @@ class S3Store(ModelRepositoryStore):
         try:
             response = self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)
         except ClientError as err:
-            if _status(err) in CONDITION_FAILED_STATUSES:
+            # 404 answers If-Match on a key that no longer exists: not written either.
+            if _status(err) in CONDITION_FAILED_STATUSES or ("IfMatch" in condition and _status(err) == 404):
                 return None
             raise self._fail(action, key, err) from err
         except BotoCoreError as err:
@@ -530,11 +537,18 @@ class S3Store(ModelRepositoryStore):
             raise self._fail("delete", key, err) from err
 
     def delete_prefix(self, prefix: str) -> int:
-        """Delete under ``prefix/`` only: the trailing slash keeps ``foo`` from hitting ``foo_bar``."""
+        """Delete under ``prefix/`` only: the trailing slash keeps ``foo`` from hitting ``foo_bar``.
+
+        Raises:
+            MlflowException: INTERNAL_ERROR naming each key S3 refused to delete and its S3
+                error code (``delete_objects`` answers 200 with per-key errors), after deleting
+                every other key.
+        """
         from botocore.exceptions import BotoCoreError, ClientError
 
         full = self._key(self._check_prefix(prefix)).rstrip("/") + "/"
         count = 0
+        failed: list[dict[str, Any]] = []
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=full
@@ -542,11 +556,33 @@ class S3Store(ModelRepositoryStore):
             for page in pages:
                 keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
                 if keys:
-                    self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
-                    count += len(keys)
+                    # S3 answers 200 even when keys fail (AccessDenied...): Quiet lists only those.
+                    response = self.client.delete_objects(
+                        Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True}
+                    )
+                    errors = response.get("Errors", [])
+                    failed.extend(errors)
+                    count += len(keys) - len(errors)
         except (BotoCoreError, ClientError) as err:
             raise self._fail("delete", prefix, err) from err
+        if failed:
+            raise MlflowException(
+                f"Could not delete {len(failed)} object(s) under s3://{self.bucket}/{full} "
+                f"({count} deleted): {self._describe_delete_errors(failed)}",
+                error_code=INTERNAL_ERROR,
+            )
         return count
+
+    @staticmethod
+    def _describe_delete_errors(errors: list[dict[str, Any]], limit: int = 10) -> str:
+        """``key (Code: Message)`` for each per-key error of ``delete_objects``, ``limit`` at most."""
+        described = [
+            f"{e.get('Key', '?')} ({e.get('Code', 'unknown')}"
+            f"{': ' + e['Message'] if e.get('Message') else ''})"
+            for e in errors[:limit]
+        ]
+        more = f" and {len(errors) - limit} more" if len(errors) > limit else ""
+        return "; ".join(described) + more
 
 
 class _RangeReader(io.RawIOBase):
