@@ -143,7 +143,7 @@ PHASES = {  # label: (object, attribute) wrapped with a timer; missing ones are 
     "registry: alias lookups (one call per model)": ("promotion", "_alias_version"),
     "publisher/store creation": ("ModelPublisher", "for_config"),
     "repository reads (S3: config, listing, provenance)": ("ModelPublisher", "read_state"),
-    "Triton: repository index per replica": ("promotion", "_ready_snapshot"),
+    "Triton: repository index per replica": ("TritonCluster", "ready_models"),
     "Triton: ready checks / repairs": ("ModelPublisher", "repair"),
 }
 
@@ -152,8 +152,9 @@ def time_phases(spec) -> tuple[dict[str, float], float]:
     """Seconds spent in each phase during one sync, summed over the worker threads."""
     from mlflow_triton.promotion import reconcile as promotion
     from mlflow_triton.publisher import ModelPublisher
+    from mlflow_triton.server import TritonCluster
 
-    owners = {"promotion": promotion, "ModelPublisher": ModelPublisher}
+    owners = {"promotion": promotion, "ModelPublisher": ModelPublisher, "TritonCluster": TritonCluster}
     totals = {label: 0.0 for label in PHASES}
     lock = threading.Lock()
     originals = []

@@ -63,8 +63,12 @@ class ServingHistory:
         """Versions that ever served."""
         return {e["version"] for e in self.events if e.get("event") == "serving"}
 
-    def refused(self) -> set[int]:
-        return {e["version"] for e in self.events if e.get("event") == "refused"}
+    def refused(self, via: Via | None = None) -> set[int]:
+        """Versions refused (when ``via`` is given: refused on that path)."""
+        return {
+            e["version"] for e in self.events
+            if e.get("event") == "refused" and (via is None or e.get("via") == via)
+        }  # fmt: skip
 
     def rolled_back_from(self) -> set[int]:
         return {e["rolled_back_from"] for e in self.events if e.get("rolled_back_from") is not None}
@@ -74,9 +78,11 @@ class ServingHistory:
         return max((int(e["version"]) for e in self.events), default=0)
 
     def previous_good(self, serving: int | None, available: Iterable[int] | None = None) -> int | None:
-        """The version that served before ``serving``, skipping refused versions, versions
-        that were rolled back from and (when given) versions no longer ``available``."""
-        bad = self.refused() | self.rolled_back_from()
+        """The version that served before ``serving``, skipping versions refused when they
+        were published, versions that were rolled back from and (when given) versions no
+        longer ``available``. A version that served and then failed a rollback's verification
+        (a replica out of memory, say) stays a candidate: it did serve well."""
+        bad = self.refused(via="publish") | self.rolled_back_from()
         keep = None if available is None else set(available)
         for entry in reversed(self.events):
             version = entry["version"]

@@ -31,7 +31,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import (
@@ -46,8 +46,8 @@ from mlflow_triton.config import DeploymentConfig, validate_model_name
 from mlflow_triton.history import ServingHistory
 from mlflow_triton.lease import LEASE_FILE, Lease, LeaseLost
 from mlflow_triton.model_source import ModelSource, check_torchscript
-from mlflow_triton.rollout import CONFIG_FILE, ReplicasUnavailable, Rollout, VersionRefused, staging_name
-from mlflow_triton.server import TritonCluster, raise_failures
+from mlflow_triton.rollout import CONFIG_FILE, Rollout, VersionRefused, staging_name
+from mlflow_triton.server import ReplicaUnreachable, TritonCluster, raise_failures
 from mlflow_triton.store import ModelRepositoryStore, open_store, progress_bar
 from mlflow_triton.verification import Verifier
 
@@ -344,17 +344,18 @@ class ModelPublisher:
                 f"repository still serves {restored}. {err.message}",
                 error_code=err.error_code,
             ) from err
-        except ReplicasUnavailable as err:
+        except ReplicaUnreachable as err:
             if switching:
                 raise  # the config pins the verified version: the next update reloads it
             # Complete and unverified: kept (never served, so the next publish either reuses
             # it without uploading or prunes it), but nothing changed for clients.
-            raise ReplicasUnavailable(
+            raise ReplicaUnreachable(
                 f"{name!r} version {version} is uploaded to {self.store.url(prefix)} but could not "
                 f"be verified: {err.message} Clients still get "
                 f"{f'version {state.serving_version}' if state.serving_version else 'no version'}. "
                 "Rerun the same `mlflow deployments update` (or `mlflow-triton sync`) when Triton "
-                "is back: nothing will be uploaded again."
+                "is back: nothing will be uploaded again.",
+                err.url,
             ) from err
         except LeaseLost:
             raise  # the new holder repairs; deleting now could hit its upload

@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, TEMPORARILY_UNAVAILABLE
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 
 from mlflow_triton import model_config as mcfg
 from mlflow_triton.history import ServingHistory, Via
 from mlflow_triton.lease import Lease
-from mlflow_triton.server import TritonCluster, is_unreachable
+from mlflow_triton.server import ModelNotFound, ReplicaUnreachable, TritonCluster, is_unreachable
 from mlflow_triton.store import ModelRepositoryStore
 from mlflow_triton.verification import Candidate, Verifier
 
@@ -54,13 +54,6 @@ class VersionRefused(MlflowException):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, error_code=INTERNAL_ERROR)
-
-
-class ReplicasUnavailable(MlflowException):
-    """A replica could not be reached: retry when it is back (TEMPORARILY_UNAVAILABLE)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, error_code=TEMPORARILY_UNAVAILABLE)
 
 
 @dataclass
@@ -87,7 +80,7 @@ class Rollout:
         staging = staging_name(self.name)
         errors = self.cluster._each(lambda server: server.unload_model(staging), urls)
         for url, err in errors.items():
-            if err is not None and not is_unreachable(err) and not _is_missing(err):
+            if err is not None and not isinstance(err, (ReplicaUnreachable, ModelNotFound)):
                 logger.warning("Could not unload %s on %s: %s", staging, url, err)
         self.store.delete_prefix(f"{staging}/")
 
@@ -99,7 +92,7 @@ class Rollout:
 
         Raises:
             VersionRefused: a replica refused it or verification failed.
-            ReplicasUnavailable: a replica could not be reached (nothing is recorded).
+            ReplicaUnreachable: a replica could not be reached (nothing is recorded).
         """
         urls = list(urls or self.cluster.urls)
         staging = staging_name(self.name)
@@ -118,7 +111,7 @@ class Rollout:
                     verify(candidate)
                 except MlflowException as err:
                     if is_unreachable(err):
-                        raise ReplicasUnavailable(err.message) from err
+                        raise ReplicaUnreachable(err.message, ", ".join(urls)) from err
                     raise VersionRefused(f"{self.name!r} version {version} failed verification: {err.message}") from err
                 except Exception as err:
                     raise VersionRefused(f"{self.name!r} version {version} failed verification: {err}") from err
@@ -137,7 +130,7 @@ class Rollout:
 
         Raises:
             LeaseLost: before writing anything, if this publisher lost its lease.
-            ReplicasUnavailable: a replica is unreachable; the config pins ``version`` and the
+            ReplicaUnreachable: a replica is unreachable; the config pins ``version`` and the
                 next ``update``/``sync`` finishes the rollout without uploading again.
             VersionRefused: a replica refused it; the previous config is back.
         """
@@ -151,11 +144,12 @@ class Rollout:
         if not failed:
             return
         if all(is_unreachable(err) for err in failed.values()):
-            raise ReplicasUnavailable(
+            raise ReplicaUnreachable(
                 f"{self.name!r} version {version} is published in {self.store.uri} but Triton at "
                 f"{', '.join(sorted(failed))} did not reload it (unreachable). Rerun the same "
                 "`mlflow deployments update` (or `mlflow-triton sync`) when it is back: nothing "
-                "will be uploaded again."
+                "will be uploaded again.",
+                ", ".join(sorted(failed)),
             )
         switched = [url for url, err in errors.items() if err is None]
         self.lease.check("restoring the previous config")
@@ -193,11 +187,5 @@ def _describe_failures(failed: Mapping[str, Exception]) -> str:
 def _raise_failed(what: str, failed: Mapping[str, Exception]) -> None:
     details = _describe_failures(failed)
     if all(is_unreachable(err) for err in failed.values()):
-        raise ReplicasUnavailable(f"{what}: Triton unreachable ({details}). Nothing changed; retry.")
+        raise ReplicaUnreachable(f"{what}: Triton unreachable ({details}). Nothing changed; retry.", ", ".join(failed))
     raise VersionRefused(f"{what}: {details}")
-
-
-def _is_missing(err: Exception) -> bool:
-    from mlflow_triton.server import _is_missing as missing
-
-    return missing(err)

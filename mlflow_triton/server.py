@@ -308,14 +308,31 @@ class TritonCluster:
 
         return self._each(load, urls)
 
-    def not_ready(self, name: str, version: int) -> list[str]:
-        """URLs of the replicas on which ``name`` ``version`` is not READY."""
+    def not_ready(
+        self, name: str, version: int, known_ready: Mapping[str, set[tuple[str, str]]] | None = None
+    ) -> list[str]:
+        """URLs of the replicas on which ``name`` ``version`` is not READY.
+
+        Args:
+            known_ready: a :meth:`ready_models` snapshot; replicas it lists READY are not asked.
+        """
         missing = []
         for url in self.urls:
+            if known_ready is not None and (name, str(version)) in known_ready.get(url, set()):
+                continue
             with self.server(url) as server:
                 if not server.is_model_ready(name, version):
                     missing.append(url)
         return missing
+
+    def ready_models(self) -> dict[str, set[tuple[str, str]]]:
+        """``{url: {(model, version) READY}}`` from one repository-index call per replica
+        (replicas that fail to answer are left out: :meth:`not_ready` asks them)."""
+        return {
+            url: {(e.get("name"), str(e.get("version"))) for e in index if e.get("state") == "READY"}
+            for url, index in self.repository_index().items()
+            if not isinstance(index, Exception)
+        }
 
     def not_live(self) -> list[str]:
         """URLs of the replicas that do not answer the liveness probe."""

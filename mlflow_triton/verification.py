@@ -148,7 +148,10 @@ class SmokeTest:
         from mlflow_triton.model_source import resolve_model
 
         flavor = provenance.get("flavor", "onnx")
-        model_uri = provenance.get("model_uri")
+        # The registry version that was published, never its alias resolved again: an alias
+        # may point at another version (with other inputs) by now.
+        registered = provenance.get("registered_model"), provenance.get("registered_version")
+        model_uri = f"models:/{registered[0]}/{registered[1]}" if all(registered) else provenance.get("model_uri")
         if not model_uri:
             return cls(store, cluster, flavor, compare=compare)
         try:

@@ -22,7 +22,7 @@ from mlflow_triton import verification
 from mlflow_triton.promotion import load_spec, rollback, sync
 from mlflow_triton.server import TritonServer
 from models import sample
-from test_promotion_support import ALIAS, CPU, deployment, local, logged_model, register  # noqa: F401
+from test_promotion_support import ALIAS, CPU, deployment, local, register  # noqa: F401 (fixture)
 from test_promotion_support import assert_every_replica_serves
 
 pytestmark = pytest.mark.integration

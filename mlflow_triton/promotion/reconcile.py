@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
@@ -85,7 +85,7 @@ class _Round:
         self.spec = spec
         self.stores: dict[Any, Any] = {}
         self.aliases = _all_aliases(registry, {m.registered_model for m in spec.models})
-        self.ready = _ready_snapshot(spec.triton_urls)
+        self.ready = TritonCluster(list(spec.triton_urls)).ready_models()
 
     def reconcile(self, model: ModelPromotion) -> ModelReport:
         started = time.monotonic()
@@ -120,7 +120,7 @@ class _Round:
         if _serves(state, model, target):
             report.action = "unchanged"
             report.triton_version = state.serving_version
-            if state.leased or not self._ready_everywhere(publisher, state):
+            if state.leased or publisher.cluster.not_ready(state.name, state.serving_version, self.ready):
                 verify = (
                     SmokeTest.for_provenance(publisher.store, publisher.cluster, provenance)
                     if self.spec.smoke_test else None
@@ -142,15 +142,6 @@ class _Round:
         report.bytes_copied = result.bytes_copied
         report.removed = result.pruned
 
-    def _ready_everywhere(self, publisher: ModelPublisher, state: DeploymentState) -> bool:
-        """From this round's repository index when it lists the version READY everywhere,
-        else asked of each replica."""
-        key = (state.name, str(state.serving_version))
-        if all(key in self.ready.get(url, set()) for url in publisher.cluster.urls):
-            return True
-        return not publisher.cluster.not_ready(state.name, state.serving_version)
-
-
 def _all_aliases(registry: Any, names: set[str]) -> dict[str, dict[str, str]]:
     """``{registered model: {alias: version}}`` for ``names``; {} if the search fails."""
     found: dict[str, dict[str, str]] = {}
@@ -169,17 +160,6 @@ def _all_aliases(registry: Any, names: set[str]) -> dict[str, dict[str, str]]:
     except MlflowException as err:
         logger.debug("Registry search failed (%s); resolving aliases one by one", err.message)
         return {}
-
-
-def _ready_snapshot(urls: Sequence[str]) -> dict[str, set[tuple[str, str]]]:
-    """``{url: {(model, version) READY}}`` from one repository-index call per replica."""
-    snapshot: dict[str, set[tuple[str, str]]] = {}
-    for url, index in TritonCluster(list(urls)).repository_index().items():
-        if not isinstance(index, Exception):
-            snapshot[url] = {
-                (e.get("name"), str(e.get("version"))) for e in index if e.get("state") == "READY"
-            }
-    return snapshot
 
 
 def _alias_version(
