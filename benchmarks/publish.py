@@ -98,7 +98,7 @@ def time_copies(stack, s3, artifact_uri: str) -> dict[str, float]:
     """Seconds of the store's multipart copy (what the plugin does) and of one CopyObject."""
     from urllib.parse import urlparse
 
-    from mlflow_triton.store import S3Store
+    from mlflow_triton.s3_store import S3Store
 
     store = S3Store(stack.model_repository, client=s3)
     started = time.perf_counter()

@@ -48,7 +48,7 @@ SEEDS = (31, 32, 33)
 CHILD = textwrap.dedent(
     """
     import os, signal, sys
-    from mlflow_triton import lease, store
+    from mlflow_triton import lease, s3_store
     from mlflow_triton.promotion import load_spec, sync
     from mlflow_triton.server import TritonCluster
 
@@ -73,16 +73,16 @@ CHILD = textwrap.dedent(
     if point == "after_lease":
         after(lease.Lease, "acquire")
     elif point == "mid_upload":
-        after(store.S3Store, "copy_from")
+        after(s3_store.S3Store, "copy_from")
     elif point == "after_config_write":
-        after(store.S3Store, "write_bytes", when=lambda key, data: key == f"{deployment}/config.pbtxt")
+        after(s3_store.S3Store, "write_bytes", when=lambda key, data: key == f"{deployment}/config.pbtxt")
     elif point == "after_load_on_replica_1":
         after(
             TritonCluster, "load_model", when=lambda name, *a, **k: name == deployment,
             change=lambda self, name, version=None, urls=None: ((name, version, self.urls[:1]), {}),
         )
     elif point == "during_prune":
-        after(store.S3Store, "delete", when=lambda key: key.endswith("/1/mlflow-triton.json"))
+        after(s3_store.S3Store, "delete", when=lambda key: key.endswith("/1/mlflow-triton.json"))
     spec = load_spec(
         models=[f"{registered}={deployment}"], alias="%(alias)s",
         config={"instance_kind": "cpu", "lease_ttl": ttl, "keep_versions": "2"},

@@ -33,7 +33,8 @@ from mlflow_triton import store as store_module
 from mlflow_triton.local.stack import AWS_TEST_CREDENTIALS, LocalStack, free_port
 from mlflow_triton.model_config import parse_pbtxt, serving_versions
 from mlflow_triton.server import TritonServer
-from mlflow_triton.store import MB, S3Store
+from mlflow_triton.s3_store import S3Store
+from mlflow_triton.store import MB
 from models import Scorer, export_onnx, sample
 
 pytestmark = pytest.mark.integration

@@ -49,7 +49,8 @@ from mlflow_triton.local.stack import free_port
 from mlflow_triton.model_source import resolve_model
 from mlflow_triton.publisher import ModelPublisher
 from mlflow_triton.rollout import CONFIG_FILE, Rollout
-from mlflow_triton.store import LocalStore, S3Store, StoredObject
+from mlflow_triton.s3_store import S3Store
+from mlflow_triton.store import LocalStore, StoredObject
 from models import Scorer, log_onnx
 
 integration = pytest.mark.integration

@@ -35,7 +35,8 @@ from mlflow_triton.model_config import (
     to_pbtxt,
 )
 from mlflow_triton.server import TritonServer
-from mlflow_triton.store import LocalStore, S3Store, check_key, open_store
+from mlflow_triton.s3_store import S3Store
+from mlflow_triton.store import LocalStore, check_key, open_store
 
 TRITON_TYPES = {
     np.bool_: "TYPE_BOOL", np.uint8: "TYPE_UINT8", np.uint16: "TYPE_UINT16",
