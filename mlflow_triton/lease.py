@@ -153,6 +153,12 @@ class Lease:
     def body(self) -> bytes:
         return json.dumps({"owner": self.owner, "ttl_s": self.ttl_s, "renewed": time.time()}).encode()
 
+    def _ours(self, held: StoredObject | None) -> bool:
+        """True when the stored lease carries our owner token (unique to this object): after
+        a conditional write answered "not written", this tells a client retry of a write that
+        did reach the store (a lost response, a timeout: the retry gets 412) from a loss."""
+        return held is not None and _describe(held).get("owner") == self.owner
+
     def try_acquire(self) -> bool:
         """One attempt: create the lease, or take over an expired one. True when held."""
         etag = self.store.create_exclusive(self.key, self.body())
@@ -160,8 +166,12 @@ class Lease:
             held = self.store.read_object(self.key)
             if held is None:  # released between our create and our read: try again
                 etag = self.store.create_exclusive(self.key, self.body())
+            elif self._ours(held):
+                etag = held.etag
             elif self.expired(held) or self._abandoned_by_us(held):
                 etag = self.store.replace_if_match(self.key, self.body(), held.etag)
+                if etag is None and self._ours(current := self.store.read_object(self.key)):
+                    etag = current.etag
                 if etag is not None:
                     self.took_over = _describe(held)
                     logger.warning(
@@ -219,6 +229,8 @@ class Lease:
             if etag is None or self.lost_reason:
                 return False
             new = self.store.replace_if_match(self.key, self.body(), etag)
+            if new is None and self._ours(current := self.store.read_object(self.key)):
+                new = current.etag
             with self._lock:
                 if new is None:
                     self.lost_reason = "another publisher took the lease over"
@@ -234,6 +246,13 @@ class Lease:
                     return
             except Exception as err:  # the store is unreachable: check() fences on the age
                 logger.warning("Could not renew the lease of %s: %s", self.name, err)
+
+    def held_locally(self) -> bool:
+        """True while no one can have taken the lease over, judged without the store: it is
+        not known lost and was renewed within 2/3 of its TTL (a taker waits the whole TTL).
+        For clean-up after a failure, when the store itself may be what failed."""
+        with self._lock:
+            return self.lost_reason is None and self._clock() - self._renewed_at <= self.ttl_s * 2 / 3
 
     def check(self, before: str) -> None:
         """Fencing: raise :class:`LeaseLost` unless this publisher still holds the lease.
@@ -270,9 +289,9 @@ class Lease:
             with self._io_lock:
                 # A lease not renewed for 2/3 of its TTL may be taken over between our read
                 # and our delete: leave it to expire rather than delete someone else's.
-                fresh = self._clock() - self._renewed_at <= self.ttl_s * 2 / 3
+                fresh = self.held_locally()
                 held = self.store.read_object(self.key)
-                if fresh and held is not None and held.etag == self.etag and not self.lost_reason:
+                if fresh and held is not None and held.etag == self.etag:
                     self.store.delete(self.key)
         except Exception as err:  # S3 unreachable: the lease expires by itself after its TTL
             if self.etag is not None and not self.lost_reason:

@@ -29,7 +29,8 @@ from mlflow_triton.onnx_graph import OnnxGraphSummary, onnx_graph_summary, sourc
 __all__ = [  # OnnxGraphSummary / onnx_graph_summary are re-exported: io_from_onnx's building block
     "ModelIO", "OnnxGraphSummary", "TensorSpec", "as_arrays", "build_model_config", "io_from_onnx",
     "io_from_signature", "onnx_external_data", "onnx_graph_summary", "parse_pbtxt", "pin_version",
-    "serving_versions", "tensor_names", "to_pbtxt", "triton_type",
+    "serving_versions", "tensor_names", "to_pbtxt", "triton_type", "with_signature_names",
+    "provenance_entry",
 ]  # fmt: skip
 
 if TYPE_CHECKING:
@@ -159,6 +160,25 @@ def onnx_external_data(source: Path | str | BinaryIO) -> list[str]:
                 f"({location!r})."
             )
     return list(locations)
+
+
+def with_signature_names(io: ModelIO, signature: "ModelSignature | None") -> ModelIO:
+    """Keep the ONNX graph's names for Triton, but the MLflow signature's for ``predict``."""
+    if signature is None or signature.inputs is None or not signature.inputs.is_tensor_spec():
+        return io
+
+    def rename(specs, schema):
+        names = [s.name for s in schema.inputs] if schema is not None else []
+        if len(names) != len(specs) or not all(names):
+            return specs
+        return tuple(TensorSpec(s.name, s.data_type, s.shape, n) for s, n in zip(specs, names))
+
+    return ModelIO(rename(io.inputs, signature.inputs), rename(io.outputs, signature.outputs))
+
+
+def provenance_entry(spec: TensorSpec) -> dict[str, str]:
+    """How provenance records one tensor: MLflow name, Triton name, protocol datatype."""
+    return {"mlflow": spec.source_name, "triton": spec.name, "datatype": spec.triton_dtype}
 
 
 def io_from_signature(signature: "ModelSignature | None", flavor: str) -> ModelIO:

@@ -1,24 +1,13 @@
 """Publishing a model version into a Triton repository, as one transaction.
 
-Layout written for model ``NAME`` (Triton's repository layout plus three files of ours)::
-
-    <repo>/NAME/config.pbtxt                 version_policy pins the serving version
-    <repo>/NAME/<N>/model.onnx | model.pt
-    <repo>/NAME/<N>/mlflow-triton.json       provenance: MLflow URI, registry version, hashes
-    <repo>/NAME/mlflow-triton-history.json   which version served when (mlflow_triton.history)
-    <repo>/NAME/.mlflow-triton.lease         held while a publisher writes (mlflow_triton.lease)
-
-A publish never overwrites a served version. Under the deployment's lease it uploads
-``N = last + 1`` (the provenance file last, so a folder without one is an interrupted upload),
-then hands ``N`` to a :class:`~mlflow_triton.rollout.Rollout`: loaded and verified under a
-staging name, then switched in. A refused version is deleted and recorded as refused; the
-repository and the serving version are left as they were.
-
-Crashes: a publisher killed at any point leaves its lease, which expires after its TTL. The
-next publisher (or ``sync``) takes it over and first repairs what the dead one left: the
-staging model, version folders that never served or lack their provenance, replicas that did
-not load the pinned version (they are loaded and verified now), versions beyond
-``keep_versions``.
+A publish never overwrites a served version. Under the deployment's lease
+(:mod:`mlflow_triton.lease`) it first repairs what an interrupted publisher left
+(:mod:`mlflow_triton.repair`), claims ``N = last + 1`` with a conditional create, uploads (or
+copies server-side) the files and writes their provenance last, so a folder without one is an
+interrupted upload. Then it hands ``N`` to a :class:`~mlflow_triton.rollout.Rollout`: loaded
+and verified under a staging name, then switched in. A refused version is deleted and recorded
+as refused; the repository and the serving version are left as they were. The layout is in
+:mod:`mlflow_triton.deployment_state`.
 """
 
 from __future__ import annotations
@@ -42,19 +31,31 @@ from mlflow.protos.databricks_pb2 import (
 )
 
 from mlflow_triton import model_config as mcfg
+from mlflow_triton import repair
 from mlflow_triton.config import DeploymentConfig, validate_model_name
 from mlflow_triton.history import ServingHistory
-from mlflow_triton.lease import LEASE_FILE, Lease, LeaseLost
+from mlflow_triton.deployment_state import (
+    CONFIG_FILE,
+    PROVENANCE_FILE,
+    DeploymentState,
+    list_deployments,
+    read_provenance,
+    read_state,
+)
+from mlflow_triton.lease import Lease, LeaseLost
 from mlflow_triton.model_source import ModelSource, check_torchscript
-from mlflow_triton.rollout import CONFIG_FILE, Rollout, VersionRefused, staging_name
-from mlflow_triton.server import ReplicaUnreachable, TritonCluster, raise_failures
+from mlflow_triton.rollout import Rollout, VersionRefused
+from mlflow_triton.server import ReplicaUnreachable, TritonCluster
 from mlflow_triton.store import ModelRepositoryStore, open_store, progress_bar
-from mlflow_triton.verification import Verifier
+from mlflow_triton.verification import VerificationUnavailable, Verifier
 
 logger = logging.getLogger(__name__)
 
-PROVENANCE_FILE = "mlflow-triton.json"
 PROVENANCE_SCHEMA = 1
+#: Created with a conditional write in a version folder before its first byte: the claim.
+CLAIM_FILE = ".mlflow-triton.claim"
+#: Ranged-read size for walking a remote ONNX graph: each seek past a weight costs one GET.
+GRAPH_READ_BYTES = 64 * 1024
 
 
 class ServingChanged(MlflowException):
@@ -62,24 +63,6 @@ class ServingChanged(MlflowException):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, error_code=ABORTED)
-
-
-@dataclass
-class DeploymentState:
-    """What the repository says about one model (one config read and one listing)."""
-
-    name: str
-    config: Any  # model_config_pb2.ModelConfig | None
-    config_bytes: bytes | None
-    versions: list[int]
-    serving_version: int | None
-    provenance: dict[str, Any] | None
-    #: A lease object is present: a publisher is at work, or died and left work to repair.
-    leased: bool = False
-
-    @property
-    def exists(self) -> bool:
-        return self.config_bytes is not None
 
 
 @dataclass
@@ -116,7 +99,7 @@ def sha256_file(path: Path, chunk: int = 8 * 1024 * 1024) -> str:
 
 
 class ModelPublisher:
-    """Publishes, activates and deletes model versions in one repository for one cluster.
+    """Publishes, repairs and deletes model versions in one repository for one cluster.
 
     Args:
         store / cluster / config: the repository, its replicas and the deployment config
@@ -148,30 +131,17 @@ class ModelPublisher:
 
     # -- reading -----------------------------------------------------------------------------
     def read_state(self, name: str) -> DeploymentState:
-        validate_model_name(name)
-        config_bytes = self.store.read_bytes(f"{name}/{CONFIG_FILE}")
-        folders, files = self.store.list_dir(f"{name}/")
-        versions = sorted(int(f) for f in folders if f.isdigit())
-        config = mcfg.parse_pbtxt(config_bytes) if config_bytes is not None else None
-        serving = mcfg.serving_versions(config) if config is not None else []
-        serving_version = serving[-1] if serving else (versions[-1] if versions and config else None)
-        provenance = self.read_provenance(name, serving_version) if serving_version else None
-        return DeploymentState(
-            name, config, config_bytes, versions, serving_version, provenance, LEASE_FILE in files
-        )
+        return read_state(self.store, name)
 
     def read_provenance(self, name: str, version: int) -> dict[str, Any] | None:
-        raw = self.store.read_bytes(f"{name}/{version}/{PROVENANCE_FILE}")
-        return json.loads(raw) if raw else None
+        return read_provenance(self.store, name, version)
 
     def read_history(self, name: str) -> ServingHistory:
         return ServingHistory.load(self.store, name)
 
     def deployments(self) -> list[DeploymentState]:
-        """The state of every model folder in the repository that has a config.pbtxt."""
-        folders, _ = self.store.list_dir("")
-        states = (self.read_state(f) for f in folders if _is_model_name(f))
-        return [state for state in states if state.exists]
+        """The state of every deployment in the repository."""
+        return list_deployments(self.store)
 
     # -- the lease ---------------------------------------------------------------------------
     @contextmanager
@@ -185,7 +155,8 @@ class ModelPublisher:
         with Lease(self.store, name, ttl_s=self.config.lease_ttl, wait_s=wait) as held:
             yield held
 
-    def _rollout(self, name: str, lease: Lease) -> Rollout:
+    def rollout_for(self, name: str, lease: Lease) -> Rollout:
+        """The rollout of ``name`` by the holder of ``lease``, with the deployment's history."""
         return Rollout(self.store, self.cluster, name, lease, self.read_history(name))
 
     # -- publishing --------------------------------------------------------------------------
@@ -233,8 +204,8 @@ class ModelPublisher:
                     f"Deployment {name!r} does not exist in {self.store.uri}; create it first.",
                     error_code=RESOURCE_DOES_NOT_EXIST,
                 )
-            rollout = self._rollout(name, lease)
-            self._remove_leftovers(state, rollout)
+            rollout = self.rollout_for(name, lease)
+            repair.remove_leftovers(self, state, rollout)
             with tempfile.TemporaryDirectory(prefix="mlflow-triton-") as tmp:
                 return self._publish_locked(state, source, Path(tmp), verify, rollout)
 
@@ -249,33 +220,8 @@ class ModelPublisher:
         # 1. The very artifact that serves, with the same settings: nothing to read or write.
         if serving.get("source_uri") == source.artifact_uri and serving.get("settings") == settings:
             return self._unchanged(state, source, rollout, verify)
-
-        # 2. Server-side copy when the MLflow artifacts sit on the repository's S3 endpoint;
-        #    else 3. download once, hash, upload. The tensors come from the same place on both
-        #    paths (the ONNX graph, read without its weights; the signature for TorchScript),
-        #    so both generate the same config.pbtxt. ONNX weights may live in external-data
-        #    files beside model.onnx (MLflow's default): they are published with it.
-        filename = mcfg.MODEL_FILENAMES[source.flavor]
-        local: Path | None = None
-        external: list[str] = []
-        if source.companion_files():
-            local = source.download(tmp)
-            external = self._external_data(source, local)
-        files = [(source.artifact_uri, filename)] + [(source.sibling_uri(n), n) for n in external]
-        remote = [self.store.stat_uri(uri) for uri, _ in files]
-        copy = all(remote)
-        if copy:
-            entries = [{"file": target, **stat} for (_, target), stat in zip(files, remote)]
-            io = self._model_io(source, local)
-        else:
-            local = local or source.download(tmp)
-            io = self._model_io(source, local)
-            paths = [local] + [source.download(local.parent, n) for n in external]
-            entries = [
-                {"file": target, "sha256": sha256_file(path), "size": path.stat().st_size}
-                for (_, target), path in zip(files, paths)
-            ]
-        artifact, external_entries = entries[0], entries[1:]
+        located = self._locate(source, tmp)
+        artifact, external_entries = located.entries[0], located.entries[1:]
         if (
             serving.get("artifact") == artifact
             and serving.get("external_data", []) == external_entries
@@ -283,9 +229,11 @@ class ModelPublisher:
         ):
             return self._unchanged(state, source, rollout, verify)
 
-        pending = self._pending_upload(state, rollout, artifact, external_entries, settings)
-        version = pending or max(state.versions + [state.serving_version or 0, rollout.history.highest_version()]) + 1
-        message = mcfg.build_model_config(name, source.flavor, io, self.config, version)
+        pending = self._pending_upload(state, rollout, located.entries, settings)
+        version = pending or self._claim_version(
+            name, max(state.versions + [state.serving_version or 0, rollout.history.highest_version()]) + 1
+        )
+        message = mcfg.build_model_config(name, source.flavor, located.io, self.config, version)
         provenance = {
             "schema": PROVENANCE_SCHEMA,
             "name": name,
@@ -296,8 +244,8 @@ class ModelPublisher:
             "artifact": artifact,
             "external_data": external_entries,
             "tensors": {
-                "inputs": [_tensor_entry(t) for t in io.inputs],
-                "outputs": [_tensor_entry(t) for t in io.outputs],
+                "inputs": [mcfg.provenance_entry(t) for t in located.io.inputs],
+                "outputs": [mcfg.provenance_entry(t) for t in located.io.outputs],
             },
             "settings": settings,
             "config_pbtxt": mcfg.to_pbtxt(message),
@@ -309,24 +257,13 @@ class ModelPublisher:
         try:
             if pending:
                 logger.info("%s version %d is already uploaded (an earlier try): nothing to upload", name, version)
-            for (uri, target), entry in zip(files, entries) if not pending else ():
-                if copy:
-                    copied += self.store.copy_from(uri, prefix + target) or 0
-                else:
-                    path = local if target == filename else local.parent / target
-                    uploaded += self.store.upload_file(
-                        path, prefix + target, progress_bar(entry["size"], f"upload {name}/{version}/{target}")
-                    )
-            # Written last: a version folder without provenance is an interrupted upload.
+            else:
+                uploaded, copied = self._transfer(located, name, version)
+            # Written last, and only by the lease holder: a version folder without provenance
+            # is an interrupted upload, which the next publisher removes.
+            rollout.lease.check("writing the provenance")
             self.store.write_bytes(prefix + PROVENANCE_FILE, json.dumps(provenance, indent=2).encode())
-            if not pending:
-                logger.info(
-                    "%s %s version %d (%d bytes) to %s", "Copied" if copied else "Uploaded", name,
-                    version, copied or uploaded, self.store.url(prefix),
-                )  # fmt: skip
-            # A local copy serves verification only if it is complete (the copy path may
-            # have downloaded model.onnx alone, to read its external-data references).
-            rollout.verify(version, message, provenance, verify, model_file=local if local and not copy and not pending else None)
+            rollout.verify(version, message, provenance, verify, model_file=located.complete_local_copy if not pending else None)
             switching = True
             rollout.switch(
                 version, message, state.config_bytes, state.serving_version, "publish",
@@ -335,35 +272,39 @@ class ModelPublisher:
             )  # fmt: skip
         except VersionRefused as err:
             rollout.lease.check("removing the refused version")  # a lost lease deletes nothing
-            self._discard(prefix)
-            if not any(e["event"] == "refused" and e["version"] == version for e in rollout.history.events):
-                rollout.refuse(version, "publish", err.message)
+            repair.delete_version(self.store, name, version)
+            rollout.refuse(
+                version, "publish", err.message, registered_model=source.registered_model,
+                registered_version=source.registered_version, settings=settings,
+            )  # fmt: skip
             restored = f"version {state.serving_version}" if state.serving_version else "no version"
             raise MlflowException(
                 f"{name!r} version {version} was rejected, so it was not published and the "
                 f"repository still serves {restored}. {err.message}",
                 error_code=err.error_code,
             ) from err
-        except ReplicaUnreachable as err:
+        except (ReplicaUnreachable, VerificationUnavailable) as err:
             if switching:
                 raise  # the config pins the verified version: the next update reloads it
             # Complete and unverified: kept (never served, so the next publish either reuses
             # it without uploading or prunes it), but nothing changed for clients.
-            raise ReplicaUnreachable(
+            raise type(err)(
                 f"{name!r} version {version} is uploaded to {self.store.url(prefix)} but could not "
                 f"be verified: {err.message} Clients still get "
                 f"{f'version {state.serving_version}' if state.serving_version else 'no version'}. "
                 "Rerun the same `mlflow deployments update` (or `mlflow-triton sync`) when Triton "
                 "is back: nothing will be uploaded again.",
-                err.url,
+                *([err.url] if isinstance(err, ReplicaUnreachable) else []),
             ) from err
         except LeaseLost:
-            raise  # the new holder repairs; deleting now could hit its upload
+            raise  # the new holder repairs; deleting now could hit its work
         except BaseException:
-            if not (switching and _config_pins(self.store, name, version)):
-                self._discard(prefix)
+            # Only while nobody can have taken the lease over (judged locally: the store may be
+            # what failed), and never a version the config pins (the next update finishes it).
+            if rollout.lease.held_locally() and not (switching and _config_pins(self.store, name, version)):
+                self._discard(name, version)
             raise
-        pruned = self.prune(name, keep=self.config.keep_versions, serving=version, rollout=rollout)
+        pruned = repair.prune(self, name, serving=version, rollout=rollout)
         logger.info("Published %s version %d in %.1fs", name, version, time.monotonic() - started)
         return PublishResult(
             name, version, state.serving_version, True, bytes_uploaded=uploaded,
@@ -371,23 +312,83 @@ class ModelPublisher:
             verified=verify is not None,
         )  # fmt: skip
 
+    def _locate(self, source: ModelSource, tmp: Path) -> "_Located":
+        """Where the served files come from and what their tensors are.
+
+        Server-side copy when every file (the model and, for ONNX, the external-data files
+        its graph names) is on the repository's S3 endpoint: the graph is then read with
+        ranged GETs and nothing is downloaded. Else download once, hash, upload. The tensors
+        come from the same place on both paths (the ONNX graph without its weights; the
+        signature for TorchScript), so both generate the same config.pbtxt.
+        """
+        filename = mcfg.MODEL_FILENAMES[source.flavor]
+        model_stat = self.store.stat_uri(source.artifact_uri)
+        if model_stat is not None:
+            with self.store.open_uri(source.artifact_uri, buffer_bytes=GRAPH_READ_BYTES) as reader:
+                if source.flavor == "onnx":
+                    io = mcfg.with_signature_names(mcfg.io_from_onnx(reader), source.signature)
+                    external = mcfg.onnx_external_data(reader)
+                else:
+                    check_torchscript(reader, source.model_uri)
+                    io = mcfg.io_from_signature(source.signature, source.flavor)
+                    external = []
+            files = [(source.artifact_uri, filename)] + [(source.sibling_uri(n), n) for n in external]
+            stats = [model_stat] + [self.store.stat_uri(uri) for uri, _ in files[1:]]
+            if all(stats):
+                entries = [{"file": target, **stat} for (_, target), stat in zip(files, stats)]
+                return _Located(files, entries, io, copy=True)
+        local = source.download(tmp)
+        external = self._external_data(source, local)
+        if source.flavor == "onnx":
+            io = mcfg.with_signature_names(mcfg.io_from_onnx(local), source.signature)
+        else:
+            io = mcfg.io_from_signature(source.signature, source.flavor)
+        paths = [local] + [source.download(local.parent, n) for n in external]
+        files = [(str(path), target) for path, target in zip(paths, [filename] + external)]
+        entries = [
+            {"file": target, "sha256": sha256_file(path), "size": path.stat().st_size}
+            for path, (_, target) in zip(paths, files)
+        ]
+        return _Located(files, entries, io, copy=False, complete_local_copy=local)
+
+    def _transfer(self, located: "_Located", name: str, version: int) -> tuple[int, int]:
+        """Copy (server-side) or upload the located files into ``NAME/<version>/``:
+        (bytes uploaded, bytes copied)."""
+        prefix = f"{name}/{version}/"
+        uploaded = copied = 0
+        for (origin, target), entry in zip(located.files, located.entries):
+            if located.copy:
+                copied += self.store.copy_from(origin, prefix + target) or 0
+            else:
+                uploaded += self.store.upload_file(
+                    Path(origin), prefix + target, progress_bar(entry["size"], f"upload {prefix}{target}")
+                )
+        logger.info(
+            "%s %s version %d (%d bytes) to %s", "Copied" if located.copy else "Uploaded", name, version,
+            copied or uploaded, self.store.url(prefix),
+        )  # fmt: skip
+        return uploaded, copied
+
+    def _claim_version(self, name: str, first: int) -> int:
+        """Reserve the next free version number with a conditional create of a marker in its
+        folder, before any byte is uploaded: a publisher that lost its lease mid-upload and a
+        publisher that took the lease over can never pick the same number."""
+        version = first
+        while self.store.create_exclusive(f"{name}/{version}/{CLAIM_FILE}", b"") is None:
+            version += 1
+        return version
+
     def _pending_upload(
-        self, state: DeploymentState, rollout: Rollout, artifact: dict[str, Any],
-        external: list[dict[str, Any]], settings: dict[str, Any],
-    ) -> int | None:  # fmt: skip
+        self, state: DeploymentState, rollout: Rollout, entries: list[dict[str, Any]], settings: dict[str, Any]
+    ) -> int | None:
         """A complete version folder that never served and holds these very files with these
         settings (an earlier try that could not reach a replica): reused, not uploaded again."""
-        served = rollout.history.served() | rollout.history.refused()
-        for version in sorted(state.versions, reverse=True):
-            if version == state.serving_version or version in served:
-                continue
-            if version < (state.serving_version or 0):
-                break
+        for version in repair.never_served(state, rollout.history):
             provenance = self.read_provenance(state.name, version) or {}
             if (
-                provenance.get("artifact") == artifact
-                and provenance.get("external_data", []) == external
+                [provenance.get("artifact")] + list(provenance.get("external_data", [])) == entries
                 and provenance.get("settings") == settings
+                and {e["file"] for e in entries} <= set(self.store.list_dir(f"{state.name}/{version}/")[1])
             ):
                 return version
         return None
@@ -398,7 +399,7 @@ class ModelPublisher:
         if source.flavor != "onnx":
             return []
         needed = mcfg.onnx_external_data(local)
-        missing = sorted(set(needed) - set(source.companion_files()))
+        missing = sorted(set(needed) - set(source.companion_files())) if needed else []
         if missing:
             raise MlflowException.invalid_parameter_value(
                 f"{source.model_uri}: {source.artifact_path} references external data {missing} "
@@ -406,21 +407,6 @@ class ModelPublisher:
                 "writes them next to model.onnx) or with save_as_external_data=False."
             )
         return needed
-
-    def _model_io(self, source: ModelSource, local: Path | None) -> mcfg.ModelIO:
-        """Tensors: the ONNX graph (local file, or ranged reads of the remote one), or the
-        signature for TorchScript, whose archive declares no tensor types."""
-        if source.flavor != "onnx":
-            if local is None:
-                with self.store.open_uri(source.artifact_uri) as reader:
-                    check_torchscript(reader, source.model_uri)
-            return mcfg.io_from_signature(source.signature, source.flavor)
-        if local is not None:
-            io = mcfg.io_from_onnx(local)
-        else:
-            with self.store.open_uri(source.artifact_uri) as reader:
-                io = mcfg.io_from_onnx(reader)
-        return _with_signature_names(io, source.signature)
 
     def _unchanged(
         self, state: DeploymentState, source: ModelSource, rollout: Rollout, verify: Verifier | None
@@ -433,142 +419,67 @@ class ModelPublisher:
             provenance.update(source.provenance())
             rollout.lease.check("updating the provenance")
             self.store.write_bytes(f"{name}/{version}/{PROVENANCE_FILE}", json.dumps(provenance, indent=2).encode())
-        self._reload_missing(state, rollout, verify)
-        pruned = self.prune(name, keep=self.config.keep_versions, serving=version, rollout=rollout)
+        repair.reload_missing(self, state, rollout, verify)
+        pruned = repair.prune(self, name, serving=version, rollout=rollout)
         logger.info("%s version %d already serves this model: nothing uploaded", name, version)
         return PublishResult(name, version, version, False, flavor=source.flavor, provenance=provenance, pruned=pruned)
 
-    # -- repair --------------------------------------------------------------------------------
-    def repair(self, name: str, version: int, verify: Verifier | None = None) -> RepairResult:
+    def _discard(self, name: str, version: int) -> None:
+        try:
+            repair.delete_version(self.store, name, version)
+        except Exception as err:  # the original error matters more; the version is not served
+            logger.warning("Could not remove the partial upload %s: %s", self.store.url(f"{name}/{version}/"), err)
+
+    # -- repair, rollback, delete ----------------------------------------------------------------
+    def repair(
+        self, name: str, version: int, verify: Verifier | None = None, lease_wait_s: float | None = None
+    ) -> RepairResult:
         """Make ``version`` (which the repository pins) serve verified on every replica, and
-        remove what a dead publisher left (staging model, partial versions, extra versions).
+        remove what a dead publisher left (see :mod:`mlflow_triton.repair`).
 
         Raises:
             ServingChanged: another publisher pinned another version meanwhile.
         """
-        with self.lease(name) as lease:
+        with self.lease(name, lease_wait_s) as lease:
             state = self.read_state(name)
             if state.serving_version != version:
                 raise ServingChanged(f"{name!r} was republished while reconciling")
-            rollout = self._rollout(name, lease)
-            result = RepairResult(removed=self._remove_leftovers(state, rollout))
-            result.reloaded = self._reload_missing(state, rollout, verify)
-            result.removed += self.prune(name, keep=self.config.keep_versions, serving=version, rollout=rollout)
+            rollout = self.rollout_for(name, lease)
+            result = RepairResult(removed=repair.remove_leftovers(self, state, rollout))
+            result.reloaded = repair.reload_missing(self, state, rollout, verify)
+            result.removed += repair.prune(self, name, serving=version, rollout=rollout)
             return result
 
-    def _reload_missing(self, state: DeploymentState, rollout: Rollout, verify: Verifier | None) -> list[str]:
-        """Replicas that lost the serving version (a restart in explicit mode) load it again,
-        verified under the staging name first."""
-        version = state.serving_version
-        assert version is not None
-        missing = self.cluster.not_ready(state.name, version)
-        if not missing:
-            return []
-        rollout.verify(version, state.config, state.provenance or {}, verify, urls=missing)
-        raise_failures(f"load {state.name!r} version {version}", self.cluster.load_model(state.name, version, missing))
-        logger.info("Reloaded %s version %d on %s", state.name, version, ", ".join(missing))
-        return missing
-
-    def _remove_leftovers(self, state: DeploymentState, rollout: Rollout) -> list[int]:
-        """Remove a dead publisher's staging model and version folders without provenance (an
-        interrupted upload or prune). Complete versions that never served are left to
-        :meth:`prune` (or reused by the next publish of the same files). ``state.versions``
-        keeps their numbers, so the next version number is never one a dead publisher used."""
-        staging_folders, staging_files = self.store.list_dir(f"{staging_name(state.name)}/")
-        if staging_folders or staging_files:
-            logger.warning("Removing the staging model left by an interrupted rollout of %s", state.name)
-            rollout.clean_staging()
-        removed = []
-        for version in list(state.versions):
-            if version == state.serving_version:
-                continue
-            if PROVENANCE_FILE not in self.store.list_dir(f"{state.name}/{version}/")[1]:
-                rollout.lease.check("removing leftovers")
-                logger.warning("Removing %s version %d left by an interrupted publish", state.name, version)
-                self.store.delete_prefix(f"{state.name}/{version}/")
-                removed.append(version)
-        return removed
-
-    def _discard(self, prefix: str) -> None:
-        try:
-            self.store.delete_prefix(prefix)
-        except Exception as err:  # the original error matters more; the version is not served
-            logger.warning("Could not remove the partial upload %s: %s", prefix, err)
-
-    # -- rollback ------------------------------------------------------------------------------
-    def activate(
-        self, name: str, version: int, verify: Verifier | None = None, lease_wait_s: float | None = None
-    ) -> PublishResult:
-        """Serve an already published ``version`` again (rollback), verified first, with the
-        config it had. The history records that the serving version was rolled back from."""
-        self.store.check()
-        self.check_servers()
-        with self.lease(name, lease_wait_s) as lease:
-            state = self.read_state(name)
-            provenance = self.read_provenance(name, version)
-            if version not in state.versions or provenance is None:
-                raise MlflowException(
-                    f"{name!r} has no published version {version} in {self.store.uri} "
-                    f"(versions: {state.versions}).",
-                    error_code=RESOURCE_DOES_NOT_EXIST,
-                )
-            rollout = self._rollout(name, lease)
-            message = mcfg.parse_pbtxt(provenance["config_pbtxt"])
-            try:
-                rollout.verify(version, message, provenance, verify)
-            except VersionRefused as err:
-                rollout.refuse(version, "rollback", err.message)
-                raise MlflowException(
-                    f"Rollback of {name!r} to version {version} was refused; version "
-                    f"{state.serving_version} still serves. {err.message}",
-                    error_code=err.error_code,
-                ) from err
-            rollout.switch(
-                version, message, state.config_bytes, state.serving_version, "rollback",
-                verified=verify is not None, rolled_back_from=state.serving_version,
-                registered_model=provenance.get("registered_model"),
-                registered_version=provenance.get("registered_version"),
-            )  # fmt: skip
-            return PublishResult(
-                name, version, state.serving_version, True, flavor=provenance["flavor"],
-                provenance=provenance, verified=verify is not None,
-            )  # fmt: skip
-
     def previous_good(self, name: str, state: DeploymentState | None = None) -> int | None:
-        """The version ``rollback`` goes to by default: the previous serving version that was
-        neither refused nor rolled back from, and is still in the repository."""
+        """The version ``rollback`` goes to by default (see :func:`repair.previous_good`)."""
         state = state or self.read_state(name)
-        history = self.read_history(name)
-        if history.events:
-            return history.previous_good(state.serving_version, state.versions)
-        older = [v for v in state.versions if state.serving_version is not None and v < state.serving_version]
-        return max(older) if older else None  # a repository published before the history
+        return repair.previous_good(state, self.read_history(name))
 
-    def prune(self, name: str, keep: int, serving: int, rollout: Rollout) -> list[int]:
-        """Delete versions that never served, and the oldest others so that ``keep`` remain;
-        never the serving version nor the last known-good one (the rollback target).
-        Provenance goes first, so a prune interrupted half-way leaves a folder the next
-        publisher recognizes and removes."""
-        state = self.read_state(name)
-        protected = {serving, rollout.history.previous_good(serving, state.versions)} - {None}
-        served = rollout.history.served()
-        never_served = [v for v in state.versions if v > serving and v not in served]
-        others = sorted((v for v in state.versions if v not in protected and v not in never_served), reverse=True)
-        doomed = sorted(never_served + others[max(0, keep - len(protected)) :])
-        for version in doomed:
-            rollout.lease.check("prune")
-            self.store.delete(f"{name}/{version}/{PROVENANCE_FILE}")
-            self.store.delete_prefix(f"{name}/{version}/")
-        if doomed:
-            logger.info("Pruned %s versions %s", name, doomed)
-        return doomed
+    def delete(self, name: str, lease_wait_s: float | None = None) -> None:
+        """Unload everywhere, then remove ``NAME/`` and its staging model. Idempotent.
 
-    def delete(self, name: str) -> None:
-        """Unload everywhere, then remove ``NAME/`` from the repository. Idempotent."""
+        Holds the lease, so a publish in flight finishes (or its lease expires) first."""
         validate_model_name(name)
-        self.cluster.unload_model(name, ignore_missing=True)
-        removed = self.store.delete_prefix(f"{name}/")
+        with self.lease(name, lease_wait_s) as lease:
+            rollout = self.rollout_for(name, lease)
+            if rollout.staging_left_over():
+                rollout.clean_staging()
+            self.cluster.unload_model(name, ignore_missing=True)
+            lease.check("deleting the deployment")
+            removed = self.store.delete_prefix(f"{name}/")  # the lease object goes with it
         logger.info("Deleted %s (%d objects) from %s", name, removed, self.store.uri)
+
+
+@dataclass
+class _Located:
+    """The files to publish: ``(origin, target name)`` pairs (an S3 URI to copy, or a local
+    path to upload), their provenance entries, and the model's tensors."""
+
+    files: list[tuple[str, str]]
+    entries: list[dict[str, Any]]
+    io: mcfg.ModelIO
+    copy: bool
+    complete_local_copy: Path | None = None
 
 
 def _config_pins(store: ModelRepositoryStore, name: str, version: int) -> bool:
@@ -577,29 +488,3 @@ def _config_pins(store: ModelRepositoryStore, name: str, version: int) -> bool:
     except Exception:
         return True  # unknown: keep the upload; the next publisher's repair decides
     return raw is not None and version in mcfg.serving_versions(mcfg.parse_pbtxt(raw))
-
-
-def _is_model_name(folder: str) -> bool:
-    try:
-        validate_model_name(folder)
-        return True
-    except MlflowException:
-        return False
-
-
-def _tensor_entry(spec: mcfg.TensorSpec) -> dict[str, str]:
-    return {"mlflow": spec.source_name, "triton": spec.name, "datatype": spec.triton_dtype}
-
-
-def _with_signature_names(io: mcfg.ModelIO, signature) -> mcfg.ModelIO:
-    """Keep the ONNX graph's names for Triton, but the MLflow signature's for ``predict``."""
-    if signature is None or signature.inputs is None or not signature.inputs.is_tensor_spec():
-        return io
-
-    def rename(specs, schema):
-        names = [s.name for s in schema.inputs] if schema is not None else []
-        if len(names) != len(specs) or not all(names):
-            return specs
-        return tuple(mcfg.TensorSpec(s.name, s.data_type, s.shape, n) for s, n in zip(specs, names))
-
-    return mcfg.ModelIO(rename(io.inputs, signature.inputs), rename(io.outputs, signature.outputs))

@@ -12,13 +12,15 @@ an unverified version under the deployment's own name:
    :data:`~mlflow_triton.verification.Verifier` (a smoke inference by default). A failure is
    recorded as ``refused`` in the serving history and the candidate is removed: clients never
    saw it. The staging model is unloaded and deleted in every case.
-3. **switch**: after a fencing check of the lease, the history records the version as serving
-   and ``config.pbtxt`` is rewritten to pin it; each replica reloads, which Triton does without
-   failing in-flight requests (the old version serves until the new one is READY).
+3. **switch**: after a fencing check of the lease, the history records the version as
+   ``staged``, ``config.pbtxt`` is rewritten to pin it, each replica reloads (Triton does it
+   without failing in-flight requests: the old version serves until the new one is READY),
+   and the history records it as ``serving``.
 
 What the switch loads is the same bytes with the same config as what was verified, only under
 the deployment's name. If a replica still refuses it there (it crashed, ran out of memory),
-the previous config is restored and the replicas that had switched are reloaded.
+the previous config is restored and every replica that did not refuse it (it switched, or
+its load timed out and may still finish) is reloaded on the previous version.
 """
 
 from __future__ import annotations
@@ -32,15 +34,15 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 
 from mlflow_triton import model_config as mcfg
+from mlflow_triton.deployment_state import CONFIG_FILE
 from mlflow_triton.history import ServingHistory, Via
-from mlflow_triton.lease import Lease
-from mlflow_triton.server import ModelNotFound, ReplicaUnreachable, TritonCluster, is_unreachable
+from mlflow_triton.lease import Lease, LeaseLost
+from mlflow_triton.server import ReplicaUnreachable, TritonCluster, is_unreachable, raise_failures
 from mlflow_triton.store import ModelRepositoryStore
-from mlflow_triton.verification import Candidate, Verifier
+from mlflow_triton.verification import Candidate, VerificationUnavailable, Verifier
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.pbtxt"
 STAGING_PREFIX = "_mlflow-triton-staging."
 
 
@@ -74,14 +76,26 @@ class Rollout:
     history: ServingHistory
 
     # -- staging -----------------------------------------------------------------------------
+    def staging_left_over(self) -> bool:
+        """A staging model is in the repository or loaded on a replica (a dead publisher's,
+        or one whose unload failed): it must go before the next rollout."""
+        staging = staging_name(self.name)
+        folders, files = self.store.list_dir(f"{staging}/")
+        if folders or files:
+            return True
+        for index in self.cluster.repository_index().values():
+            if not isinstance(index, Exception) and any(e.get("name") == staging for e in index):
+                return True
+        return False
+
     def clean_staging(self, urls: Sequence[str] | None = None) -> None:
         """Unload and delete the staging model (a leftover of a dead publisher, or ours)."""
         self.lease.check("cleaning the staging model")  # never another holder's staging
         staging = staging_name(self.name)
-        errors = self.cluster._each(lambda server: server.unload_model(staging), urls)
-        for url, err in errors.items():
-            if err is not None and not isinstance(err, (ReplicaUnreachable, ModelNotFound)):
-                logger.warning("Could not unload %s on %s: %s", staging, url, err)
+        try:
+            self.cluster.unload_model(staging, ignore_missing=True, urls=urls)
+        except MlflowException as err:  # the next rollout sees it in the index and retries
+            logger.warning("Could not unload %s: %s", staging, err.message)
         self.store.delete_prefix(f"{staging}/")
 
     def verify(
@@ -91,8 +105,10 @@ class Rollout:
         """Load ``version`` under the staging name on ``urls`` (default: all) and verify it.
 
         Raises:
-            VersionRefused: a replica refused it or verification failed.
-            ReplicaUnreachable: a replica could not be reached (nothing is recorded).
+            VersionRefused: a replica refused it or it failed verification (Triton's verdict).
+            ReplicaUnreachable: a replica could not be reached; nothing is recorded.
+            VerificationUnavailable: verification itself could not run (S3, local runtime);
+                nothing is recorded.
         """
         urls = list(urls or self.cluster.urls)
         staging = staging_name(self.name)
@@ -102,19 +118,14 @@ class Rollout:
         staged.name = staging
         self.store.write_bytes(f"{staging}/{CONFIG_FILE}", mcfg.to_pbtxt(staged).encode())
         try:
-            failed = _failures(self.cluster.load_model(staging, version, urls))
-            if failed:
-                _raise_failed(f"{self.name!r} version {version} did not load", failed)
-            if verify is not None:
-                candidate = Candidate(self.name, staging, version, tuple(urls), provenance, model_file)
-                try:
-                    verify(candidate)
-                except MlflowException as err:
-                    if is_unreachable(err):
-                        raise ReplicaUnreachable(err.message, ", ".join(urls)) from err
-                    raise VersionRefused(f"{self.name!r} version {version} failed verification: {err.message}") from err
-                except Exception as err:
-                    raise VersionRefused(f"{self.name!r} version {version} failed verification: {err}") from err
+            try:
+                raise_failures(f"load {self.name!r} version {version}", self.cluster.load_model(staging, version, urls))
+                if verify is not None:
+                    verify(Candidate(self.name, staging, version, tuple(urls), provenance, model_file))
+            except (ReplicaUnreachable, VerificationUnavailable, LeaseLost):
+                raise
+            except MlflowException as err:
+                raise VersionRefused(f"{self.name!r} version {version} failed verification: {err.message}") from err
         finally:
             try:
                 self.clean_staging(urls)
@@ -126,22 +137,25 @@ class Rollout:
         self, version: int, message: Any, previous_config: bytes | None, previous_version: int | None,
         via: Via, verified: bool, **details: Any,
     ) -> None:  # fmt: skip
-        """Record ``version`` as serving, pin it in config.pbtxt and load it everywhere.
+        """Pin ``version`` in config.pbtxt and load it everywhere; the history records it as
+        ``staged`` before the config write and ``serving`` after.
 
         Raises:
             LeaseLost: before writing anything, if this publisher lost its lease.
             ReplicaUnreachable: a replica is unreachable; the config pins ``version`` and the
                 next ``update``/``sync`` finishes the rollout without uploading again.
-            VersionRefused: a replica refused it; the previous config is back.
+            VersionRefused: a replica refused it; the previous config is back (the caller
+                records the refusal, with what it knows of the version).
         """
         self.lease.check("the config swap")
-        self.history.record("serving", version, via, verified=verified, previous=previous_version, **details)
+        self.history.record("staged", version, via, verified=verified)
         self.history.save(self.store)
         config_key = f"{self.name}/{CONFIG_FILE}"
         self.store.write_bytes(config_key, mcfg.to_pbtxt(mcfg.pin_version(message, version)).encode())
         errors = self.cluster.load_model(self.name, version)
-        failed = _failures(errors)
+        failed = {url: err for url, err in errors.items() if err is not None}
         if not failed:
+            self.record_serving(version, via, verified, previous=previous_version, **details)
             return
         if all(is_unreachable(err) for err in failed.values()):
             raise ReplicaUnreachable(
@@ -151,41 +165,34 @@ class Rollout:
                 "will be uploaded again.",
                 ", ".join(sorted(failed)),
             )
-        switched = [url for url, err in errors.items() if err is None]
+        # A replica refused it. Every replica that did not refuse (loaded it, or timed out and
+        # may still be loading it) goes back to the previous version.
         self.lease.check("restoring the previous config")
         if previous_config is not None:
             self.store.write_bytes(config_key, previous_config)
         else:
             self.store.delete(config_key)
-        reason = _describe_failures(failed)
-        self.history.record("refused", version, via, reason=reason)
-        self.history.save(self.store)
-        if switched and previous_version is not None:
-            for url, err in _failures(self.cluster.load_model(self.name, previous_version, switched)).items():
-                logger.error("Could not reload %s version %s on %s: %s", self.name, previous_version, url, err)
-        elif switched:
-            self.cluster.unload_model(self.name)
+        try:
+            raise_failures(f"load {self.name!r} version {version}", failed)
+        except MlflowException as err:
+            reason = err.message
+        back = [url for url, err in errors.items() if err is None or is_unreachable(err)]
+        if back and previous_version is not None:
+            for url, err in self.cluster.load_model(self.name, previous_version, back).items():
+                if err is not None:
+                    logger.error("Could not reload %s version %s on %s: %s", self.name, previous_version, url, err)
+        elif back:
+            self.cluster.unload_model(self.name, urls=back)
         raise VersionRefused(f"{self.name!r} version {version} was refused at the switch: {reason}")
 
-    def refuse(self, version: int, via: Via, reason: str) -> None:
-        """Record a refused candidate (after a fencing check)."""
-        self.lease.check("recording the refusal")
-        self.history.record("refused", version, via, reason=reason)
+    def record_serving(self, version: int, via: Via, verified: bool | None, **details: Any) -> None:
+        """Record that ``version`` serves (after a fencing check)."""
+        self.lease.check("recording the serving version")
+        self.history.record("serving", version, via, verified=verified, **details)
         self.history.save(self.store)
 
-
-def _failures(errors: Mapping[str, Exception | None]) -> dict[str, Exception]:
-    return {url: err for url, err in errors.items() if err is not None}
-
-
-def _describe_failures(failed: Mapping[str, Exception]) -> str:
-    return "; ".join(
-        f"{url}: {err.message if isinstance(err, MlflowException) else err}" for url, err in failed.items()
-    )
-
-
-def _raise_failed(what: str, failed: Mapping[str, Exception]) -> None:
-    details = _describe_failures(failed)
-    if all(is_unreachable(err) for err in failed.values()):
-        raise ReplicaUnreachable(f"{what}: Triton unreachable ({details}). Nothing changed; retry.", ", ".join(failed))
-    raise VersionRefused(f"{what}: {details}")
+    def refuse(self, version: int, via: Via, reason: str, **details: Any) -> None:
+        """Record a refused candidate (after a fencing check)."""
+        self.lease.check("recording the refusal")
+        self.history.record("refused", version, via, reason=reason, **details)
+        self.history.save(self.store)

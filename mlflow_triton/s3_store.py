@@ -234,17 +234,19 @@ class S3Store(ModelRepositoryStore):
             return None  # another endpoint or no access: the caller downloads instead
         return {"etag": head["ETag"].strip('"'), "size": head["ContentLength"]}
 
-    def open_uri(self, uri: str) -> BinaryIO | None:
+    def open_uri(self, uri: str, buffer_bytes: int = RANGE_READ_BYTES) -> BinaryIO | None:
         """Seekable, buffered reader over ``s3://bucket/key`` using ranged GETs.
 
-        Lets a caller inspect part of an object (a zip's central directory) without moving it.
+        Lets a caller inspect part of an object (a zip's central directory, an ONNX graph)
+        without moving it. Each refill of the buffer is one GET of ``buffer_bytes``: a reader
+        that seeks past large payloads wants a small one.
         """
         stat = self.stat_uri(uri)
         if stat is None:
             return None
         parsed = urlparse(uri)
         raw = _RangeReader(self.client, parsed.netloc, parsed.path.lstrip("/"), stat["size"])
-        return io.BufferedReader(raw, buffer_size=RANGE_READ_BYTES)
+        return io.BufferedReader(raw, buffer_size=buffer_bytes)
 
     def copy_from(self, source_uri: str, key: str) -> int | None:
         """Server-side (multipart) copy from ``s3://bucket/key`` on the same endpoint."""

@@ -343,8 +343,9 @@ class TritonCluster:
                     down.append(url)
         return down
 
-    def unload_model(self, name: str, ignore_missing: bool = True) -> None:
-        errors = self._each(lambda server: server.unload_model(name))
+    def unload_model(self, name: str, ignore_missing: bool = True, urls: Sequence[str] | None = None) -> None:
+        """Unload ``name`` on ``urls`` (default: every replica); raise listing the failures."""
+        errors = self._each(lambda server: server.unload_model(name), urls)
         failures = {
             url: err for url, err in errors.items()
             if err is not None and not (ignore_missing and _is_missing(err))

@@ -145,7 +145,7 @@ class ModelRepositoryStore(ABC):
         """Server-side copy of ``source_uri`` into ``key``; None when not possible here."""
         return None
 
-    def open_uri(self, uri: str) -> BinaryIO | None:
+    def open_uri(self, uri: str, buffer_bytes: int = RANGE_READ_BYTES) -> BinaryIO | None:
         """A seekable reader of an object this store can copy server-side, else None."""
         return None
 

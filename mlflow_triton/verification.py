@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, RESOURCE_DOES_NOT_EXIST
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, RESOURCE_DOES_NOT_EXIST, TEMPORARILY_UNAVAILABLE
 
 from mlflow_triton import model_config as mcfg
 from mlflow_triton.server import raise_failures
@@ -62,6 +62,15 @@ class Candidate:
 
 #: Called once the candidate is READY on every replica; raise to refuse it.
 Verifier = Callable[[Candidate], None]
+
+
+class VerificationUnavailable(MlflowException):
+    """Verification could not run (the repository or the local runtime failed), which says
+    nothing about the model: the candidate is not refused, and a retry may pass
+    (TEMPORARILY_UNAVAILABLE)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, error_code=TEMPORARILY_UNAVAILABLE)
 
 
 def runtime_available(flavor: str) -> bool:
@@ -175,9 +184,22 @@ class SmokeTest:
         with tempfile.TemporaryDirectory(prefix="mlflow-triton-verify-") as tmp:
             model_file = candidate.model_file
             if model_file is None:
-                model_file = self._fetch(candidate, Path(tmp))
+                try:
+                    model_file = self._fetch(candidate, Path(tmp))
+                except MlflowException as err:
+                    raise VerificationUnavailable(
+                        f"Cannot fetch {candidate.deployment!r} version {candidate.version} for the "
+                        f"local reference run: {err.message}"
+                    ) from err
             arrays = self._inputs(tensors["inputs"], model_file, candidate.provenance)
-            expected = self._run_locally(model_file, tensors, arrays) if self.compare else None
+            try:
+                expected = self._run_locally(model_file, tensors, arrays) if self.compare else None
+            except Exception as err:  # the local runtime, not Triton: no verdict on the model
+                raise VerificationUnavailable(
+                    f"The local {self.flavor} reference run of {candidate.deployment!r} version "
+                    f"{candidate.version} failed ({type(err).__name__}: {err}); install a runtime "
+                    "that can run it, or deploy with -C verify=false."
+                ) from err
         scalars = _per_sample_scalars(candidate.provenance)
         inputs = {
             t["triton"]: arrays[t["mlflow"]].reshape(-1, 1) if t["triton"] in scalars else arrays[t["mlflow"]]

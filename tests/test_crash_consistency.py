@@ -6,6 +6,8 @@ version 3 (versions 1 and 2 published before; version 2 serves):
 
 * ``after_lease``: the lease is taken, nothing else;
 * ``mid_upload``: the model file is in ``NAME/3/`` but its provenance is not;
+* ``after_staged_record``: verified, and recorded as ``staged``, but config.pbtxt still pins 2
+  (the next sync reuses the upload: nothing is uploaded again);
 * ``after_config_write``: config.pbtxt pins the new version, no replica loaded it;
 * ``after_load_on_replica_1``: replica 1 of 2 serves the new version, replica 2 the old one;
 * ``during_prune``: version 1's provenance is deleted, its model file is not.
@@ -33,7 +35,8 @@ from mlflow_triton.config import DeploymentConfig
 from mlflow_triton.history import ServingHistory
 from mlflow_triton.lease import LEASE_FILE
 from mlflow_triton.promotion import load_spec, sync
-from mlflow_triton.publisher import PROVENANCE_FILE, ModelPublisher
+from mlflow_triton.deployment_state import PROVENANCE_FILE
+from mlflow_triton.publisher import ModelPublisher
 from mlflow_triton.rollout import staging_name
 from mlflow_triton.server import TritonServer
 from models import sample
@@ -74,6 +77,14 @@ CHILD = textwrap.dedent(
         after(lease.Lease, "acquire")
     elif point == "mid_upload":
         after(s3_store.S3Store, "copy_from")
+    elif point == "after_staged_record":  # history says "staged", config.pbtxt not yet written
+        from mlflow_triton import history
+        save = history.ServingHistory.save
+        def save_then_die(self, store_):
+            save(self, store_)
+            if self.events and self.events[-1]["event"] == "staged":
+                die()
+        history.ServingHistory.save = save_then_die
     elif point == "after_config_write":
         after(s3_store.S3Store, "write_bytes", when=lambda key, data: key == f"{deployment}/config.pbtxt")
     elif point == "after_load_on_replica_1":
@@ -93,7 +104,10 @@ CHILD = textwrap.dedent(
     """
     % {"alias": ALIAS}
 )
-KILL_POINTS = ["after_lease", "mid_upload", "after_config_write", "after_load_on_replica_1", "during_prune"]
+KILL_POINTS = [
+    "after_lease", "mid_upload", "after_staged_record", "after_config_write", "after_load_on_replica_1",
+    "during_prune",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -219,9 +219,12 @@ def test_s3_dies_mid_upload_then_the_retry_completes(own_stack, aws_env, tmp_pat
     # S3 is back: the old version still serves, and nothing Triton could load was left behind.
     proxy.restore()
     assert direct_store(own_stack).read_bytes(f"{name}/config.pbtxt") == config_before
-    # The cleanup could not run either: only the publisher's lease object is left over.
+    # The cleanup could not run either: the publisher's lease object and the claim on version 2
+    # (an incomplete folder: no provenance) are left over; the retry removes both.
     lease = f"{own_stack.prefix}/{name}/.mlflow-triton.lease"
-    assert repo_objects(own_stack, name) == {**before, lease: repo_objects(own_stack, name)[lease]}
+    claim = f"{own_stack.prefix}/{name}/2/.mlflow-triton.claim"
+    left = repo_objects(own_stack, name)
+    assert left == {**before, lease: left[lease], claim: left[claim]}
     assert "Could not release the lease" in caplog.text and "Could not remove the partial upload" in caplog.text
     with TritonServer(own_stack.triton_urls[0]) as triton:
         triton.load_model(name)  # what a restarted replica would do
@@ -229,11 +232,12 @@ def test_s3_dies_mid_upload_then_the_retry_completes(own_stack, aws_env, tmp_pat
 
     result = client.update_deployment(name, big_uri, config=config)
 
-    assert result["version"] == 2 and result["changed"] is True
-    assert lease not in repo_objects(own_stack, name)
+    # Version 2 was claimed by the failed attempt: its number is not reused.
+    assert result["version"] == 3 and result["changed"] is True
+    assert lease not in repo_objects(own_stack, name) and claim not in repo_objects(own_stack, name)
     assert result["bytes_uploaded"] == Path(big_uri, "model.onnx").stat().st_size
     config_after = parse_pbtxt(direct_store(own_stack).read_bytes(f"{name}/config.pbtxt"))
-    assert serving_versions(config_after) == [2]
+    assert serving_versions(config_after) == [3]
     x = np.random.default_rng(3).standard_normal((2, weights.shape[0]), dtype=np.float32)
     out = np.asarray(client.predict(name, {"x": x})["predictions"]["y"])
     np.testing.assert_allclose(out, x @ weights, rtol=1e-4, atol=1e-3)

@@ -285,6 +285,11 @@ def test_try_acquire_that_loses_a_409_race_returns_false(holder):
             "put_object", "ConditionalRequestConflict", "race", 409,
             expected_params=put_params(key, IfMatch='"e1"'),
         )  # fmt: skip
+        # "Not written" is double-checked: was it our write, its response lost? No: the other taker's.
+        stub.add_response(
+            "get_object", get_response(lease_body("other-taker", 30, time.time()), "e2", 0),
+            expected_params={"Bucket": "bucket", "Key": f"repo/{key}"},
+        )  # fmt: skip
     lease = Lease(store, "m", ttl_s=30)
     with stub:
         assert lease.try_acquire() is False
@@ -661,3 +666,33 @@ def test_a_lease_released_between_a_takers_read_and_its_replace(store, name, dep
     slow.release()  # stale: it must leave the taker's lease alone
     assert owner_of(store, name) == taker.owner
     taker.release()
+
+
+class _LostResponses:
+    """A store whose conditional writes land, but whose client sees "not written" (what a
+    retried request gets after a lost response: the retry's precondition no longer holds)."""
+
+    def __init__(self, store: LocalStore) -> None:
+        self.store = store
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self.store, attribute)
+
+    def replace_if_match(self, key: str, data: bytes, etag: str) -> str | None:
+        self.store.replace_if_match(key, data, etag)
+        return None
+
+    def create_exclusive(self, key: str, data: bytes) -> str | None:
+        self.store.create_exclusive(key, data)
+        return None
+
+
+def test_a_write_whose_response_was_lost_is_still_ours(tmp_path):
+    store = _LostResponses(LocalStore(tmp_path))
+    holder = Lease(store, "m", ttl_s=30)
+    assert holder.try_acquire()  # the create landed: the stored owner is ours
+    assert holder.renew() and holder.lost_reason is None  # so did the renewal
+    holder.check("the config swap")
+    assert holder.etag == store.read_object(lease_key("m")).etag
+    other = Lease(LocalStore(tmp_path), "m", ttl_s=30)
+    assert other.try_acquire() is False  # and it is no one else's

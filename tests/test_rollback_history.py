@@ -36,8 +36,13 @@ def versions_kept(stack, name: str) -> list[int]:
 
 
 def timeline(history: list[dict]) -> list[tuple]:
-    """(event, version, via, rolled_back_from) of each event, oldest first."""
-    return [(e["event"], e["version"], e["via"], e.get("rolled_back_from")) for e in history]
+    """(event, version, via, rolled_back_from) of each outcome, oldest first (each switch also
+    writes a ``staged`` event before its config write: checked once, then left out)."""
+    for index, event in enumerate(history):
+        if event["event"] == "serving" and event["via"] != "repair":
+            before = history[index - 1] if index else {}
+            assert (before.get("event"), before.get("version")) == ("staged", event["version"]), history
+    return [(e["event"], e["version"], e["via"], e.get("rolled_back_from")) for e in history if e["event"] != "staged"]
 
 
 def cli_rollback(name: str, *args: str) -> str:
@@ -88,8 +93,9 @@ def test_rollback_publish_rollback_never_returns_to_a_rolled_back_version(stack,
             ("serving", 1, "rollback", 3),
         ]
         assert all(e["verified"] is True for e in described["history"]), described["history"]
-        assert [e.get("previous") for e in described["history"]] == [None, 1, 2, 1, 3]
-        assert [e.get("registered_version") for e in described["history"]] == ["1", "2", "1", "3", "1"]
+        outcomes = [e for e in described["history"] if e["event"] != "staged"]
+        assert [e.get("previous") for e in outcomes] == [None, 1, 2, 1, 3]
+        assert [e.get("registered_version") for e in outcomes] == ["1", "2", "1", "3", "1"]
         # Every other kept version was rolled back from: nothing to go back to by default.
         assert described["rollback_target"] is None
         refused = CliRunner().invoke(cli, ["rollback", unique_name, "-C", "instance_kind=cpu"])

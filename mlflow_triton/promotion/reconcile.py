@@ -31,12 +31,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+from mlflow.protos.databricks_pb2 import INVALID_STATE, RESOURCE_DOES_NOT_EXIST
 
 from mlflow_triton.model_source import resolve_model
 from mlflow_triton.promotion.reports import ModelReport, SyncReport
 from mlflow_triton.promotion.spec import ModelPromotion, PromotionSpec
-from mlflow_triton.publisher import DeploymentState, ModelPublisher, ServingChanged
+from mlflow_triton.deployment_state import DeploymentState
+from mlflow_triton.publisher import ModelPublisher, ServingChanged
 from mlflow_triton.server import TritonCluster
 from mlflow_triton.verification import SmokeTest
 
@@ -125,9 +126,19 @@ class _Round:
                     SmokeTest.for_provenance(publisher.store, publisher.cluster, provenance)
                     if self.spec.smoke_test else None
                 )  # fmt: skip
-                repaired = publisher.repair(model.deployment, state.serving_version, verify)
+                repaired = publisher.repair(model.deployment, state.serving_version, verify, self.spec.lease_wait_s)
                 report.reloaded, report.removed = repaired.reloaded, repaired.removed
             return
+        refusal = publisher.read_history(model.deployment).refusal_of(
+            model.registered_model, target, model.config.settings(model.config.flavor or provenance.get("flavor"))
+        )
+        if refusal is not None:  # retrying every round would upload and load it every round
+            raise MlflowException(
+                f"registry version {target} was refused at {refusal['at']} ({refusal.get('reason')}); "
+                "not retried. Fix the model and move the alias, or retry it explicitly with "
+                "`mlflow deployments update`.",
+                error_code=INVALID_STATE,
+            )
         source = resolve_model(f"models:/{model.registered_model}/{target}", model.config.flavor)
         verify = (
             SmokeTest.for_source(publisher.store, publisher.cluster, source)

@@ -11,8 +11,11 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 from mlflow_triton.config import validate_model_name
 from mlflow_triton.promotion.reports import RollbackResult
 from mlflow_triton.promotion.spec import PromotionSpec
-from mlflow_triton.publisher import ModelPublisher
-from mlflow_triton.verification import SmokeTest
+from mlflow_triton.model_config import parse_pbtxt
+from mlflow_triton.publisher import ModelPublisher, PublishResult, ServingChanged
+from mlflow_triton.repair import remove_leftovers
+from mlflow_triton.rollout import VersionRefused
+from mlflow_triton.verification import SmokeTest, Verifier
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +31,7 @@ def rollback(
     Without ``to_version`` it goes to the previous serving version, like ``kubectl rollout
     undo``, as the serving history records it: never a version that was refused, nor one
     that was rolled back from. ``prune`` always keeps that version. The rollback is a rollout
-    like any other (:meth:`ModelPublisher.activate`): the lease, verification under a staging
+    like any other (:func:`activate`): the lease, verification under a staging
     name when ``spec.smoke_test``, then the switch; a refused target changes nothing.
 
     The registry alias is not moved unless ``set_alias`` is given. A running ``watch`` (or the
@@ -97,7 +100,10 @@ def rollback(
             SmokeTest.for_provenance(publisher.store, publisher.cluster, provenance)
             if spec.smoke_test else None
         )  # fmt: skip
-        publisher.activate(deployment, version, verify=verify, lease_wait_s=spec.lease_wait_s)
+        activate(
+            publisher, deployment, version, verify=verify, lease_wait_s=spec.lease_wait_s,
+            expected_serving=state.serving_version,
+        )  # fmt: skip
         result.changed = True
     if set_alias:
         from mlflow import MlflowClient
@@ -118,3 +124,54 @@ def rollback(
         f"; alias {set_alias!r} moved" if set_alias else "",
     )  # fmt: skip
     return result
+
+
+def activate(
+    publisher: ModelPublisher, name: str, version: int, verify: Verifier | None = None,
+    lease_wait_s: float | None = None, expected_serving: int | None = None,
+) -> PublishResult:  # fmt: skip
+    """Serve an already published ``version`` again (rollback), verified first, with the
+    config it had. The history records that the serving version was rolled back from.
+
+    Args:
+        expected_serving: the serving version the caller chose ``version`` against; if
+            another publisher changed it meanwhile, :class:`ServingChanged` is raised.
+    """
+    publisher.store.check()
+    publisher.check_servers()
+    with publisher.lease(name, lease_wait_s) as lease:
+        state = publisher.read_state(name)
+        if expected_serving is not None and state.serving_version != expected_serving:
+            raise ServingChanged(
+                f"{name!r} now serves version {state.serving_version}, not {expected_serving}: "
+                "another publish happened; choose the rollback target again."
+            )
+        provenance = publisher.read_provenance(name, version)
+        if version not in state.versions or provenance is None:
+            raise MlflowException(
+                f"{name!r} has no published version {version} in {publisher.store.uri} "
+                f"(versions: {state.versions}).",
+                error_code=RESOURCE_DOES_NOT_EXIST,
+            )
+        rollout = publisher.rollout_for(name, lease)
+        remove_leftovers(publisher, state, rollout)
+        message = parse_pbtxt(provenance["config_pbtxt"])
+        try:
+            rollout.verify(version, message, provenance, verify)
+            rollout.switch(
+                version, message, state.config_bytes, state.serving_version, "rollback",
+                verified=verify is not None, rolled_back_from=state.serving_version,
+                registered_model=provenance.get("registered_model"),
+                registered_version=provenance.get("registered_version"),
+            )  # fmt: skip
+        except VersionRefused as err:
+            rollout.refuse(version, "rollback", err.message)
+            raise MlflowException(
+                f"Rollback of {name!r} to version {version} was refused; version "
+                f"{state.serving_version} still serves. {err.message}",
+                error_code=err.error_code,
+            ) from err
+        return PublishResult(
+            name, version, state.serving_version, True, flavor=provenance["flavor"],
+            provenance=provenance, verified=verify is not None,
+        )  # fmt: skip
