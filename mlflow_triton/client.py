@@ -21,6 +21,7 @@ from mlflow_triton.config import DeploymentConfig, parse_target_uri, validate_mo
 from mlflow_triton.model_config import as_arrays, tensor_names
 from mlflow_triton.model_source import resolve_model
 from mlflow_triton.publisher import ModelPublisher
+from mlflow_triton.repair import previous_good
 from mlflow_triton.server import TritonCluster
 from mlflow_triton.verification import SmokeTest
 
@@ -79,7 +80,7 @@ class TritonDeploymentClient(BaseDeploymentClient):
             "model_uri": provenance.get("model_uri"),
             "provenance": provenance,
             "servers": servers,
-            "rollback_target": publisher.previous_good(name, state),
+            "rollback_target": previous_good(state, history),
             "history": history.to_list(),
         }
 

@@ -37,7 +37,7 @@ from mlflow_triton import model_config as mcfg
 from mlflow_triton.deployment_state import CONFIG_FILE
 from mlflow_triton.history import ServingHistory, Via
 from mlflow_triton.lease import Lease, LeaseLost
-from mlflow_triton.server import ReplicaUnreachable, TritonCluster, is_unreachable, raise_failures
+from mlflow_triton.server import ReplicaUnreachable, TritonCluster, describe_failures, is_unreachable, raise_failures
 from mlflow_triton.store import ModelRepositoryStore
 from mlflow_triton.verification import Candidate, VerificationUnavailable, Verifier
 
@@ -112,7 +112,8 @@ class Rollout:
         """
         urls = list(urls or self.cluster.urls)
         staging = staging_name(self.name)
-        self.clean_staging(urls)
+        # No staging model is left here: every caller ran repair.remove_leftovers first.
+        self.lease.check("staging the candidate")
         self.store.copy_prefix(f"{self.name}/{version}/", f"{staging}/{version}/")
         staged = mcfg.pin_version(message, version)
         staged.name = staging
@@ -172,10 +173,7 @@ class Rollout:
             self.store.write_bytes(config_key, previous_config)
         else:
             self.store.delete(config_key)
-        try:
-            raise_failures(f"load {self.name!r} version {version}", failed)
-        except MlflowException as err:
-            reason = err.message
+        reason = describe_failures(f"load {self.name!r} version {version}", failed)
         back = [url for url, err in errors.items() if err is None or is_unreachable(err)]
         if back and previous_version is not None:
             for url, err in self.cluster.load_model(self.name, previous_version, back).items():

@@ -374,15 +374,21 @@ def _is_missing(err: Exception | None) -> bool:
     return isinstance(err, ModelNotFound)
 
 
+def describe_failures(action: str, failures: Mapping[str, Exception | None]) -> str:
+    """One line naming each replica that failed ``action`` and its error."""
+    failures = {url: err for url, err in failures.items() if err is not None}
+    details = "; ".join(
+        f"{url}: {err.message if isinstance(err, MlflowException) else err}" for url, err in failures.items()
+    )
+    return f"Could not {action} on {len(failures)} Triton server(s): {details}"
+
+
 def raise_failures(action: str, failures: Mapping[str, Exception | None]) -> None:
     """Raise one MlflowException listing each replica's error, if any replica failed."""
     failures = {url: err for url, err in failures.items() if err is not None}
     if not failures:
         return
-    details = "; ".join(
-        f"{url}: {err.message if isinstance(err, MlflowException) else err}" for url, err in failures.items()
-    )
-    message = f"Could not {action} on {len(failures)} Triton server(s): {details}"
+    message = describe_failures(action, failures)
     urls = ", ".join(failures)
     # The same kind on every replica keeps its class, so callers still decide by type: all
     # unreachable means "retry later", never "the model was refused".
