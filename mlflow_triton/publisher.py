@@ -12,7 +12,6 @@ as refused; the repository and the serving version are left as they were. The la
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import tempfile
@@ -43,10 +42,11 @@ from mlflow_triton.deployment_state import (
     read_state,
 )
 from mlflow_triton.lease import Lease, LeaseLost
-from mlflow_triton.model_source import ModelSource, check_torchscript
+from mlflow_triton.model_source import ModelSource
 from mlflow_triton.rollout import Rollout, VersionRefused
 from mlflow_triton.server import ReplicaUnreachable, TritonCluster
-from mlflow_triton.store import ModelRepositoryStore, open_store, progress_bar
+from mlflow_triton.store import ModelRepositoryStore, open_store
+from mlflow_triton.transfer import Located, locate, read_io, transfer
 from mlflow_triton.verification import VerificationUnavailable, Verifier
 
 logger = logging.getLogger(__name__)
@@ -54,8 +54,6 @@ logger = logging.getLogger(__name__)
 PROVENANCE_SCHEMA = 1
 #: Created with a conditional write in a version folder before its first byte: the claim.
 CLAIM_FILE = ".mlflow-triton.claim"
-#: Ranged-read size for walking a remote ONNX graph: each seek past a weight costs one GET.
-GRAPH_READ_BYTES = 64 * 1024
 
 
 class ServingChanged(MlflowException):
@@ -88,14 +86,6 @@ class RepairResult:
 
     reloaded: list[str] = field(default_factory=list)
     removed: list[int] = field(default_factory=list)
-
-
-def sha256_file(path: Path, chunk: int = 8 * 1024 * 1024) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class ModelPublisher:
@@ -220,50 +210,39 @@ class ModelPublisher:
         # 1. The very artifact that serves, with the same settings: nothing to read or write.
         if serving.get("source_uri") == source.artifact_uri and serving.get("settings") == settings:
             return self._unchanged(state, source, rollout, verify)
-        located = self._locate(source, tmp)
-        artifact, external_entries = located.entries[0], located.entries[1:]
-        if (
-            serving.get("artifact") == artifact
-            and serving.get("external_data", []) == external_entries
-            and serving.get("settings") == settings
-        ):
+        located = locate(self.store, source, tmp)
+        if located.entries is not None and self._serves(serving, located.entries, settings):
             return self._unchanged(state, source, rollout, verify)
 
-        pending = self._pending_upload(state, rollout, located.entries, settings)
+        pending = self._pending_upload(state, rollout, located, source, settings)
         version = pending or self._claim_version(
             name, max(state.versions + [state.serving_version or 0, rollout.history.highest_version()]) + 1
         )
-        message = mcfg.build_model_config(name, source.flavor, located.io, self.config, version)
-        provenance = {
-            "schema": PROVENANCE_SCHEMA,
-            "name": name,
-            "version": version,
-            "flavor": source.flavor,
-            "backend": message.backend,
-            **source.provenance(),
-            "artifact": artifact,
-            "external_data": external_entries,
-            "tensors": {
-                "inputs": [mcfg.provenance_entry(t) for t in located.io.inputs],
-                "outputs": [mcfg.provenance_entry(t) for t in located.io.outputs],
-            },
-            "settings": settings,
-            "config_pbtxt": mcfg.to_pbtxt(message),
-            "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
         prefix = f"{name}/{version}/"
         uploaded = copied = 0
         switching = False
         try:
             if pending:
                 logger.info("%s version %d is already uploaded (an earlier try): nothing to upload", name, version)
+                if located.entries is None:
+                    located.entries = self._provenance_entries(name, version)
+                    located.io = read_io(self.store, source, f"{prefix}{located.files[0][1]}")
             else:
-                uploaded, copied = self._transfer(located, name, version)
+                spool = tmp / "reference" if getattr(verify, "needs_model_file", False) else None
+                uploaded, copied = transfer(self.store, located, source, prefix, spool)
+            assert located.entries is not None and located.io is not None
+            if located.streamed and not pending and self._serves(serving, located.entries, settings):
+                # Same bytes under another URI: found out while streaming, so the copy goes.
+                self._discard(name, version)
+                return self._unchanged(state, source, rollout, verify)
+            message = mcfg.build_model_config(name, source.flavor, located.io, self.config, version)
+            provenance = self._provenance(name, version, source, located, message, settings)
             # Written last, and only by the lease holder: a version folder without provenance
             # is an interrupted upload, which the next publisher removes.
             rollout.lease.check("writing the provenance")
             self.store.write_bytes(prefix + PROVENANCE_FILE, json.dumps(provenance, indent=2).encode())
-            rollout.verify(version, message, provenance, verify, model_file=located.complete_local_copy if not pending else None)
+            model_file = None if pending else located.complete_local_copy
+            rollout.verify(version, message, provenance, verify, model_file=model_file)
             switching = True
             rollout.switch(
                 version, message, state.config_bytes, state.serving_version, "publish",
@@ -312,62 +291,41 @@ class ModelPublisher:
             verified=verify is not None,
         )  # fmt: skip
 
-    def _locate(self, source: ModelSource, tmp: Path) -> "_Located":
-        """Where the served files come from and what their tensors are.
+    @staticmethod
+    def _serves(serving: dict[str, Any], entries: list[dict[str, Any]], settings: dict[str, Any]) -> bool:
+        """Whether the serving version holds exactly these files with these settings."""
+        return (
+            serving.get("artifact") == entries[0]
+            and serving.get("external_data", []) == entries[1:]
+            and serving.get("settings") == settings
+        )
 
-        Server-side copy when every file (the model and, for ONNX, the external-data files
-        its graph names) is on the repository's S3 endpoint: the graph is then read with
-        ranged GETs and nothing is downloaded. Else download once, hash, upload. The tensors
-        come from the same place on both paths (the ONNX graph without its weights; the
-        signature for TorchScript), so both generate the same config.pbtxt.
-        """
-        filename = mcfg.MODEL_FILENAMES[source.flavor]
-        model_stat = self.store.stat_uri(source.artifact_uri)
-        if model_stat is not None:
-            with self.store.open_uri(source.artifact_uri, buffer_bytes=GRAPH_READ_BYTES) as reader:
-                if source.flavor == "onnx":
-                    io = mcfg.with_signature_names(mcfg.io_from_onnx(reader), source.signature)
-                    external = mcfg.onnx_external_data(reader)
-                else:
-                    check_torchscript(reader, source.model_uri)
-                    io = mcfg.io_from_signature(source.signature, source.flavor)
-                    external = []
-            files = [(source.artifact_uri, filename)] + [(source.sibling_uri(n), n) for n in external]
-            stats = [model_stat] + [self.store.stat_uri(uri) for uri, _ in files[1:]]
-            if all(stats):
-                entries = [{"file": target, **stat} for (_, target), stat in zip(files, stats)]
-                return _Located(files, entries, io, copy=True)
-        local = source.download(tmp)
-        external = self._external_data(source, local)
-        if source.flavor == "onnx":
-            io = mcfg.with_signature_names(mcfg.io_from_onnx(local), source.signature)
-        else:
-            io = mcfg.io_from_signature(source.signature, source.flavor)
-        paths = [local] + [source.download(local.parent, n) for n in external]
-        files = [(str(path), target) for path, target in zip(paths, [filename] + external)]
-        entries = [
-            {"file": target, "sha256": sha256_file(path), "size": path.stat().st_size}
-            for path, (_, target) in zip(paths, files)
-        ]
-        return _Located(files, entries, io, copy=False, complete_local_copy=local)
+    def _provenance(
+        self, name: str, version: int, source: ModelSource, located: Located, message: Any,
+        settings: dict[str, Any],
+    ) -> dict[str, Any]:  # fmt: skip
+        assert located.entries is not None and located.io is not None
+        return {
+            "schema": PROVENANCE_SCHEMA,
+            "name": name,
+            "version": version,
+            "flavor": source.flavor,
+            "backend": message.backend,
+            **source.provenance(),
+            "artifact": located.entries[0],
+            "external_data": located.entries[1:],
+            "tensors": {
+                "inputs": [mcfg.provenance_entry(t) for t in located.io.inputs],
+                "outputs": [mcfg.provenance_entry(t) for t in located.io.outputs],
+            },
+            "settings": settings,
+            "config_pbtxt": mcfg.to_pbtxt(message),
+            "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
 
-    def _transfer(self, located: "_Located", name: str, version: int) -> tuple[int, int]:
-        """Copy (server-side) or upload the located files into ``NAME/<version>/``:
-        (bytes uploaded, bytes copied)."""
-        prefix = f"{name}/{version}/"
-        uploaded = copied = 0
-        for (origin, target), entry in zip(located.files, located.entries):
-            if located.copy:
-                copied += self.store.copy_from(origin, prefix + target) or 0
-            else:
-                uploaded += self.store.upload_file(
-                    Path(origin), prefix + target, progress_bar(entry["size"], f"upload {prefix}{target}")
-                )
-        logger.info(
-            "%s %s version %d (%d bytes) to %s", "Copied" if located.copy else "Uploaded", name, version,
-            copied or uploaded, self.store.url(prefix),
-        )  # fmt: skip
-        return uploaded, copied
+    def _provenance_entries(self, name: str, version: int) -> list[dict[str, Any]]:
+        provenance = self.read_provenance(name, version) or {}
+        return [provenance["artifact"]] + list(provenance.get("external_data", []))
 
     def _claim_version(self, name: str, first: int) -> int:
         """Reserve the next free version number with a conditional create of a marker in its
@@ -379,34 +337,26 @@ class ModelPublisher:
         return version
 
     def _pending_upload(
-        self, state: DeploymentState, rollout: Rollout, entries: list[dict[str, Any]], settings: dict[str, Any]
-    ) -> int | None:
+        self, state: DeploymentState, rollout: Rollout, located: Located, source: ModelSource,
+        settings: dict[str, Any],
+    ) -> int | None:  # fmt: skip
         """A complete version folder that never served and holds these very files with these
-        settings (an earlier try that could not reach a replica): reused, not uploaded again."""
+        settings (an earlier try that could not reach a replica): reused, not uploaded again.
+        A stream is known by its source URI (MLflow artifacts are immutable), the others by
+        their content."""
         for version in repair.never_served(state, rollout.history):
             provenance = self.read_provenance(state.name, version) or {}
-            if (
-                [provenance.get("artifact")] + list(provenance.get("external_data", [])) == entries
-                and provenance.get("settings") == settings
-                and {e["file"] for e in entries} <= set(self.store.list_dir(f"{state.name}/{version}/")[1])
-            ):
+            if provenance.get("settings") != settings or not provenance.get("artifact"):
+                continue
+            entries = [provenance["artifact"]] + list(provenance.get("external_data", []))
+            same = (
+                provenance.get("source_uri") == source.artifact_uri
+                if located.entries is None
+                else entries == located.entries
+            )
+            if same and {e["file"] for e in entries} <= set(self.store.list_dir(f"{state.name}/{version}/")[1]):
                 return version
         return None
-
-    @staticmethod
-    def _external_data(source: ModelSource, local: Path) -> list[str]:
-        """External-data files ``local`` (an ONNX model) needs; all must be in the MLflow model."""
-        if source.flavor != "onnx":
-            return []
-        needed = mcfg.onnx_external_data(local)
-        missing = sorted(set(needed) - set(source.companion_files())) if needed else []
-        if missing:
-            raise MlflowException.invalid_parameter_value(
-                f"{source.model_uri}: {source.artifact_path} references external data {missing} "
-                "that is not in the MLflow model. Log the model with its .data files (mlflow.onnx "
-                "writes them next to model.onnx) or with save_as_external_data=False."
-            )
-        return needed
 
     def _unchanged(
         self, state: DeploymentState, source: ModelSource, rollout: Rollout, verify: Verifier | None
@@ -468,18 +418,6 @@ class ModelPublisher:
             lease.check("deleting the deployment")
             removed = self.store.delete_prefix(f"{name}/")  # the lease object goes with it
         logger.info("Deleted %s (%d objects) from %s", name, removed, self.store.uri)
-
-
-@dataclass
-class _Located:
-    """The files to publish: ``(origin, target name)`` pairs (an S3 URI to copy, or a local
-    path to upload), their provenance entries, and the model's tensors."""
-
-    files: list[tuple[str, str]]
-    entries: list[dict[str, Any]]
-    io: mcfg.ModelIO
-    copy: bool
-    complete_local_copy: Path | None = None
 
 
 def _config_pins(store: ModelRepositoryStore, name: str, version: int) -> bool:

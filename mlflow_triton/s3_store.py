@@ -29,6 +29,7 @@ from mlflow_triton.store import (
     ProgressCallback,
     StoredObject,
     check_key,
+    stream_transfer_config,
     transfer_config,
 )
 
@@ -56,6 +57,7 @@ class S3Store(ModelRepositoryStore):
             client = boto3.client("s3", endpoint_url=endpoint_url, config=pool)
         self.client = client
         self.transfer_config = transfer_config()
+        self.stream_config = stream_transfer_config()
 
     @property
     def resolved_endpoint(self) -> str:
@@ -198,10 +200,10 @@ class S3Store(ModelRepositoryStore):
             for page in pages:
                 for entry in page.get("Contents", []):
                     relative = entry["Key"][len(source_full) :]
-                    self.client.copy(
-                        {"Bucket": self.bucket, "Key": entry["Key"]}, self.bucket,
-                        self._key(self._check_prefix(target) + relative), Config=self.transfer_config,
-                    )  # fmt: skip
+                    self._copy(
+                        {"Bucket": self.bucket, "Key": entry["Key"]},
+                        self._key(self._check_prefix(target) + relative), entry["Size"],
+                    )
                     count += 1
         except (BotoCoreError, ClientError) as err:
             raise self._fail("copy to", target, err) from err
@@ -220,6 +222,22 @@ class S3Store(ModelRepositoryStore):
         except (BotoCoreError, ClientError, S3UploadFailedError) as err:
             raise self._fail("upload to", key, err) from err
         return size
+
+    def upload_stream(self, reader: BinaryIO, key: str, progress: ProgressCallback | None = None) -> int:
+        """Multipart upload of a forward-only stream: parts are read in order and sent
+        concurrently, at most ``STREAM_CHUNKS_IN_MEMORY`` of them held at once. An interrupted
+        upload is aborted by the transfer manager, so no partial object appears."""
+        from boto3.exceptions import S3UploadFailedError
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        counted = _CountingReader(reader)
+        try:
+            self.client.upload_fileobj(
+                counted, self.bucket, self._key(key), Config=self.stream_config, Callback=progress
+            )
+        except (BotoCoreError, ClientError, S3UploadFailedError) as err:
+            raise self._fail("upload to", key, err) from err
+        return counted.size
 
     def stat_uri(self, uri: str) -> dict[str, Any] | None:
         """ETag and size of ``s3://bucket/key`` if this store's endpoint and credentials see it."""
@@ -258,10 +276,18 @@ class S3Store(ModelRepositoryStore):
         source = {"Bucket": parsed.netloc, "Key": parsed.path.lstrip("/")}
         try:
             size = self.client.head_object(**source)["ContentLength"]
-            self.client.copy(source, self.bucket, self._key(key), Config=self.transfer_config)
+            self._copy(source, self._key(key), size)
         except (BotoCoreError, ClientError) as err:
             raise self._fail("copy to", key, err) from err
         return size
+
+    def _copy(self, source: dict[str, str], full_key: str, size: int) -> None:
+        """One ``CopyObject`` up to :data:`SINGLE_COPY_MAX_BYTES`, parallel ``UploadPartCopy``
+        above it (and always above S3's 5 GiB ``CopyObject`` limit)."""
+        if size <= SINGLE_COPY_MAX_BYTES:
+            self.client.copy_object(CopySource=source, Bucket=self.bucket, Key=full_key)
+        else:
+            self.client.copy(source, self.bucket, full_key, Config=self.transfer_config)
 
     def delete(self, key: str) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -320,6 +346,18 @@ class S3Store(ModelRepositoryStore):
         return "; ".join(described) + more
 
 
+class _CountingReader:
+    """Forward-only (no ``seek``: boto3 then reads it in order) and counts the bytes read."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw, self.size = raw, 0
+
+    def read(self, amount: int = -1) -> bytes:
+        data = self._raw.read(amount)
+        self.size += len(data)
+        return data
+
+
 class _RangeReader(io.RawIOBase):
     """A read-only, seekable view of one S3 object, each read one ``Range`` GET."""
 
@@ -351,6 +389,10 @@ class _RangeReader(io.RawIOBase):
         self.position += len(data)
         return len(data)
 
+
+#: Largest object copied with one ``CopyObject`` request (S3 allows 5 GiB); larger ones are
+#: copied as parallel ``UploadPartCopy`` parts. Measured in ``benchmarks/copy_strategy.py``.
+SINGLE_COPY_MAX_BYTES = 1024 * 1024 * 1024
 
 #: HTTP statuses of a conditional write that did not happen: 412 Precondition Failed, and
 #: 409 ConditionalRequestConflict (AWS, for the loser of racing conditional writes).

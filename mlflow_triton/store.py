@@ -38,6 +38,10 @@ MAX_CONCURRENCY = 10
 MAX_POOL_EXTRA = 22
 PROGRESS_MIN_BYTES = 64 * MB
 RANGE_READ_BYTES = 1 * MB
+#: A streamed upload (a source that cannot seek) holds its parts in memory until sent: at most
+#: STREAM_CHUNKS_IN_MEMORY x STREAM_CHUNKSIZE (64 MB), so a 20 GB publish stays flat.
+STREAM_CHUNKSIZE = 8 * MB
+STREAM_CHUNKS_IN_MEMORY = 8
 
 ProgressCallback = Callable[[int], None]
 
@@ -65,6 +69,21 @@ def transfer_config():
         max_concurrency=MAX_CONCURRENCY,
         use_threads=True,
     )
+
+
+def stream_transfer_config():
+    """:func:`transfer_config` for a forward-only source, with its memory bound."""
+    from boto3.s3.transfer import TransferConfig
+
+    config = TransferConfig(
+        multipart_threshold=STREAM_CHUNKSIZE,
+        multipart_chunksize=STREAM_CHUNKSIZE,
+        max_concurrency=MAX_CONCURRENCY,
+        use_threads=True,
+    )
+    # s3transfer's setting; boto3's constructor does not take it.
+    config.max_in_memory_upload_chunks = STREAM_CHUNKS_IN_MEMORY
+    return config
 
 
 def check_key(key: str) -> str:
@@ -130,6 +149,11 @@ class ModelRepositoryStore(ABC):
         """Upload a local file; returns the bytes sent."""
 
     @abstractmethod
+    def upload_stream(self, reader: BinaryIO, key: str, progress: ProgressCallback | None = None) -> int:
+        """Upload what a forward-only ``reader`` yields, in bounded memory; returns the bytes
+        sent. The object appears whole or not at all."""
+
+    @abstractmethod
     def delete(self, key: str) -> None:
         """Delete one object (no error if missing)."""
 
@@ -148,6 +172,13 @@ class ModelRepositoryStore(ABC):
     def open_uri(self, uri: str, buffer_bytes: int = RANGE_READ_BYTES) -> BinaryIO | None:
         """A seekable reader of an object this store can copy server-side, else None."""
         return None
+
+    def open_object(self, key: str, buffer_bytes: int = RANGE_READ_BYTES) -> BinaryIO:
+        """A seekable reader of one object of this repository (S3: ranged GETs)."""
+        reader = self.open_uri(self.url(key), buffer_bytes)
+        if reader is None:
+            raise MlflowException(f"{self.url(key)} does not exist", error_code=RESOURCE_DOES_NOT_EXIST)
+        return reader
 
     def url(self, key: str) -> str:
         return f"{self.uri.rstrip('/')}/{check_key(key)}"
@@ -280,6 +311,30 @@ class LocalStore(ModelRepositoryStore):
         if progress:
             progress(size)
         return size
+
+    def upload_stream(self, reader: BinaryIO, key: str, progress: ProgressCallback | None = None) -> int:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                while block := reader.read(STREAM_CHUNKSIZE):
+                    handle.write(block)
+                    size += len(block)
+                    if progress:
+                        progress(len(block))
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return size
+
+    def open_object(self, key: str, buffer_bytes: int = RANGE_READ_BYTES) -> BinaryIO:
+        try:
+            return open(self._path(key), "rb")
+        except FileNotFoundError as err:
+            raise MlflowException(f"{self.url(key)} does not exist", error_code=RESOURCE_DOES_NOT_EXIST) from err
 
     def delete(self, key: str) -> None:
         path = self._path(key)

@@ -173,6 +173,12 @@ class SmokeTest:
             ) from err
         return cls.for_source(store, cluster, source, compare)
 
+    @property
+    def needs_model_file(self) -> bool:
+        """Whether it runs the model locally: a publisher that streams the file then keeps a
+        local copy in the same pass instead of fetching it again."""
+        return self.compare
+
     def __call__(self, candidate: Candidate) -> None:
         tensors = candidate.provenance.get("tensors")
         if not tensors:

@@ -256,7 +256,7 @@ def test_triton_dies_before_the_reload_then_update_finishes_without_upload(
     client.create_deployment(name, save_scorer(Scorer(seed=51), tmp_path / "v1"), config=config)
     new_model = Scorer(seed=52)
     new_uri = save_scorer(new_model, tmp_path / "v2")
-    upload = S3Store.upload_file
+    upload = S3Store.upload_stream  # local artifacts are streamed into the repository
 
     def upload_then_kill_triton(self, *args, **kwargs):
         sent = upload(self, *args, **kwargs)
@@ -264,12 +264,12 @@ def test_triton_dies_before_the_reload_then_update_finishes_without_upload(
         triton_process.process.wait(30)  # before the staged load and verification
         return sent
 
-    monkeypatch.setattr(S3Store, "upload_file", upload_then_kill_triton)
+    monkeypatch.setattr(S3Store, "upload_stream", upload_then_kill_triton)
     try:
         with pytest.raises(MlflowException) as err:
             client.update_deployment(name, new_uri, config=config)
     finally:
-        monkeypatch.setattr(S3Store, "upload_file", upload)
+        monkeypatch.setattr(S3Store, "upload_stream", upload)
         triton_process.start()
 
     assert err.value.error_code == "TEMPORARILY_UNAVAILABLE"
