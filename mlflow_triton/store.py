@@ -327,6 +327,7 @@ class LocalStore(ModelRepositoryStore):
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
+            _remove_empty_parents(target.parent, self.root)
             raise
         return size
 
