@@ -214,6 +214,9 @@ class ModelPublisher:
         if located.entries is not None and self._serves(serving, located.entries, settings):
             return self._unchanged(state, source, rollout, verify)
 
+        prepare = getattr(verify, "prepare", None)
+        if prepare is not None:  # the model changed: read what verification needs, before any write
+            prepare()
         pending = self._pending_upload(state, rollout, located, source, settings)
         version = pending or self._claim_version(
             name, max(state.versions + [state.serving_version or 0, rollout.history.highest_version()]) + 1

@@ -24,6 +24,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, RESOURCE_DOES_NOT_EXIST, TEMPORARILY_UNAVAILABLE
 
 from mlflow_triton import model_config as mcfg
+from mlflow_triton.reference_run import run_reference
 from mlflow_triton.server import raise_failures
 
 if TYPE_CHECKING:
@@ -113,6 +114,7 @@ class SmokeTest:
         self.cluster = cluster
         self.flavor = flavor
         self.input_example = input_example
+        self._example_source: "ModelSource | None" = None
         self.signature = signature
         self.rtol = rtol
         self.atol = atol
@@ -137,15 +139,31 @@ class SmokeTest:
         cls, store: "ModelRepositoryStore", cluster: "TritonCluster", source: "ModelSource",
         compare: bool | None = None,
     ) -> "SmokeTest":  # fmt: skip
-        """A smoke test fed with ``source``'s logged input example (read now, before publishing)."""
+        """A smoke test fed with ``source``'s logged input example.
+
+        The example is read by :meth:`prepare`, which a publisher calls once it knows the
+        model changed and before it writes anything: a no-op publish reads no example.
+        """
+        test = cls(store, cluster, source.flavor, None, source.signature, compare)
+        test._example_source = source
+        return test
+
+    def prepare(self) -> None:
+        """Read the input example now (idempotent), so that a failure comes before any write.
+
+        Raises:
+            MlflowException: RESOURCE_DOES_NOT_EXIST when the example cannot be read.
+        """
+        source, self._example_source = self._example_source, None
+        if source is None:
+            return
         try:
-            example = source.load_input_example()
+            self.input_example = source.load_input_example()
         except Exception as err:
             raise MlflowException(
                 f"Cannot read the input example of {source.model_uri} for verification: {err}",
                 error_code=RESOURCE_DOES_NOT_EXIST,
             ) from err
-        return cls(store, cluster, source.flavor, example, source.signature, compare)
 
     @classmethod
     def for_provenance(
@@ -180,6 +198,10 @@ class SmokeTest:
         return self.compare
 
     def __call__(self, candidate: Candidate) -> None:
+        try:
+            self.prepare()
+        except MlflowException as err:  # no verdict on the model: MLflow could not be read
+            raise VerificationUnavailable(err.message) from err
         tensors = candidate.provenance.get("tensors")
         if not tensors:
             raise MlflowException(
@@ -281,20 +303,8 @@ class SmokeTest:
     def _run_locally(
         self, model_file: Path, tensors: Mapping[str, list[dict[str, str]]], arrays: Mapping[str, np.ndarray]
     ) -> dict[str, np.ndarray]:
-        outputs = [t["triton"] for t in tensors["outputs"]]
-        if self.flavor == "onnx":
-            import onnxruntime
-
-            session = onnxruntime.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
-            feed = {t["triton"]: arrays[t["mlflow"]] for t in tensors["inputs"]}
-            return dict(zip(outputs, session.run(outputs, feed)))
-        import torch
-
-        module = torch.jit.load(str(model_file), map_location="cpu").eval()
-        with torch.no_grad():
-            result = module(*[torch.from_numpy(np.array(arrays[t["mlflow"]])) for t in tensors["inputs"]])
-        values = result if isinstance(result, (tuple, list)) else (result,)
-        return {name: value.detach().cpu().numpy() for name, value in zip(outputs, values)}
+        inputs = [(t["triton"], arrays[t["mlflow"]]) for t in tensors["inputs"]]
+        return run_reference(self.flavor, model_file, inputs, [t["triton"] for t in tensors["outputs"]])
 
     def _compare(self, expected: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray]) -> None:
         for output, want in expected.items():
