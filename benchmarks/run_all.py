@@ -30,6 +30,8 @@ BENCHMARKS = {
     "batching": ["batching.py"],
     "sync": ["sync.py"],
     "export": ["export.py"],
+    "publish_overhead": ["publish_overhead.py"],
+    "copy_strategy": ["copy_strategy.py"],
 }
 
 
@@ -87,6 +89,29 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[list[str]]:
         rows.append(["callback export + verify (tiny_model)", "time / one epoch",
                      f"{export['fraction_of_epoch']:.1f} x  ({plain['export_verify_seconds']:.2f} s vs "
                      f"{1000 * plain['epoch_seconds']:.0f} ms)", "(report)", ""])  # fmt: skip
+    overhead = results.get("publish_overhead")
+    if overhead:
+        for r in overhead["results"]:
+            path = "download path (streamed)" if r["mode"] == "local" else "copy path"
+            ratio = r["overhead_ratio"]
+            rows.append([f"publish {r['size_mib']} MiB, {path}", "(publish - Triton loads) / raw transfer",
+                         f"{ratio:.2f}  ({r['publish']['seconds'] - r['publish']['load_seconds']:.2f} s vs "
+                         f"{r['raw_transfer']['seconds']:.2f} s)", "<= 1.15", "yes" if ratio <= 1.15 else "no"])  # fmt: skip
+            rows.append(["", "old ratio: publish / (raw transfer + one load)", f"{r['old_ratio']:.2f}", "", ""])
+            peak = max(r["publish"]["rss_peak"], r["rollback"]["rss_peak"]) / 2**20
+            rows.append(["", "peak RSS of the publishing process (publish, rollback)",
+                         f"{r['publish']['rss_peak'] / 2**20:.0f} / {r['rollback']['rss_peak'] / 2**20:.0f} MiB "
+                         f"(with children {r['publish']['rss_peak_tree'] / 2**20:.0f} MiB)", "<= 300 MiB",
+                         "yes" if peak <= 300 else "no"])  # fmt: skip
+            noop = r["noop"]["received"] + r["noop"]["streamed_bytes"] + r["noop"]["downloaded_bytes"]
+            rows.append(["", "bytes read by a no-op update", human_bytes(noop), "<= 10 KiB",
+                         "yes" if noop <= 10 * 1024 else "no"])  # fmt: skip
+    copies = results.get("copy_strategy")
+    if copies:
+        for r in copies["results"]:
+            rows.append([f"server-side copy {r['size_mib']} MiB (moto)", "UploadPartCopy / CopyObject",
+                         f"{r['parts_over_single']:.2f}  ({r['upload_part_copy_s']:.2f} s vs {r['copy_object_s']:.2f} s)",
+                         "(sets the threshold)", ""])  # fmt: skip
     return rows
 
 
