@@ -31,7 +31,7 @@ from mlflow.protos.databricks_pb2 import (
 )
 
 from mlflow_triton import model_config as mcfg
-from mlflow_triton import repair
+from mlflow_triton import pyfunc_serving, repair, triton_source
 from mlflow_triton.config import DeploymentConfig, validate_model_name
 from mlflow_triton.history import ServingHistory
 from mlflow_triton.deployment_state import (
@@ -233,7 +233,10 @@ class ModelPublisher:
         version = pending or self._claim_version(
             name, max(state.versions + [state.serving_version or 0, rollout.history.highest_version()]) + 1
         )
-        message = mcfg.build_model_config(name, source.flavor, located.io, self.config, version)
+        if located.build_config is not None:  # a directory flavor builds its own config
+            message = located.build_config(name, version)
+        else:
+            message = mcfg.build_model_config(name, source.flavor, located.io, self.config, version)
         provenance = {
             "schema": PROVENANCE_SCHEMA,
             "name": name,
@@ -321,6 +324,8 @@ class ModelPublisher:
         come from the same place on both paths (the ONNX graph without its weights; the
         signature for TorchScript), so both generate the same config.pbtxt.
         """
+        if triton_source.is_directory_flavor(source.flavor):
+            return self._locate_directory(source, tmp)
         filename = mcfg.MODEL_FILENAMES[source.flavor]
         model_stat = self.store.stat_uri(source.artifact_uri)
         if model_stat is not None:
@@ -350,6 +355,16 @@ class ModelPublisher:
             for path, (_, target) in zip(paths, files)
         ]
         return _Located(files, entries, io, copy=False, complete_local_copy=local)
+
+    def _locate_directory(self, source: ModelSource, tmp: Path) -> "_Located":
+        """A ``triton`` or ``python_function`` model: a downloaded folder, uploaded file by file
+        (see :mod:`mlflow_triton.triton_source`, :mod:`mlflow_triton.pyfunc_serving`)."""
+        if source.flavor == "triton":
+            files, io, build = triton_source.locate_triton(source, tmp)
+        else:
+            files, io, build = pyfunc_serving.locate_pyfunc(source, tmp, self.config)
+        build("candidate", 1)  # a config Triton cannot take fails here, before any write
+        return _Located(files, triton_source.file_entries(files), io, copy=False, build_config=build)
 
     def _transfer(self, located: "_Located", name: str, version: int) -> tuple[int, int]:
         """Copy (server-side) or upload the located files into ``NAME/<version>/``:
@@ -480,6 +495,8 @@ class _Located:
     io: mcfg.ModelIO
     copy: bool
     complete_local_copy: Path | None = None
+    #: ``(name, version) -> ModelConfig`` for flavors whose config is not generated from ``io``.
+    build_config: Any = None
 
 
 def _config_pins(store: ModelRepositoryStore, name: str, version: int) -> bool:
