@@ -216,11 +216,20 @@ class TritonDeploymentClient(BaseDeploymentClient):
         """
         name = validate_model_name(deployment_name)
         with TritonCluster(self.triton_urls).server() as server:
-            tensors = tensor_names(server.model_config(name))
+            config = server.model_config(name)
+            tensors = tensor_names(config)
             arrays = as_arrays(inputs, tensors["inputs"])
+            # A value per sample (a DataFrame column) is declared dims [1] + reshape []: send [n, 1].
+            scalars = {
+                t["name"] for t in config.get("input", [])
+                if config.get("max_batch_size", 0) > 0 and "reshape" in t and list(t.get("dims", [])) == [1]
+            }  # fmt: skip
             outputs = server.infer(
                 name,
-                {t["triton"]: arrays[t["mlflow"]] for t in tensors["inputs"]},
+                {
+                    t["triton"]: arrays[t["mlflow"]].reshape(-1, 1) if t["triton"] in scalars else arrays[t["mlflow"]]
+                    for t in tensors["inputs"]
+                },
                 {t["triton"]: t["datatype"] for t in tensors["inputs"]},
                 [t["triton"] for t in tensors["outputs"]],
             )
