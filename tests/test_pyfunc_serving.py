@@ -29,7 +29,9 @@ from mlflow_triton.pyfunc_serving import EXECUTION_ENV_PARAMETER, PYFUNC_IO_PARA
 from mlflow_triton.store import open_store
 
 CPU = {"instance_kind": "cpu"}
-REQS = ["scikit-learn", "pandas"]  # given: inferring them loads the model in a subprocess (slow)
+# Given, not inferred (that loads the model in a subprocess), and cloudpickle rather than the
+# default skops, whose import costs seconds: the tests are about serving, not persistence.
+REQS = ["scikit-learn", "pandas"]
 MISSING_PACKAGE = "mlflow_triton_absent_package"
 
 SHOUT_MODEL = '''
@@ -77,7 +79,7 @@ def test_sklearn_pyfunc_serves_what_pyfunc_predicts(stack, unique_name):
     with mlflow.start_run():
         info = mlflow.sklearn.log_model(
             model, name="model", signature=infer_signature(x, model.predict(x)), input_example=x[:3],
-            pip_requirements=REQS,
+            pip_requirements=REQS, serialization_format="cloudpickle",
         )  # fmt: skip
     client = get_deploy_client(f"triton:/{stack.triton_urls[0]}")
     result = client.create_deployment(unique_name, info.model_uri, config=CPU)  # no flavor given
@@ -133,7 +135,7 @@ def test_pyfunc_columns_and_tensors_map_to_triton_tensors():
 
 def test_python_env_ships_the_archive_and_sets_execution_env_path(tmp_path):
     model, x = sklearn_model()
-    mlflow.sklearn.save_model(model, tmp_path / "sk", signature=infer_signature(x, model.predict(x)), pip_requirements=REQS)
+    mlflow.sklearn.save_model(model, tmp_path / "sk", signature=infer_signature(x, model.predict(x)), pip_requirements=REQS, serialization_format="cloudpickle")
     archive = tmp_path / "sk-env.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(tmp_path / "sk" / "MLmodel", arcname="bin/placeholder")
@@ -157,7 +159,7 @@ def test_python_env_ships_the_archive_and_sets_execution_env_path(tmp_path):
 
 def test_flavor_selection_order_and_names(tmp_path):
     model, x = sklearn_model()
-    mlflow.sklearn.save_model(model, tmp_path / "sk", signature=infer_signature(x, model.predict(x)), pip_requirements=REQS)
+    mlflow.sklearn.save_model(model, tmp_path / "sk", signature=infer_signature(x, model.predict(x)), pip_requirements=REQS, serialization_format="cloudpickle")
     assert resolve_model(str(tmp_path / "sk")).flavor == "python_function"
     assert resolve_model(str(tmp_path / "sk"), "pyfunc").flavor == "python_function"
     with pytest.raises(MlflowException) as caught:
