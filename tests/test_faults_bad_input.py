@@ -106,12 +106,22 @@ def test_unknown_flavor(stack, unique_name, onnx_dir):
     refused(err, "INVALID_PARAMETER_VALUE", "has no torchscript flavor", "['onnx']")
 
 
-def test_model_without_onnx_or_torchscript(stack, unique_name, models_dir):
+def test_model_without_a_servable_flavor(stack, unique_name, models_dir):
+    # A pyfunc is served by the Python backend, but only with a signature (its tensors).
     path = str(models_dir / "pyfunc")
     mlflow.pyfunc.save_model(path, python_model=Echo(), pip_requirements=["mlflow"])
     with nothing_written(stack), pytest.raises(MlflowException) as err:
         get_deploy_client("triton").create_deployment(unique_name, path, config=CPU)
-    refused(err, "INVALID_PARAMETER_VALUE", "neither 'onnx' nor 'pytorch'", "mlflow.onnx.log_model")
+    refused(err, "INVALID_PARAMETER_VALUE", "python_function model has no MLflow signature", "infer_signature")
+    # No flavor the target serves at all.
+    other = models_dir / "keras-only"
+    other.mkdir()
+    model = mlflow.models.Model()
+    model.add_flavor("keras", keras_version="3")
+    model.save(str(other / "MLmodel"))
+    with nothing_written(stack), pytest.raises(MlflowException) as err:
+        get_deploy_client("triton").create_deployment(unique_name, str(other), config=CPU)
+    refused(err, "INVALID_PARAMETER_VALUE", "has flavors ['keras']", "mlflow.onnx.log_model")
 
 
 def test_eager_pytorch_pickle_is_not_torchscript(stack, unique_name, models_dir):
