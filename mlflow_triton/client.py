@@ -23,7 +23,7 @@ from mlflow_triton.model_source import resolve_model
 from mlflow_triton.publisher import ModelPublisher
 from mlflow_triton.repair import previous_good
 from mlflow_triton.server import TritonCluster
-from mlflow_triton.triton_source import publish_composing_models
+from mlflow_triton.triton_source import publish_composing_models, restore_composing_models
 from mlflow_triton.verification import SmokeTest
 
 logger = logging.getLogger(__name__)
@@ -165,7 +165,17 @@ class TritonDeploymentClient(BaseDeploymentClient):
                 publisher, source,
                 lambda: SmokeTest(publisher.store, publisher.cluster, "triton") if settings.verify else None,
             )  # fmt: skip
-        result = publisher.publish(name, source, mode=mode, verify=verify)
+        try:
+            result = publisher.publish(name, source, mode=mode, verify=verify)
+        except MlflowException as err:
+            restored = restore_composing_models(publisher, composing)
+            if not restored:
+                raise
+            raise MlflowException(
+                f"{err.message} Composing models restored to the versions they served: "
+                f"{', '.join(restored)}.",
+                error_code=err.error_code,
+            ) from err
         return {
             "name": name,
             "version": result.version,

@@ -187,6 +187,31 @@ def publish_composing_models(
     return results
 
 
+def restore_composing_models(publisher: "ModelPublisher", results: list["PublishResult"]) -> list[str]:
+    """Serve again, on every replica, the versions the composing models served before this
+    rollout (called when the ensemble itself was not published): the ensemble's previous
+    version keeps the composing models it was verified with.
+
+    A composing model that did not serve before keeps its new version (no client uses it
+    but the refused ensemble). Failures are logged, not raised: the ensemble's error matters.
+
+    Returns:
+        ``"name: version"`` for each composing model restored.
+    """
+    from mlflow_triton.promotion.rollback import activate
+
+    restored = []
+    for result in results:
+        if not result.changed or result.previous_version is None:
+            continue
+        try:
+            activate(publisher, result.name, result.previous_version, expected_serving=result.version)
+            restored.append(f"{result.name}: {result.previous_version}")
+        except MlflowException as err:
+            logger.error("Could not restore %s version %s: %s", result.name, result.previous_version, err.message)
+    return restored
+
+
 def is_directory_flavor(flavor: str | None) -> bool:
     return flavor in DIRECTORY_FLAVORS
 

@@ -103,7 +103,7 @@ def test_unknown_flavor(stack, unique_name, onnx_dir):
     refused(err, "INVALID_PARAMETER_VALUE", "Unknown flavor 'sklearn'", "onnx, torchscript")
     with nothing_written(stack), pytest.raises(MlflowException) as err:
         client.create_deployment(unique_name, onnx_dir, flavor="torchscript", config=CPU)
-    refused(err, "INVALID_PARAMETER_VALUE", "has no torchscript flavor", "['onnx']")
+    refused(err, "INVALID_PARAMETER_VALUE", "has no torchscript flavor", "['onnx', 'python_function']")
 
 
 def test_model_without_a_servable_flavor(stack, unique_name, models_dir):

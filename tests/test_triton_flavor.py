@@ -193,6 +193,22 @@ def test_nvidia_layout_python_backend_deploys_unchanged_then_an_ensemble(stack, 
         config = parse_pbtxt(store.read_bytes(f"{ensemble}/config.pbtxt"))
         assert config.platform == "ensemble"
         assert [s.model_name for s in config.ensemble_scheduling.step] == [adder, scaler]
+
+        # 3. One rollout: a new scaler with an ensemble Triton refuses (output dims [3] where
+        # the step gives [2]): the scaler is published, then restored with the ensemble.
+        source = tmp_path / "ensemble-v2"
+        bad = ENSEMBLE_CONFIG.format(adder=adder, scaler=scaler).replace('"scaled" data_type: TYPE_FP32 dims: [ 2 ]', '"scaled" data_type: TYPE_FP32 dims: [ 3 ]')
+        ens = model_dir(source, "pipeline", bad)
+        step = model_dir(source, scaler, SCALER_CONFIG, {"1/model.py": PYTHON_MODEL.format(body=SCALE.replace("3 *", "5 *"))})
+        with mlflow.start_run():
+            info = triton_flavor.log_model(ens, name="model", composing_models=[step])
+        with pytest.raises(mlflow.exceptions.MlflowException) as caught:
+            client.update_deployment(ensemble, info.model_uri, config=CPU)
+        assert caught.value.error_code == "INTERNAL_ERROR"
+        assert f"{scaler}: 1" in caught.value.message, caught.value.message
+        assert client.get_deployment(scaler)["serving_version"] == 1
+        assert client.get_deployment(ensemble)["serving_version"] == 1
+        np.testing.assert_allclose(infer(client, ensemble, {"a": a, "b": b})["scaled"], 3 * (a + b))
     finally:
         for name in (ensemble, scaler, adder):
             client.delete_deployment(name)
