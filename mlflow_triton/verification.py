@@ -178,6 +178,10 @@ class SmokeTest:
                 "--no-smoke-test if MLflow is unreachable.",
                 error_code=err.error_code,
             ) from err
+        if flavor == "triton" and provenance.get("source_uri") not in (None, source.artifact_uri):
+            # An ensemble's composing model (a sibling folder of the logged model): the logged
+            # example and signature are the ensemble's; zeros shaped by its own config instead.
+            return cls(store, cluster, flavor, compare=compare)
         return cls.for_source(store, cluster, source, compare)
 
     def __call__(self, candidate: Candidate) -> None:

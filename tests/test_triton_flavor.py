@@ -227,6 +227,16 @@ def test_ensemble_naming_a_model_neither_logged_nor_deployed_writes_nothing(stac
     assert store.list_dir(f"{unique_name}/") == ([], [])
 
 
+def test_invalid_config_pbtxt_in_a_logged_directory_is_refused_before_any_write(stack, unique_name, tmp_path):
+    folder = model_dir(tmp_path, "broken", 'backend: "python"\ninput [ { name: "x" data_type: TYPE_NOPE } ]\n', {"1/model.py": ""})
+    client = get_deploy_client(f"triton:/{stack.triton_urls[0]}")
+    with pytest.raises(mlflow.exceptions.MlflowException) as caught:
+        client.create_deployment(unique_name, log_like_nvidia_plugin(folder, tmp_path), config=CPU)
+    assert caught.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert "not a valid Triton ModelConfig" in caught.value.message and "TYPE_NOPE" in caught.value.message
+    assert open_store(stack.model_repository, stack.s3_endpoint).list_dir(f"{unique_name}/") == ([], [])
+
+
 def test_invalid_config_pbtxt_is_refused_before_logging(tmp_path):
     folder = model_dir(tmp_path, "broken", "backend: \"python\"\nmax_batch_size: [oops]\n", {"1/model.py": ""})
     with pytest.raises(mlflow.exceptions.MlflowException) as caught:
