@@ -122,6 +122,8 @@ class DeploymentConfig:
             if f.name in config and config[f.name] is not None:
                 values[f.name] = _convert(f.name, config[f.name], f.type)
         parsed = cls(**values)
+        if parsed.flavor in FLAVOR_ALIASES:  # one spelling in provenance and comparisons
+            parsed.flavor = FLAVOR_ALIASES[parsed.flavor]
         if parsed.model_repository is None and os.environ.get("TRITON_MODEL_REPO"):
             parsed.model_repository = os.environ["TRITON_MODEL_REPO"]
         parsed.validate()
@@ -132,7 +134,7 @@ class DeploymentConfig:
         return DeploymentConfig.from_dict({**asdict(self), **dict(overrides or {})})
 
     def validate(self) -> None:
-        _choice("flavor", FLAVOR_ALIASES.get(self.flavor, self.flavor), FLAVORS, optional=True)
+        _choice("flavor", self.flavor, FLAVORS, optional=True)
         if self.python_env is not None and not self.python_env.endswith(".tar.gz"):
             raise MlflowException.invalid_parameter_value(
                 f"python_env must name a packed environment archive ending in .tar.gz (what "

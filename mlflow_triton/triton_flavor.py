@@ -151,7 +151,9 @@ def save_model(
     for folder in [source, *folders]:
         shutil.copytree(folder, target / folder.name)
     mlflow_model = mlflow_model or Model()
-    mlflow_model.signature = signature or signature_from_config(config)
+    if signature is None and config.input and config.output:  # else Triton auto-completes them
+        signature = signature_from_config(config)
+    mlflow_model.signature = signature
     if input_example is not None:
         _save_example(mlflow_model, input_example, str(target))
     mlflow_model.add_flavor(FLAVOR_NAME, data=source.name)

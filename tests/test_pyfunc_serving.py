@@ -181,6 +181,6 @@ def test_flavor_selection_order_and_names(tmp_path):
     assert resolve_model(str(tmp_path / "both"), "python_function").flavor == "python_function"
     with pytest.raises(MlflowException, match="python_function"):
         DeploymentConfig.from_dict({"flavor": "sklearn"})
-    assert DeploymentConfig.from_dict({"flavor": "pyfunc"}).flavor == "pyfunc"  # resolved later
+    assert DeploymentConfig.from_dict({"flavor": "pyfunc"}).flavor == "python_function"
     with pytest.raises(MlflowException, match="'pyfunc' for python_function"):
         resolve_model(str(tmp_path / "sk"), "sklearn")
