@@ -26,7 +26,7 @@ from mlflow.exceptions import MlflowException
 from tritonclient.grpc import model_config_pb2 as mc
 
 from mlflow_triton import model_config as mcfg
-from mlflow_triton.triton_source import ConfigBuilder, Files, _download, files_under, relative_env_path
+from mlflow_triton.triton_source import ConfigBuilder, Files, download_artifact, files_under
 
 if TYPE_CHECKING:
     from mlflow.models.signature import ModelSignature
@@ -95,17 +95,18 @@ def locate_pyfunc(
         The files to upload (``model.py`` first), the tensors, the config builder.
     """
     io, mapping = pyfunc_io(source.signature)  # before any download: a bad signature fails fast
-    model_dir = _download(source.download_uri, tmp / MODEL_FOLDER, source.model_uri)
+    model_dir = download_artifact(source.download_uri, tmp / MODEL_FOLDER, source.model_uri)
     files: Files = [(str(TEMPLATE), "model.py")] + files_under(model_dir, f"{MODEL_FOLDER}/")
     if config.python_env:
-        archive = _download(config.python_env, tmp / "python_env", source.model_uri)
+        archive = download_artifact(config.python_env, tmp / "python_env", source.model_uri)
         files.append((str(archive), ENV_ARCHIVE))
 
     def build(name: str, version: int) -> mc.ModelConfig:
         message = mcfg.build_model_config(name, "python_function", io, config, version)
         message.parameters[PYFUNC_IO_PARAMETER].string_value = json.dumps(mapping, sort_keys=True)
         if config.python_env:
-            message.parameters[EXECUTION_ENV_PARAMETER].string_value = relative_env_path(version, ENV_ARCHIVE)
+            # Resolved by the Python backend to the model's local copy (S3 repositories too).
+            message.parameters[EXECUTION_ENV_PARAMETER].string_value = f"$$TRITON_MODEL_DIRECTORY/{version}/{ENV_ARCHIVE}"
         return message
 
     return files, io, build

@@ -14,9 +14,7 @@ that already serves in the repository (left as it is). See :func:`publish_compos
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -45,18 +43,12 @@ Files = list[tuple[str, str]]
 ConfigBuilder = Callable[[str, int], mc.ModelConfig]
 
 
-def _sha256(path: Path, chunk: int = 8 * 1024 * 1024) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def file_entries(files: Files) -> list[dict]:
     """Provenance entries (target, sha256, size) of local files, streamed to hash them."""
+    from mlflow_triton.publisher import sha256_file  # the publisher imports this module
+
     return [
-        {"file": target, "sha256": _sha256(Path(path)), "size": Path(path).stat().st_size}
+        {"file": target, "sha256": sha256_file(Path(path)), "size": Path(path).stat().st_size}
         for path, target in files
     ]
 
@@ -70,7 +62,8 @@ def files_under(folder: Path, prefix: str = "") -> Files:
     ]
 
 
-def _download(uri: str, destination: Path, model_uri: str) -> Path:
+def download_artifact(uri: str, destination: Path, model_uri: str) -> Path:
+    """Download ``uri`` (a file or a folder, streamed to disk) into ``destination``."""
     import mlflow
 
     try:
@@ -128,12 +121,12 @@ def locate_triton(source: "ModelSource", tmp: Path) -> tuple[Files, mcfg.ModelIO
     folder_uri = source.artifact_uri
     local = tmp / "triton-model"
     local.mkdir()
-    _download(f"{folder_uri}/{CONFIG_FILE}", local, source.model_uri)
+    download_artifact(f"{folder_uri}/{CONFIG_FILE}", local, source.model_uri)
     config = read_config(local)
     versions = sorted(int(n) for n in _subfolders(folder_uri, source.model_uri) if n.isdigit())
     files: Files = [(str(local / CONFIG_FILE), LOGGED_CONFIG_FILE)]
     if versions:
-        version_dir = _download(f"{folder_uri}/{versions[-1]}", local, source.model_uri)
+        version_dir = download_artifact(f"{folder_uri}/{versions[-1]}", local, source.model_uri)
         files += files_under(version_dir)
     elif not composing_model_names(config):
         raise MlflowException.invalid_parameter_value(
@@ -165,7 +158,7 @@ def publish_composing_models(
     import mlflow
 
     with mlflow.utils.file_utils.TempDir() as tmp:
-        local = _download(f"{source.artifact_uri}/{CONFIG_FILE}", Path(tmp.path()), source.model_uri)
+        local = download_artifact(f"{source.artifact_uri}/{CONFIG_FILE}", Path(tmp.path()), source.model_uri)
         steps = composing_model_names(read_config(local.parent))
     if not steps:
         return []
@@ -214,8 +207,3 @@ def restore_composing_models(publisher: "ModelPublisher", results: list["Publish
 
 def is_directory_flavor(flavor: str | None) -> bool:
     return flavor in DIRECTORY_FLAVORS
-
-
-def relative_env_path(version: int, file: str) -> str:
-    """A path inside the version folder as Triton's Python backend resolves it."""
-    return os.path.join("$$TRITON_MODEL_DIRECTORY", str(version), file)

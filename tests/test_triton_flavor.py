@@ -28,7 +28,6 @@ from mlflow_triton.store import open_store
 from mlflow_triton.triton_source import LOGGED_CONFIG_FILE
 from models import Scorer, export_onnx, sample
 
-pytestmark = pytest.mark.integration
 CPU = {"instance_kind": "cpu"}
 
 ONNX_CONFIG = """
@@ -126,6 +125,7 @@ def infer(client, name: str, inputs: dict[str, np.ndarray]) -> dict[str, list]:
     return client.predict(deployment_name=name, inputs=inputs)["predictions"]
 
 
+@pytest.mark.integration
 def test_triton_flavor_onnx_directory_serves_its_highest_version(stack, unique_name, tmp_path):
     older, newer = Scorer(seed=1), Scorer(seed=2)
     folder = model_dir(tmp_path, "scorer", ONNX_CONFIG)
@@ -157,6 +157,7 @@ def test_triton_flavor_onnx_directory_serves_its_highest_version(stack, unique_n
         client.delete_deployment(unique_name)
 
 
+@pytest.mark.integration
 def test_nvidia_layout_python_backend_deploys_unchanged_then_an_ensemble(stack, unique_name, tmp_path):
     adder, scaler, ensemble = f"{unique_name}-add", f"{unique_name}-scale", unique_name
     folder = model_dir(
@@ -214,6 +215,7 @@ def test_nvidia_layout_python_backend_deploys_unchanged_then_an_ensemble(stack, 
             client.delete_deployment(name)
 
 
+@pytest.mark.integration
 def test_ensemble_naming_a_model_neither_logged_nor_deployed_writes_nothing(stack, unique_name, tmp_path):
     ens = model_dir(tmp_path, "pipeline", ENSEMBLE_CONFIG.format(adder=f"{unique_name}-a", scaler=f"{unique_name}-s"))
     with mlflow.start_run():
@@ -227,6 +229,7 @@ def test_ensemble_naming_a_model_neither_logged_nor_deployed_writes_nothing(stac
     assert store.list_dir(f"{unique_name}/") == ([], [])
 
 
+@pytest.mark.integration
 def test_invalid_config_pbtxt_in_a_logged_directory_is_refused_before_any_write(stack, unique_name, tmp_path):
     folder = model_dir(tmp_path, "broken", 'backend: "python"\ninput [ { name: "x" data_type: TYPE_NOPE } ]\n', {"1/model.py": ""})
     client = get_deploy_client(f"triton:/{stack.triton_urls[0]}")
