@@ -22,7 +22,8 @@ from mlflow_triton.model_config import as_arrays, tensor_names
 from mlflow_triton.model_source import resolve_model
 from mlflow_triton.publisher import ModelPublisher
 from mlflow_triton.repair import previous_good
-from mlflow_triton.server import TritonCluster
+from mlflow_triton.lease import LeaseLost
+from mlflow_triton.server import ReplicaUnreachable, TritonCluster
 from mlflow_triton.triton_source import publish_composing_models, restore_composing_models
 from mlflow_triton.verification import SmokeTest
 
@@ -167,7 +168,9 @@ class TritonDeploymentClient(BaseDeploymentClient):
             )  # fmt: skip
         try:
             result = publisher.publish(name, source, mode=mode, verify=verify)
-        except MlflowException as err:
+        except (ReplicaUnreachable, LeaseLost):
+            raise  # the config may pin the new ensemble already: the rerun it asks for finishes it
+        except MlflowException as err:  # the ensemble does not serve: neither do its new steps
             restored = restore_composing_models(publisher, composing)
             if not restored:
                 raise
