@@ -22,7 +22,9 @@ from mlflow_triton.model_config import as_arrays, tensor_names
 from mlflow_triton.model_source import resolve_model
 from mlflow_triton.publisher import ModelPublisher
 from mlflow_triton.repair import previous_good
-from mlflow_triton.server import TritonCluster
+from mlflow_triton.lease import LeaseLost
+from mlflow_triton.server import ReplicaUnreachable, TritonCluster
+from mlflow_triton.triton_source import publish_composing_models, restore_composing_models
 from mlflow_triton.verification import SmokeTest
 
 logger = logging.getLogger(__name__)
@@ -94,7 +96,9 @@ class TritonDeploymentClient(BaseDeploymentClient):
         Config keys (``-C key=value``; defaults in parentheses):
             model_repository (env TRITON_MODEL_REPO): ``s3://bucket/prefix`` or a directory.
             s3_endpoint_url (boto3 default, honours AWS_ENDPOINT_URL_S3): MinIO/moto endpoint.
-            flavor (ONNX if present, else TorchScript): ``onnx`` or ``torchscript``.
+            flavor (ONNX, else TorchScript, else triton, else python_function): ``onnx``,
+                ``torchscript``, ``triton`` or ``python_function`` (``pyfunc``).
+            python_env (the server's): a packed environment ``.tar.gz`` for pyfunc models.
             max_batch_size (32): 0 disables batching.
             dynamic_batching (true), preferred_batch_size (none), max_queue_delay_microseconds (200).
             instance_kind (gpu): ``gpu``, ``cpu`` or ``auto``; instance_count (1).
@@ -156,7 +160,25 @@ class TritonDeploymentClient(BaseDeploymentClient):
         publisher = self._publisher(settings)
         verify = SmokeTest.for_source(publisher.store, publisher.cluster, source) if settings.verify else None
         started = time.monotonic()
-        result = publisher.publish(name, source, mode=mode, verify=verify)
+        composing = []
+        if source.flavor == "triton":  # an ensemble's logged steps go first, each verified
+            composing = publish_composing_models(
+                publisher, source,
+                lambda: SmokeTest(publisher.store, publisher.cluster, "triton") if settings.verify else None,
+            )  # fmt: skip
+        try:
+            result = publisher.publish(name, source, mode=mode, verify=verify)
+        except (ReplicaUnreachable, LeaseLost):
+            raise  # the config may pin the new ensemble already: the rerun it asks for finishes it
+        except MlflowException as err:  # the ensemble does not serve: neither do its new steps
+            restored = restore_composing_models(publisher, composing)
+            if not restored:
+                raise
+            raise MlflowException(
+                f"{err.message} Composing models restored to the versions they served: "
+                f"{', '.join(restored)}.",
+                error_code=err.error_code,
+            ) from err
         return {
             "name": name,
             "version": result.version,
@@ -170,6 +192,7 @@ class TritonDeploymentClient(BaseDeploymentClient):
             "pruned_versions": result.pruned,
             "verified": result.verified,
             "seconds": round(time.monotonic() - started, 3),
+            **({"composing_models": {r.name: r.version for r in composing}} if composing else {}),
         }
 
     def delete_deployment(
@@ -206,11 +229,20 @@ class TritonDeploymentClient(BaseDeploymentClient):
         """
         name = validate_model_name(deployment_name)
         with TritonCluster(self.triton_urls).server() as server:
-            tensors = tensor_names(server.model_config(name))
+            config = server.model_config(name)
+            tensors = tensor_names(config)
             arrays = as_arrays(inputs, tensors["inputs"])
+            # A value per sample (a DataFrame column) is declared dims [1] + reshape []: send [n, 1].
+            scalars = {
+                t["name"] for t in config.get("input", [])
+                if config.get("max_batch_size", 0) > 0 and "reshape" in t and list(t.get("dims", [])) == [1]
+            }  # fmt: skip
             outputs = server.infer(
                 name,
-                {t["triton"]: arrays[t["mlflow"]] for t in tensors["inputs"]},
+                {
+                    t["triton"]: arrays[t["mlflow"]].reshape(-1, 1) if t["triton"] in scalars else arrays[t["mlflow"]]
+                    for t in tensors["inputs"]
+                },
                 {t["triton"]: t["datatype"] for t in tensors["inputs"]},
                 [t["triton"] for t in tensors["outputs"]],
             )
@@ -263,7 +295,8 @@ Target URI: 'triton' (servers from TRITON_URL, default http://localhost:8000) or
 Triton must run with --model-control-mode=explicit and --model-repository pointing at the
 same repository as -C model_repository (or TRITON_MODEL_REPO).
 
-Config (-C key=value): model_repository, s3_endpoint_url, flavor (onnx|torchscript),
+Config (-C key=value): model_repository, s3_endpoint_url,
+flavor (onnx|torchscript|triton|python_function), python_env (pyfunc: packed env .tar.gz),
 max_batch_size (32), dynamic_batching (true), preferred_batch_size, max_queue_delay_microseconds
 (200), instance_kind (gpu|cpu|auto), instance_count (1), keep_versions (2),
 wait_ready_timeout (300), protocol (http|grpc), verify (true), lease_wait (120), lease_ttl (30).

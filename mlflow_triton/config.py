@@ -21,7 +21,9 @@ Flavor = Literal["onnx", "torchscript"]
 InstanceKind = Literal["gpu", "cpu", "auto"]
 Protocol = Literal["http", "grpc"]
 
-FLAVORS: tuple[str, ...] = ("onnx", "torchscript")
+FLAVORS: tuple[str, ...] = ("onnx", "torchscript", "triton", "python_function")
+#: Other spellings accepted for a flavor (MLflow's module names).
+FLAVOR_ALIASES: dict[str, str] = {"pytorch": "torchscript", "pyfunc": "python_function"}
 INSTANCE_KINDS: tuple[str, ...] = ("gpu", "cpu", "auto")
 PROTOCOLS: tuple[str, ...] = ("http", "grpc")
 DEFAULT_TRITON_URL = "http://localhost:8000"
@@ -46,7 +48,9 @@ class DeploymentConfig:
         model_repository: ``s3://bucket/prefix`` or a local directory (env ``TRITON_MODEL_REPO``).
         s3_endpoint_url: S3-compatible endpoint (MinIO, moto); default: boto3's resolution,
             which honours ``AWS_ENDPOINT_URL_S3``.
-        flavor: ``onnx`` or ``torchscript``; default: what the model has, ONNX preferred.
+        flavor: ``onnx``, ``torchscript``, ``triton`` (a Triton model directory) or
+            ``python_function`` (any pyfunc model, served by Triton's Python backend);
+            default: what the model has, in that order of preference.
         max_batch_size: Triton ``max_batch_size``; 0 disables batching (no batch axis).
         dynamic_batching: generate a ``dynamic_batching`` block (only when batching).
         preferred_batch_size: preferred batch sizes for the dynamic batcher (none by default,
@@ -65,6 +69,9 @@ class DeploymentConfig:
         lease_ttl: seconds without renewal after which a publisher's lease expires, so a
             publisher killed mid-publish blocks others this long at most (renewed every
             ``lease_ttl / 3`` while it runs).
+        python_env: a packed Python environment (``.tar.gz``, e.g. from conda-pack) for
+            ``python_function`` models: shipped in the version folder and named by the
+            config's ``EXECUTION_ENV_PATH``. Default: the server's own Python environment.
     """
 
     model_repository: str | None = None
@@ -82,6 +89,7 @@ class DeploymentConfig:
     verify: bool = True
     lease_wait: float = 120.0
     lease_ttl: float = 30.0
+    python_env: str | None = None
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -90,7 +98,10 @@ class DeploymentConfig:
     def settings(self, flavor: str | None) -> dict[str, Any]:
         """The settings that shape the generated config.pbtxt, as recorded in provenance:
         the same artifact with the same settings is a no-op."""
-        return {"flavor": flavor, **{key: getattr(self, key) for key in CONFIG_SETTINGS}}
+        settings = {"flavor": flavor, **{key: getattr(self, key) for key in CONFIG_SETTINGS}}
+        if self.python_env:  # recorded only when set: older provenance stays comparable
+            settings["python_env"] = self.python_env
+        return settings
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any] | None = None) -> "DeploymentConfig":
@@ -111,6 +122,8 @@ class DeploymentConfig:
             if f.name in config and config[f.name] is not None:
                 values[f.name] = _convert(f.name, config[f.name], f.type)
         parsed = cls(**values)
+        if parsed.flavor in FLAVOR_ALIASES:  # one spelling in provenance and comparisons
+            parsed.flavor = FLAVOR_ALIASES[parsed.flavor]
         if parsed.model_repository is None and os.environ.get("TRITON_MODEL_REPO"):
             parsed.model_repository = os.environ["TRITON_MODEL_REPO"]
         parsed.validate()
@@ -122,6 +135,12 @@ class DeploymentConfig:
 
     def validate(self) -> None:
         _choice("flavor", self.flavor, FLAVORS, optional=True)
+        if self.python_env is not None and not self.python_env.endswith(".tar.gz"):
+            raise MlflowException.invalid_parameter_value(
+                f"python_env must name a packed environment archive ending in .tar.gz (what "
+                f"Triton's Python backend unpacks, e.g. made with conda-pack), got "
+                f"{self.python_env!r}."
+            )
         _choice("instance_kind", self.instance_kind, INSTANCE_KINDS)
         _choice("protocol", self.protocol, PROTOCOLS)
         _at_least("max_batch_size", self.max_batch_size, 0)

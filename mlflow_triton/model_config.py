@@ -36,8 +36,8 @@ __all__ = [  # OnnxGraphSummary / onnx_graph_summary are re-exported: io_from_on
 if TYPE_CHECKING:
     from mlflow.models.signature import ModelSignature
 
-BACKENDS = {"onnx": "onnxruntime", "torchscript": "pytorch"}
-MODEL_FILENAMES = {"onnx": "model.onnx", "torchscript": "model.pt"}
+BACKENDS = {"onnx": "onnxruntime", "torchscript": "pytorch", "python_function": "python"}
+MODEL_FILENAMES = {"onnx": "model.onnx", "torchscript": "model.pt", "python_function": "model.py"}
 INSTANCE_KINDS = {"gpu": mc.ModelInstanceGroup.KIND_GPU, "cpu": mc.ModelInstanceGroup.KIND_CPU,
                   "auto": mc.ModelInstanceGroup.KIND_AUTO}  # fmt: skip
 

@@ -21,10 +21,10 @@ from typing import Any, BinaryIO
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
-from mlflow_triton.config import FLAVORS
+from mlflow_triton.config import FLAVOR_ALIASES, FLAVORS
 
 _REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[^/]+))/?$")
-_FLAVOR_ALIASES = {"onnx": "onnx", "torchscript": "torchscript", "pytorch": "torchscript"}
+_FLAVOR_ALIASES = {**{flavor: flavor for flavor in FLAVORS}, **FLAVOR_ALIASES}
 _TORCHSCRIPT_FILE = "model.pth"
 #: Files MLflow writes into every model directory (never part of what Triton serves).
 _MLFLOW_FILES = {
@@ -60,7 +60,8 @@ class ModelSource:
 
     @property
     def artifact_uri(self) -> str:
-        return f"{self.download_uri.rstrip('/')}/{self.artifact_path}"
+        base = self.download_uri.rstrip("/")
+        return f"{base}/{self.artifact_path}" if self.artifact_path else base
 
     def sibling_uri(self, name: str) -> str:
         """URI of a file next to the served file (ONNX external data)."""
@@ -156,7 +157,7 @@ def normalize_flavor(flavor: str | None) -> str | None:
     if flavor not in _FLAVOR_ALIASES:
         raise MlflowException.invalid_parameter_value(
             f"Unknown flavor {flavor!r}: the triton target serves {', '.join(FLAVORS)} "
-            "('pytorch' is accepted for TorchScript)."
+            "('pytorch' is accepted for TorchScript, 'pyfunc' for python_function)."
         )
     return _FLAVOR_ALIASES[flavor]
 
@@ -236,13 +237,18 @@ def resolve_model(model_uri: str, flavor: str | None = None) -> ModelSource:
     if "pytorch" in model.flavors:
         model_data = model.flavors["pytorch"].get("model_data", "data")
         available["torchscript"] = f"{model_data.rstrip('/')}/{_TORCHSCRIPT_FILE}"
+    if "triton" in model.flavors:  # a Triton model directory (mlflow_triton.triton_flavor)
+        available["triton"] = str(model.flavors["triton"].get("data", "")).strip("/")
+    if "python_function" in model.flavors:  # the whole MLflow model folder is served
+        available["python_function"] = ""
     if not available:
         raise MlflowException.invalid_parameter_value(
-            f"{model_uri} has flavors {sorted(model.flavors)} but neither 'onnx' nor 'pytorch' "
-            "(TorchScript). Log it with mlflow.onnx.log_model or mlflow.pytorch.log_model."
+            f"{model_uri} has flavors {sorted(model.flavors)} but none the triton target serves "
+            f"({', '.join(FLAVORS)}). Log it with mlflow.onnx.log_model, mlflow.pytorch.log_model, "
+            "mlflow_triton.triton_flavor.log_model or any MLflow flavor with a pyfunc."
         )
-    if flavor is None:
-        flavor = "onnx" if "onnx" in available else "torchscript"
+    if flavor is None:  # the order of FLAVORS is the order of preference
+        flavor = next(f for f in FLAVORS if f in available)
     elif flavor not in available:
         raise MlflowException.invalid_parameter_value(
             f"{model_uri} has no {flavor} flavor; it has {sorted(available)}. Choose one of "

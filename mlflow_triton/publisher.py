@@ -210,7 +210,7 @@ class ModelPublisher:
         # 1. The very artifact that serves, with the same settings: nothing to read or write.
         if serving.get("source_uri") == source.artifact_uri and serving.get("settings") == settings:
             return self._unchanged(state, source, rollout, verify)
-        located = locate(self.store, source, tmp)
+        located = locate(self.store, source, tmp, self.config)
         if located.entries is not None and self._serves(serving, located.entries, settings):
             return self._unchanged(state, source, rollout, verify)
 
@@ -238,7 +238,10 @@ class ModelPublisher:
                 # Same bytes under another URI: found out while streaming, so the copy goes.
                 self._discard(name, version)
                 return self._unchanged(state, source, rollout, verify)
-            message = mcfg.build_model_config(name, source.flavor, located.io, self.config, version)
+            if located.build_config is not None:  # a directory flavor builds its own config
+                message = located.build_config(name, version)
+            else:
+                message = mcfg.build_model_config(name, source.flavor, located.io, self.config, version)
             provenance = self._provenance(name, version, source, located, message, settings)
             # Written last, and only by the lease holder: a version folder without provenance
             # is an interrupted upload, which the next publisher removes.

@@ -363,6 +363,7 @@ class _RangeReader(io.RawIOBase):
 
     def __init__(self, client, bucket: str, key: str, size: int) -> None:
         self.client, self.bucket, self.key, self.size, self.position = client, bucket, key, size, 0
+        self.name = key  # what error messages call the object (e.g. "model.onnx")
 
     def readable(self) -> bool:
         return True

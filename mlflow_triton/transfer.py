@@ -26,14 +26,18 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from mlflow.exceptions import MlflowException
 
 from mlflow_triton import model_config as mcfg
+from mlflow_triton import pyfunc_serving, triton_source
 from mlflow_triton.artifact_stream import HashingReader, open_artifact, streamable
 from mlflow_triton.model_source import ModelSource, check_torchscript
 from mlflow_triton.store import ModelRepositoryStore, progress_bar
+
+if TYPE_CHECKING:
+    from mlflow_triton.config import DeploymentConfig
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +65,8 @@ class Located:
     entries: list[dict[str, Any]] | None
     io: mcfg.ModelIO | None
     complete_local_copy: Path | None = None
+    #: ``(name, version) -> ModelConfig`` for flavors whose config is not generated from ``io``.
+    build_config: Any = None
 
     @property
     def streamed(self) -> bool:
@@ -91,9 +97,11 @@ def read_io(store: ModelRepositoryStore, source: ModelSource, key: str) -> mcfg.
         return inspect_model(source, reader)[0]
 
 
-def locate(store: ModelRepositoryStore, source: ModelSource, tmp: Path) -> Located:
+def locate(store: ModelRepositoryStore, source: ModelSource, tmp: Path, config: "DeploymentConfig") -> Located:
     """How ``source``'s files reach the repository (see the module docstring); the download
     path downloads into ``tmp`` now."""
+    if triton_source.is_directory_flavor(source.flavor):
+        return _locate_directory(source, tmp, config)
     filename = mcfg.MODEL_FILENAMES[source.flavor]
     model_stat = store.stat_uri(source.artifact_uri)
     if model_stat is not None:
@@ -116,6 +124,17 @@ def locate(store: ModelRepositoryStore, source: ModelSource, tmp: Path) -> Locat
         for path, (_, target) in zip(paths, files)
     ]
     return Located("download", files, entries, io, complete_local_copy=local)
+
+
+def _locate_directory(source: ModelSource, tmp: Path, config: "DeploymentConfig") -> Located:
+    """A ``triton`` or ``python_function`` model: a downloaded folder, uploaded file by file
+    (see :mod:`mlflow_triton.triton_source`, :mod:`mlflow_triton.pyfunc_serving`)."""
+    if source.flavor == "triton":
+        files, io, build = triton_source.locate_triton(source, tmp)
+    else:
+        files, io, build = pyfunc_serving.locate_pyfunc(source, tmp, config)
+    build("candidate", 1)  # a config Triton cannot take fails here, before any write
+    return Located("download", files, triton_source.file_entries(files), io, build_config=build)
 
 
 def transfer(

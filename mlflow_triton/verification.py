@@ -74,8 +74,15 @@ class VerificationUnavailable(MlflowException):
         super().__init__(message, error_code=TEMPORARILY_UNAVAILABLE)
 
 
+#: Flavors whose files the smoke test can run locally as a reference.
+LOCAL_REFERENCE_FLAVORS = ("onnx", "torchscript")
+
+
 def runtime_available(flavor: str) -> bool:
-    """True when the local runtime that can run ``flavor`` files is importable."""
+    """True when the local runtime that can run ``flavor`` files is importable (never for
+    ``triton`` and ``python_function``: those are checked by Triton's answers alone)."""
+    if flavor not in LOCAL_REFERENCE_FLAVORS:
+        return False
     return importlib.util.find_spec("onnxruntime" if flavor == "onnx" else "torch") is not None
 
 
@@ -127,7 +134,7 @@ class SmokeTest:
                 "--no-smoke-test)."
             )
         self.compare = available if compare is None else compare
-        if not self.compare:
+        if not self.compare and flavor in LOCAL_REFERENCE_FLAVORS:
             logger.warning(
                 "Verification of %s models checks that Triton answers; install %s to also compare "
                 "the answers with the model run locally.", flavor,
@@ -189,6 +196,10 @@ class SmokeTest:
                 "--no-smoke-test if MLflow is unreachable.",
                 error_code=err.error_code,
             ) from err
+        if flavor == "triton" and provenance.get("source_uri") not in (None, source.artifact_uri):
+            # An ensemble's composing model (a sibling folder of the logged model): the logged
+            # example and signature are the ensemble's; zeros shaped by its own config instead.
+            return cls(store, cluster, flavor, compare=compare)
         return cls.for_source(store, cluster, source, compare)
 
     @property
@@ -211,7 +222,7 @@ class SmokeTest:
             )
         with tempfile.TemporaryDirectory(prefix="mlflow-triton-verify-") as tmp:
             model_file = candidate.model_file
-            if model_file is None:
+            if model_file is None and (self.compare or self.flavor == "onnx"):
                 try:
                     model_file = self._fetch(candidate, Path(tmp))
                 except MlflowException as err:
@@ -274,17 +285,21 @@ class SmokeTest:
         if self.input_example is not None:
             arrays = mcfg.as_arrays(self.input_example, specs)
         else:
-            arrays = self._zeros(specs, model_file)
+            arrays = self._zeros(specs, model_file, provenance)
         limit = int((provenance.get("settings") or {}).get("max_batch_size", 0))
         if limit > 0:  # the batch axis must fit max_batch_size
             arrays = {k: v[:limit] for k, v in arrays.items()}
         return arrays
 
-    def _zeros(self, specs: list[dict[str, str]], model_file: Path) -> dict[str, np.ndarray]:
+    def _zeros(
+        self, specs: list[dict[str, str]], model_file: Path | None, provenance: Mapping[str, Any]
+    ) -> dict[str, np.ndarray]:
         shapes: dict[str, tuple[int, ...]] = {}
         schema = getattr(self.signature, "inputs", None)
         if schema is not None and schema.is_tensor_spec():
             shapes = {s.name: tuple(s.shape) for s in schema.inputs if s.name}
+        if self.flavor not in LOCAL_REFERENCE_FLAVORS:  # the published config is the truth
+            shapes = {**shapes, **_config_shapes(provenance)}
         if self.flavor == "onnx":
             graph = {t.name: t.shape for t in mcfg.io_from_onnx(model_file).inputs}
             shapes = {t["mlflow"]: shapes.get(t["mlflow"], graph.get(t["triton"])) for t in specs}
@@ -341,6 +356,20 @@ class SmokeTest:
             if got.dtype.kind in "fc" and not np.all(np.isfinite(got)):
                 raise MlflowException(f"output {output!r} is not finite", error_code=INTERNAL_ERROR)
 
+
+
+def _config_shapes(provenance: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Full input shapes (batch axis -1 first when batched, as the model sees them) from the
+    published config, keyed by MLflow name."""
+    if not provenance.get("config_pbtxt"):
+        return {}
+    config = mcfg.parse_pbtxt(provenance["config_pbtxt"])
+    names = {t["triton"]: t["mlflow"] for t in (provenance.get("tensors") or {}).get("inputs", [])}
+    batch = (-1,) if config.max_batch_size > 0 else ()
+    return {
+        names.get(t.name, t.name): batch + tuple(t.reshape.shape if t.HasField("reshape") else t.dims)
+        for t in config.input
+    }
 
 
 def _per_sample_scalars(provenance: Mapping[str, Any]) -> set[str]:

@@ -103,15 +103,25 @@ def test_unknown_flavor(stack, unique_name, onnx_dir):
     refused(err, "INVALID_PARAMETER_VALUE", "Unknown flavor 'sklearn'", "onnx, torchscript")
     with nothing_written(stack), pytest.raises(MlflowException) as err:
         client.create_deployment(unique_name, onnx_dir, flavor="torchscript", config=CPU)
-    refused(err, "INVALID_PARAMETER_VALUE", "has no torchscript flavor", "['onnx']")
+    refused(err, "INVALID_PARAMETER_VALUE", "has no torchscript flavor", "['onnx', 'python_function']")
 
 
-def test_model_without_onnx_or_torchscript(stack, unique_name, models_dir):
+def test_model_without_a_servable_flavor(stack, unique_name, models_dir):
+    # A pyfunc is served by the Python backend, but only with a signature (its tensors).
     path = str(models_dir / "pyfunc")
     mlflow.pyfunc.save_model(path, python_model=Echo(), pip_requirements=["mlflow"])
     with nothing_written(stack), pytest.raises(MlflowException) as err:
         get_deploy_client("triton").create_deployment(unique_name, path, config=CPU)
-    refused(err, "INVALID_PARAMETER_VALUE", "neither 'onnx' nor 'pytorch'", "mlflow.onnx.log_model")
+    refused(err, "INVALID_PARAMETER_VALUE", "python_function model has no MLflow signature", "infer_signature")
+    # No flavor the target serves at all.
+    other = models_dir / "keras-only"
+    other.mkdir()
+    model = mlflow.models.Model()
+    model.add_flavor("keras", keras_version="3")
+    model.save(str(other / "MLmodel"))
+    with nothing_written(stack), pytest.raises(MlflowException) as err:
+        get_deploy_client("triton").create_deployment(unique_name, str(other), config=CPU)
+    refused(err, "INVALID_PARAMETER_VALUE", "has flavors ['keras']", "mlflow.onnx.log_model")
 
 
 def test_eager_pytorch_pickle_is_not_torchscript(stack, unique_name, models_dir):
@@ -206,7 +216,8 @@ def test_triton_unreachable(stack, unique_name, onnx_dir):
     refused(err, "TEMPORARILY_UNAVAILABLE", f"Triton unreachable at {closed}", "nothing was published")
 
 
-def test_corrupt_onnx_is_refused_before_upload(stack, unique_name, corrupt_onnx_dir):
+def test_corrupt_onnx_is_refused_and_nothing_is_left(stack, unique_name, corrupt_onnx_dir):
+    """Streamed, the file is inspected from its uploaded copy: refused, and the copy removed."""
     with nothing_written(stack), pytest.raises(MlflowException) as err:
         get_deploy_client("triton").create_deployment(unique_name, corrupt_onnx_dir, config=CPU)
     refused(err, "INVALID_PARAMETER_VALUE", "model.onnx is not a readable ONNX model")
