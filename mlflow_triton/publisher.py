@@ -48,6 +48,7 @@ from mlflow_triton.rollout import Rollout, VersionRefused
 from mlflow_triton.server import ReplicaUnreachable, TritonCluster
 from mlflow_triton.store import ModelRepositoryStore, open_store, progress_bar
 from mlflow_triton.verification import VerificationUnavailable, Verifier
+from mlflow_triton.warmup import WARMUP_FOLDER, WarmupPlan, plan_warmup, warmup_enabled, warmup_example
 
 logger = logging.getLogger(__name__)
 
@@ -229,11 +230,13 @@ class ModelPublisher:
         ):
             return self._unchanged(state, source, rollout, verify)
 
+        example = warmup_example(source, located.io, self.config.warmup, self.config.instance_kind)
+        self._generate(name, source, located.io, example, version=0)  # refuse a bad config before any claim
         pending = self._pending_upload(state, rollout, located.entries, settings)
         version = pending or self._claim_version(
             name, max(state.versions + [state.serving_version or 0, rollout.history.highest_version()]) + 1
         )
-        message = mcfg.build_model_config(name, source.flavor, located.io, self.config, version)
+        message, warmup = self._generate(name, source, located.io, example, version)
         provenance = {
             "schema": PROVENANCE_SCHEMA,
             "name": name,
@@ -259,6 +262,8 @@ class ModelPublisher:
                 logger.info("%s version %d is already uploaded (an earlier try): nothing to upload", name, version)
             else:
                 uploaded, copied = self._transfer(located, name, version)
+            for filename, data in (warmup.files if warmup else {}).items():
+                self.store.write_bytes(f"{name}/{WARMUP_FOLDER}/{filename}", data)
             # Written last, and only by the lease holder: a version folder without provenance
             # is an interrupted upload, which the next publisher removes.
             rollout.lease.check("writing the provenance")
@@ -350,6 +355,14 @@ class ModelPublisher:
             for path, (_, target) in zip(paths, files)
         ]
         return _Located(files, entries, io, copy=False, complete_local_copy=local)
+
+    def _generate(
+        self, name: str, source: ModelSource, io: mcfg.ModelIO, example: dict[str, Any] | None, version: int
+    ) -> tuple[Any, WarmupPlan | None]:
+        """The config.pbtxt message of ``version`` and its warmup files (:mod:`mlflow_triton.warmup`)."""
+        enabled = warmup_enabled(self.config.warmup, self.config.instance_kind)
+        warmup = plan_warmup(io, self.config.max_batch_size, example, version) if enabled else None
+        return mcfg.build_model_config(name, source.flavor, io, self.config, version, warmup), warmup
 
     def _transfer(self, located: "_Located", name: str, version: int) -> tuple[int, int]:
         """Copy (server-side) or upload the located files into ``NAME/<version>/``:
