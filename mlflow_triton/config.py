@@ -149,6 +149,8 @@ class DeploymentConfig:
         parsed = cls(**values)
         if "warmup" in values and str(values["warmup"]).lower() in _BOOL_WORDS:
             parsed.warmup = _BOOL_WORDS[str(values["warmup"]).lower()]
+        if parsed.precision is not None:
+            parsed.precision = parsed.precision.lower()  # Triton spells it FP16 / FP32
         parsed.config_override = load_override(parsed.config_override)
         if parsed.model_repository is None and os.environ.get("TRITON_MODEL_REPO"):
             parsed.model_repository = os.environ["TRITON_MODEL_REPO"]
