@@ -30,6 +30,7 @@ BENCHMARKS = {
     "batching": ["batching.py"],
     "sync": ["sync.py"],
     "export": ["export.py"],
+    "warmup": ["warmup.py"],
 }
 
 
@@ -87,6 +88,14 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[list[str]]:
         rows.append(["callback export + verify (tiny_model)", "time / one epoch",
                      f"{export['fraction_of_epoch']:.1f} x  ({plain['export_verify_seconds']:.2f} s vs "
                      f"{1000 * plain['epoch_seconds']:.0f} ms)", "(report)", ""])  # fmt: skip
+    warmup = results.get("warmup")
+    if warmup:
+        for flavor, ratio in warmup["ratios"].items():
+            cold, warm = (next(r for r in warmup["results"] if r["flavor"] == flavor and r["warmup"] == w)
+                          for w in ("false", "true"))  # fmt: skip
+            rows.append([f"first request after a reload, {flavor}", "latency without / with warmup",
+                         f"{ratio:.1f}  ({cold['first_ms']:.1f} vs {warm['first_ms']:.1f} ms; steady "
+                         f"{warm['steady_ms']:.1f} ms)", "(report)", ""])  # fmt: skip
     return rows
 
 
