@@ -48,7 +48,9 @@ from mlflow_triton.rollout import Rollout, VersionRefused
 from mlflow_triton.server import ReplicaUnreachable, TritonCluster
 from mlflow_triton.store import ModelRepositoryStore, open_store, progress_bar
 from mlflow_triton.verification import VerificationUnavailable, Verifier
-from mlflow_triton.warmup import WARMUP_FOLDER, WarmupPlan, plan_warmup, warmup_enabled, warmup_example
+from mlflow_triton.warmup import (
+    WARMUP_FOLDER, WarmupPlan, plan_warmup, warmup_count, warmup_enabled, warmup_example,
+)  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -361,7 +363,8 @@ class ModelPublisher:
     ) -> tuple[Any, WarmupPlan | None]:
         """The config.pbtxt message of ``version`` and its warmup files (:mod:`mlflow_triton.warmup`)."""
         enabled = warmup_enabled(self.config.warmup, self.config.instance_kind)
-        warmup = plan_warmup(io, self.config.max_batch_size, example, version) if enabled else None
+        count = warmup_count(source.flavor)
+        warmup = plan_warmup(io, self.config.max_batch_size, example, version, count) if enabled else None
         return mcfg.build_model_config(name, source.flavor, io, self.config, version, warmup), warmup
 
     def _transfer(self, located: "_Located", name: str, version: int) -> tuple[int, int]:

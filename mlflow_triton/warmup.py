@@ -27,8 +27,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import serialize_byte_tensor
 
 __all__ = [
-    "WARMUP_FOLDER", "WARMUP_MODES", "WarmupPlan", "plan_warmup", "warmup_enabled", "warmup_example",
-    "warmup_prefix",
+    "WARMUP_FOLDER", "WARMUP_MODES", "WarmupPlan", "plan_warmup", "warmup_count", "warmup_enabled",
+    "warmup_example", "warmup_prefix",
 ]  # fmt: skip
 
 WARMUP_MODES: tuple[str, ...] = ("auto", "true", "false")
@@ -67,7 +67,16 @@ def warmup_example(source: Any, io: Any, mode: str, instance_kind: str) -> dict[
     return as_arrays(example, [provenance_entry(t) for t in io.inputs])
 
 
-def plan_warmup(io: Any, max_batch_size: int, example: dict[str, np.ndarray] | None, version: int) -> WarmupPlan:
+def warmup_count(flavor: str) -> int:
+    """Warmup requests per load. TorchScript's profiling executor profiles the first call
+    (``torch._C._jit_get_num_profiled_runs()`` is 1) and optimizes the graph on the next one,
+    so two requests take both off the first client requests; one is enough for the others."""
+    return 2 if flavor == "torchscript" else 1
+
+
+def plan_warmup(
+    io: Any, max_batch_size: int, example: dict[str, np.ndarray] | None, version: int, count: int = 1
+) -> WarmupPlan:
     """One warmup request from the input example (arrays by MLflow input name), or zeros.
 
     Args:
@@ -75,11 +84,12 @@ def plan_warmup(io: Any, max_batch_size: int, example: dict[str, np.ndarray] | N
         max_batch_size: the config's; the example's batch is cut to it (1 without batching).
         example: the MLflow input example as arrays with Triton's dtypes, or None for zeros.
         version: the version whose ``warmup/<version>/`` folder holds the files.
+        count: how many times Triton sends the request at load (see :func:`warmup_count`).
 
     Raises:
         MlflowException: INVALID_PARAMETER_VALUE when the example contradicts the config dims.
     """
-    warmup = mc.ModelWarmup(name="mlflow_input_example" if example else "zeros", count=1)
+    warmup = mc.ModelWarmup(name="mlflow_input_example" if example else "zeros", count=count)
     batched = max_batch_size > 0
     if not example:
         warmup.batch_size = 1

@@ -224,6 +224,17 @@ def test_warmup_example_that_contradicts_the_model_is_refused():
     assert err.value.error_code == "INVALID_PARAMETER_VALUE"
 
 
+def test_torchscript_warms_up_twice_for_the_profiling_executor():
+    import torch
+
+    from mlflow_triton.warmup import warmup_count
+
+    assert warmup_count("torchscript") == torch._C._jit_get_num_profiled_runs() + 1 == 2
+    assert warmup_count("onnx") == 1
+    [entry] = plan_warmup(TORCH_IO, 32, None, 1, count=2).entries
+    assert entry.count == 2
+
+
 def test_warmup_auto_is_for_gpu_instance_groups():
     assert warmup_enabled("auto", "gpu") and not warmup_enabled("auto", "cpu") and not warmup_enabled("auto", "auto")
     assert warmup_enabled("true", "cpu") and not warmup_enabled("false", "gpu")
