@@ -30,10 +30,10 @@ CONFIG = {"instance_kind": "cpu", "warmup": "true", "response_cache": "true", "c
 
 
 def test_override_cache_and_warmup_load_and_answer(stack, unique_name, tmp_path):
-    uri = logged_model(0)
+    uri = logged_model(21)  # logged once per session, shared with the promotion tests
     client = get_deploy_client("triton:/" + ",".join(stack.triton_urls))
     store = open_store(stack.model_repository, stack.s3_endpoint)
-    session = onnxruntime.InferenceSession(str(export_onnx(Scorer(seed=0), tmp_path / "m.onnx")))
+    session = onnxruntime.InferenceSession(str(export_onnx(Scorer(seed=21), tmp_path / "m.onnx")))
     try:
         created = client.create_deployment(unique_name, uri, config=CONFIG)
         assert created["version"] == 1 and created["verified"], created
