@@ -79,7 +79,8 @@ def check_settings(
             "compile it with Torch-TensorRT before logging."
         )
     if accelerator != "tensorrt":
-        extra = [k for k, v in (("precision", precision), ("trt_workspace_bytes", trt_workspace_bytes)) if v is not None]
+        tensorrt_only = (("precision", precision), ("trt_workspace_bytes", trt_workspace_bytes))
+        extra = [key for key, value in tensorrt_only if value is not None]
         if extra:
             raise MlflowException.invalid_parameter_value(
                 f"{' and '.join(extra)} only apply to the TensorRT execution accelerator: add "

@@ -1,22 +1,30 @@
 """The real tritonserver loads a generated config with an override, a response cache and warmup.
 
-One ONNX model is deployed on both replicas of the shared stack with ``warmup=true`` (its
+One ONNX model is deployed on one replica of the shared stack with ``warmup=true`` (its
 MLflow input example, stored in ``NAME/warmup/1/``), ``response_cache=true`` (the stack
 starts tritonserver with ``--cache-config local``) and a ``config_override`` setting priority
 levels and a backend parameter. Triton refuses a model whose ``input_data_file`` is missing or
-too short at load, so READY on both replicas means it read the warmup data from S3.
+too short at load, so READY means it read the warmup data from S3.
 """
 
 from __future__ import annotations
+
+import io
+import uuid
 
 import numpy as np
 import onnxruntime
 import pytest
 import tritonclient.http as httpclient
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 from mlflow.deployments import get_deploy_client
 
-from mlflow_triton.model_config import parse_pbtxt
+from mlflow_triton.config import DeploymentConfig
+from mlflow_triton.model_config import build_model_config, io_from_onnx, parse_pbtxt, to_pbtxt
+from mlflow_triton.server import TritonServer
 from mlflow_triton.store import open_store
+from mlflow_triton.warmup import WARMUP_FOLDER, plan_warmup
 from models import Scorer, export_onnx, sample
 from test_promotion_support import logged_model
 
@@ -31,7 +39,8 @@ CONFIG = {"instance_kind": "cpu", "warmup": "true", "response_cache": "true", "c
 
 def test_override_cache_and_warmup_load_and_answer(stack, unique_name, tmp_path):
     uri = logged_model(21)  # logged once per session, shared with the promotion tests
-    client = get_deploy_client("triton:/" + ",".join(stack.triton_urls))
+    replica = stack.triton_urls[0]  # one replica: loading everywhere is tested elsewhere
+    client = get_deploy_client(f"triton:/{replica}")
     store = open_store(stack.model_repository, stack.s3_endpoint)
     session = onnxruntime.InferenceSession(str(export_onnx(Scorer(seed=21), tmp_path / "m.onnx")))
     try:
@@ -52,7 +61,7 @@ def test_override_cache_and_warmup_load_and_answer(stack, unique_name, tmp_path)
 
         x = sample(3, seed=9)
         [expected] = session.run(["scores"], {"features": x})
-        for url in stack.triton_urls:
+        for url in [replica]:
             with httpclient.InferenceServerClient(url.split("://", 1)[1]) as triton:
                 served = triton.get_model_config(unique_name)
                 assert served["response_cache"] == {"enable": True}, served
@@ -71,3 +80,57 @@ def test_override_cache_and_warmup_load_and_answer(stack, unique_name, tmp_path)
         assert same["changed"] is False and same["version"] == 1, same
     finally:
         client.delete_deployment(unique_name)
+
+
+# -- the property, on the real server: CPU-valid generated configs load and answer ----------------
+CPU_OVERRIDES = [
+    None, "response_cache { enable: true }", "dynamic_batching { priority_levels: 2 default_priority_level: 1 }",
+    "instance_group { kind: KIND_CPU count: 2 }", 'parameters { key: "intra_op_thread_count" value { string_value: "1" } }',
+    "model_transaction_policy { decoupled: false }", "dynamic_batching { default_queue_policy { timeout_action: DELAY } }",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def scorer_onnx(tmp_path_factory) -> tuple[bytes, onnxruntime.InferenceSession]:
+    path = export_onnx(Scorer(seed=5), tmp_path_factory.mktemp("scorer") / "model.onnx")
+    return path.read_bytes(), onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(  # an override's batcher on a model that does not batch, warmed up from its example
+    override=CPU_OVERRIDES[2], response_cache=True, warmup=True, example=True, max_batch_size=0
+).via("explicit")
+@given(
+    override=st.sampled_from(CPU_OVERRIDES), response_cache=st.booleans(), warmup=st.booleans(),
+    example=st.booleans(), max_batch_size=st.sampled_from([0, 4, 32]),
+)  # fmt: skip
+def test_tritonserver_loads_cpu_valid_generated_configs(stack, scorer_onnx, override, response_cache, warmup, example, max_batch_size):
+    """Written to the repository as generated (config, model, warmup files) and loaded directly
+    on one replica: Triton must accept it and answer like onnxruntime."""
+    model_bytes, session = scorer_onnx
+    name = f"options-{uuid.uuid4().hex[:8]}"
+    options = {
+        "instance_kind": "cpu", "config_override": override, "response_cache": response_cache,
+        "warmup": warmup, "max_batch_size": max_batch_size,
+    }  # fmt: skip
+    config = DeploymentConfig.from_dict(options)
+    io_spec = io_from_onnx(io.BytesIO(model_bytes))
+    x = sample(3, seed=4)
+    plan = plan_warmup(io_spec, max_batch_size, {"features": x} if example else None, 1) if warmup else None
+    message = build_model_config(name, "onnx", io_spec, config, 1, plan)
+    store = open_store(stack.model_repository, stack.s3_endpoint)
+    store.write_bytes(f"{name}/1/model.onnx", model_bytes)
+    for filename, data in (plan.files if plan else {}).items():
+        store.write_bytes(f"{name}/{WARMUP_FOLDER}/{filename}", data)
+    store.write_bytes(f"{name}/config.pbtxt", to_pbtxt(message).encode())
+    with TritonServer(stack.triton_urls[0]) as triton:
+        try:
+            triton.load_model(name)
+            assert triton.is_model_ready(name, 1), to_pbtxt(message)
+            inputs = x if max_batch_size else x[:1].reshape(1, 4)  # unbatched: dims [-1, 4]
+            answer = triton.infer(name, {"features": inputs}, {"features": "FP32"}, ["scores"])["scores"]
+            [expected] = session.run(["scores"], {"features": inputs})
+            np.testing.assert_allclose(answer, expected, rtol=1e-4, atol=1e-5)
+        finally:
+            triton.unload_model(name)
+            store.delete_prefix(f"{name}/")
