@@ -32,6 +32,7 @@ BENCHMARKS = {
     "export": ["export.py"],
     "publish_overhead": ["publish_overhead.py"],
     "copy_strategy": ["copy_strategy.py"],
+    "warmup": ["warmup.py"],
 }
 
 
@@ -112,6 +113,14 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[list[str]]:
             rows.append([f"server-side copy {r['size_mib']} MiB (moto)", "UploadPartCopy / CopyObject",
                          f"{r['parts_over_single']:.2f}  ({r['upload_part_copy_s']:.2f} s vs {r['copy_object_s']:.2f} s)",
                          "(sets the threshold)", ""])  # fmt: skip
+    warmup = results.get("warmup")
+    if warmup:
+        for flavor, ratio in warmup["ratios"].items():
+            cold, warm = (next(r for r in warmup["results"] if r["flavor"] == flavor and r["warmup"] == w)
+                          for w in ("false", "true"))  # fmt: skip
+            rows.append([f"first request after a reload, {flavor}", "latency without / with warmup",
+                         f"{ratio:.1f}  ({cold['first_ms']:.1f} vs {warm['first_ms']:.1f} ms; steady "
+                         f"{warm['steady_ms']:.1f} ms)", "(report)", ""])  # fmt: skip
     return rows
 
 

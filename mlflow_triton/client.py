@@ -299,7 +299,9 @@ Config (-C key=value): model_repository, s3_endpoint_url,
 flavor (onnx|torchscript|triton|python_function), python_env (pyfunc: packed env .tar.gz),
 max_batch_size (32), dynamic_batching (true), preferred_batch_size, max_queue_delay_microseconds
 (200), instance_kind (gpu|cpu|auto), instance_count (1), keep_versions (2),
-wait_ready_timeout (300), protocol (http|grpc), verify (true), lease_wait (120), lease_ttl (30).
+wait_ready_timeout (300), protocol (http|grpc), verify (true), lease_wait (120), lease_ttl (30),
+config_override (file or inline pbtxt), warmup (auto|true|false), accelerator (none|tensorrt|cuda),
+precision (fp16|fp32), trt_workspace_bytes, gpus (e.g. 0,1), response_cache (false).
 
 Every version is loaded and verified under a staging name on every replica before any
 client sees it; -C verify=false skips the smoke inference (loading is still checked).

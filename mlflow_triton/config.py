@@ -17,6 +17,10 @@ from urllib.parse import urlparse
 
 from mlflow.exceptions import MlflowException
 
+from mlflow_triton.acceleration import ACCELERATORS, PRECISIONS, check_settings
+from mlflow_triton.config_override import load_override
+from mlflow_triton.warmup import WARMUP_MODES
+
 Flavor = Literal["onnx", "torchscript"]
 InstanceKind = Literal["gpu", "cpu", "auto"]
 Protocol = Literal["http", "grpc"]
@@ -31,6 +35,14 @@ DEFAULT_TRITON_URL = "http://localhost:8000"
 CONFIG_SETTINGS = (
     "max_batch_size", "dynamic_batching", "preferred_batch_size",
     "max_queue_delay_microseconds", "instance_kind", "instance_count",
+    "config_override", "warmup", "accelerator", "precision", "trt_workspace_bytes", "gpus",
+    "response_cache",
+)  # fmt: skip
+#: Settings recorded in provenance only when they differ from their default, so deployments
+#: published before these keys existed stay no-ops (their config takes them at the next publish).
+RECORDED_WHEN_SET = (
+    "config_override", "warmup", "accelerator", "precision", "trt_workspace_bytes", "gpus",
+    "response_cache",
 )  # fmt: skip
 TARGET_NAME = "triton"
 
@@ -72,6 +84,16 @@ class DeploymentConfig:
         python_env: a packed Python environment (``.tar.gz``, e.g. from conda-pack) for
             ``python_function`` models: shipped in the version folder and named by the
             config's ``EXECUTION_ENV_PATH``. Default: the server's own Python environment.
+        config_override: a ``ModelConfig`` fragment (a file path or inline pbtxt) merged into
+            the generated config; kept in canonical text form (see
+            :mod:`mlflow_triton.config_override`).
+        warmup: ``auto`` (model_warmup for GPU instance groups), ``true`` or ``false``.
+        accelerator: ``tensorrt``, ``cuda`` or ``none``: ONNX Runtime's GPU execution
+            accelerator (see :mod:`mlflow_triton.acceleration`).
+        precision: ``fp16`` or ``fp32`` for TensorRT (``precision_mode``).
+        trt_workspace_bytes: TensorRT ``max_workspace_size_bytes``.
+        gpus: GPU indices for ``instance_group.gpus`` (KIND_GPU only).
+        response_cache: ``response_cache { enable: true }`` (Triton needs ``--cache-config``).
     """
 
     model_repository: str | None = None
@@ -90,6 +112,13 @@ class DeploymentConfig:
     lease_wait: float = 120.0
     lease_ttl: float = 30.0
     python_env: str | None = None
+    config_override: str | None = None
+    warmup: str = "auto"
+    accelerator: str = "none"
+    precision: str | None = None
+    trt_workspace_bytes: int | None = None
+    gpus: list[int] = field(default_factory=list)
+    response_cache: bool = False
 
     @classmethod
     def keys(cls) -> list[str]:
@@ -98,7 +127,14 @@ class DeploymentConfig:
     def settings(self, flavor: str | None) -> dict[str, Any]:
         """The settings that shape the generated config.pbtxt, as recorded in provenance:
         the same artifact with the same settings is a no-op."""
-        settings = {"flavor": flavor, **{key: getattr(self, key) for key in CONFIG_SETTINGS}}
+        defaults = DeploymentConfig()
+        settings = {
+            "flavor": flavor,
+            **{
+                key: getattr(self, key) for key in CONFIG_SETTINGS
+                if key not in RECORDED_WHEN_SET or getattr(self, key) != getattr(defaults, key)
+            },
+        }  # fmt: skip
         if self.python_env:  # recorded only when set: older provenance stays comparable
             settings["python_env"] = self.python_env
         return settings
@@ -124,6 +160,11 @@ class DeploymentConfig:
         parsed = cls(**values)
         if parsed.flavor in FLAVOR_ALIASES:  # one spelling in provenance and comparisons
             parsed.flavor = FLAVOR_ALIASES[parsed.flavor]
+        if "warmup" in values and str(values["warmup"]).lower() in _BOOL_WORDS:
+            parsed.warmup = _BOOL_WORDS[str(values["warmup"]).lower()]
+        if parsed.precision is not None:
+            parsed.precision = parsed.precision.lower()  # Triton spells it FP16 / FP32
+        parsed.config_override = load_override(parsed.config_override)
         if parsed.model_repository is None and os.environ.get("TRITON_MODEL_REPO"):
             parsed.model_repository = os.environ["TRITON_MODEL_REPO"]
         parsed.validate()
@@ -143,6 +184,13 @@ class DeploymentConfig:
             )
         _choice("instance_kind", self.instance_kind, INSTANCE_KINDS)
         _choice("protocol", self.protocol, PROTOCOLS)
+        _choice("warmup", self.warmup, WARMUP_MODES)
+        _choice("accelerator", self.accelerator, ACCELERATORS)
+        _choice("precision", self.precision, PRECISIONS, optional=True)
+        check_settings(
+            self.accelerator, self.precision, self.trt_workspace_bytes, self.gpus,
+            self.instance_kind, self.flavor,
+        )  # fmt: skip
         _at_least("max_batch_size", self.max_batch_size, 0)
         _at_least("instance_count", self.instance_count, 1)
         _at_least("keep_versions", self.keep_versions, 1)
@@ -184,6 +232,10 @@ class DeploymentConfig:
                 "(or a local directory), or set TRITON_MODEL_REPO."
             )
         return self.model_repository
+
+
+_BOOL_WORDS = {"1": "true", "yes": "true", "on": "true", "true": "true",
+               "0": "false", "no": "false", "off": "false", "false": "false"}  # fmt: skip
 
 
 def _convert(key: str, value: Any, annotation: Any) -> Any:

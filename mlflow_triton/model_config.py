@@ -23,7 +23,9 @@ from mlflow.exceptions import MlflowException
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
 
+from mlflow_triton.acceleration import apply_acceleration, check_generated
 from mlflow_triton.config import DeploymentConfig
+from mlflow_triton.config_override import merge_override, parse_override
 from mlflow_triton.onnx_graph import OnnxGraphSummary, onnx_graph_summary, source_label
 
 __all__ = [  # OnnxGraphSummary / onnx_graph_summary are re-exported: io_from_onnx's building block
@@ -35,6 +37,8 @@ __all__ = [  # OnnxGraphSummary / onnx_graph_summary are re-exported: io_from_on
 
 if TYPE_CHECKING:
     from mlflow.models.signature import ModelSignature
+
+    from mlflow_triton.warmup import WarmupPlan
 
 BACKENDS = {"onnx": "onnxruntime", "torchscript": "pytorch", "python_function": "python"}
 MODEL_FILENAMES = {"onnx": "model.onnx", "torchscript": "model.pt", "python_function": "model.py"}
@@ -257,9 +261,18 @@ def _add_tensor(tensors, spec: TensorSpec, batched: bool, kind: str) -> None:
 
 
 def build_model_config(
-    name: str, flavor: str, io: ModelIO, config: DeploymentConfig, version: int
+    name: str, flavor: str, io: ModelIO, config: DeploymentConfig, version: int,
+    warmup: "WarmupPlan | None" = None,
 ) -> mc.ModelConfig:
-    """The full Triton ``ModelConfig`` for one published version of ``name``."""
+    """The full Triton ``ModelConfig`` for one published version of ``name``.
+
+    The generated fields, then the GPU options (:mod:`mlflow_triton.acceleration`), then
+    ``warmup``'s ``model_warmup`` entries, then the user's ``config_override``
+    (:mod:`mlflow_triton.config_override`); the result is checked as a whole.
+
+    Raises:
+        MlflowException: INVALID_PARAMETER_VALUE for a model or option Triton cannot serve.
+    """
     if not io.inputs or not io.outputs:
         raise MlflowException.invalid_parameter_value(
             f"Model {name!r} declares no inputs or no outputs; Triton needs both."
@@ -288,6 +301,12 @@ def build_model_config(
     }
     # Backends ignore unknown parameters; predict() reads the MLflow names back from Triton.
     message.parameters[TENSOR_NAMES_PARAMETER].string_value = json.dumps(names, sort_keys=True)
+    apply_acceleration(message, config, name)
+    if warmup is not None:
+        message.model_warmup.extend(warmup.entries)
+    if config.config_override:
+        merge_override(message, parse_override(config.config_override))
+    check_generated(message)
     return message
 
 

@@ -48,6 +48,9 @@ from mlflow_triton.server import ReplicaUnreachable, TritonCluster
 from mlflow_triton.store import ModelRepositoryStore, open_store
 from mlflow_triton.transfer import Located, locate, read_io, transfer
 from mlflow_triton.verification import VerificationUnavailable, Verifier
+from mlflow_triton.warmup import (
+    WARMUP_FOLDER, WarmupPlan, plan_warmup, warmup_count, warmup_enabled, warmup_example,
+)  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -217,6 +220,8 @@ class ModelPublisher:
         prepare = getattr(verify, "prepare", None)
         if prepare is not None:  # the model changed: read what verification needs, before any write
             prepare()
+        if located.io is not None:  # refuse a bad config before any claim (a stream: after it)
+            self._generate(name, source, located, version=0)
         pending = self._pending_upload(state, rollout, located, source, settings)
         version = pending or self._claim_version(
             name, max(state.versions + [state.serving_version or 0, rollout.history.highest_version()]) + 1
@@ -238,10 +243,9 @@ class ModelPublisher:
                 # Same bytes under another URI: found out while streaming, so the copy goes.
                 self._discard(name, version)
                 return self._unchanged(state, source, rollout, verify)
-            if located.build_config is not None:  # a directory flavor builds its own config
-                message = located.build_config(name, version)
-            else:
-                message = mcfg.build_model_config(name, source.flavor, located.io, self.config, version)
+            message, warmup = self._generate(name, source, located, version)
+            for filename, data in (warmup.files if warmup else {}).items():
+                self.store.write_bytes(f"{name}/{WARMUP_FOLDER}/{filename}", data)
             provenance = self._provenance(name, version, source, located, message, settings)
             # Written last, and only by the lease holder: a version folder without provenance
             # is an interrupted upload, which the next publisher removes.
@@ -332,6 +336,18 @@ class ModelPublisher:
     def _provenance_entries(self, name: str, version: int) -> list[dict[str, Any]]:
         provenance = self.read_provenance(name, version) or {}
         return [provenance["artifact"]] + list(provenance.get("external_data", []))
+
+    def _generate(self, name: str, source: ModelSource, located: Located, version: int) -> tuple[Any, WarmupPlan | None]:
+        """The config.pbtxt message of ``version`` and its warmup files (:mod:`mlflow_triton.warmup`);
+        a directory flavor builds its own config (without generated warmup)."""
+        if located.build_config is not None:
+            return located.build_config(name, version), None
+        assert located.io is not None
+        example = warmup_example(source, located.io, self.config.warmup, self.config.instance_kind)
+        enabled = warmup_enabled(self.config.warmup, self.config.instance_kind)
+        count = warmup_count(source.flavor)
+        warmup = plan_warmup(located.io, self.config.max_batch_size, example, version, count) if enabled else None
+        return mcfg.build_model_config(name, source.flavor, located.io, self.config, version, warmup), warmup
 
     def _claim_version(self, name: str, first: int) -> int:
         """Reserve the next free version number with a conditional create of a marker in its

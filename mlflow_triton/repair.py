@@ -23,6 +23,7 @@ from mlflow_triton.deployment_state import PROVENANCE_FILE, DeploymentState
 from mlflow_triton.history import ServingHistory
 from mlflow_triton.server import raise_failures
 from mlflow_triton.store import ModelRepositoryStore
+from mlflow_triton.warmup import warmup_prefix
 
 if TYPE_CHECKING:
     from mlflow_triton.publisher import ModelPublisher
@@ -37,6 +38,7 @@ def delete_version(store: ModelRepositoryStore, name: str, version: int) -> None
     every publisher recognizes as incomplete and removes."""
     store.delete(f"{name}/{version}/{PROVENANCE_FILE}")
     store.delete_prefix(f"{name}/{version}/")
+    store.delete_prefix(warmup_prefix(name, version))
 
 
 def never_served(state: DeploymentState, history: ServingHistory) -> list[int]:

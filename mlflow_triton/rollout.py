@@ -40,6 +40,7 @@ from mlflow_triton.lease import Lease, LeaseLost
 from mlflow_triton.server import ReplicaUnreachable, TritonCluster, describe_failures, is_unreachable, raise_failures
 from mlflow_triton.store import ModelRepositoryStore
 from mlflow_triton.verification import Candidate, VerificationUnavailable, Verifier
+from mlflow_triton.warmup import warmup_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ class Rollout:
         # No staging model is left here: every caller ran repair.remove_leftovers first.
         self.lease.check("staging the candidate")
         self.store.copy_prefix(f"{self.name}/{version}/", f"{staging}/{version}/")
+        self.store.copy_prefix(warmup_prefix(self.name, version), warmup_prefix(staging, version))
         staged = mcfg.pin_version(message, version)
         staged.name = staging
         self.store.write_bytes(f"{staging}/{CONFIG_FILE}", mcfg.to_pbtxt(staged).encode())

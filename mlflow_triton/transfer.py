@@ -10,11 +10,13 @@ where it can without moving bytes, what they are; :func:`transfer` moves them::
 1. **copy**: every file (the model and, for ONNX, the external data its graph names) is on the
    repository's S3 endpoint: the graph is read with ranged GETs and the files are copied
    server-side; nothing passes through this process.
-2. **stream**: the artifact store can be read as a stream (the MLflow server's artifact proxy,
-   S3 elsewhere, a local path; :mod:`mlflow_triton.artifact_stream`): each file flows into the
-   repository's multipart upload while it is hashed, in one overlapped pass and bounded memory;
-   the tensors are then read from the uploaded copy with ranged GETs.
-3. **download** (any other artifact store): download once, hash, upload.
+2. **stream**: the artifact store is remote and can be read as a stream (the MLflow server's
+   artifact proxy, S3 on another endpoint; :mod:`mlflow_triton.artifact_stream`): each file
+   flows into the repository's multipart upload while it is hashed, in one overlapped pass and
+   bounded memory; the tensors are then read from the uploaded copy with ranged GETs, so a
+   config the model cannot take is refused after the transfer (and the copy removed).
+3. **download**: a local model is used in place (read, hashed, uploaded; nothing copied to a
+   temporary folder); any other artifact store is downloaded once, hashed and uploaded.
 
 The tensors come from the same place on every path (the ONNX graph without its weights; the
 signature for TorchScript), so every path generates the same config.pbtxt.
@@ -27,6 +29,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
+from urllib.parse import unquote, urlparse
 
 from mlflow.exceptions import MlflowException
 
@@ -112,12 +115,17 @@ def locate(store: ModelRepositoryStore, source: ModelSource, tmp: Path, config: 
         if all(stats):
             entries = [{"file": target, **stat} for (_, target), stat in zip(files, stats)]
             return Located("copy", files, entries, io)
-    if streamable(source.artifact_uri):
+    local = local_path(source.artifact_uri)
+    if local is None and streamable(source.artifact_uri):
         return Located("stream", [(source.artifact_uri, filename)], None, None)
-    local = source.download(tmp)
+    if local is None:
+        local = source.download(tmp)
+    elif source.flavor == "torchscript":
+        check_torchscript(local, source.model_uri)
     io, external = inspect_model(source, local)
     check_external_data(source, external)
-    paths = [local] + [source.download(local.parent, n) for n in external]
+    in_place = local_path(source.artifact_uri) is not None
+    paths = [local] + [local.parent / n if in_place else source.download(local.parent, n) for n in external]
     files = [(str(path), target) for path, target in zip(paths, [filename] + external)]
     entries = [
         {"file": target, "sha256": sha256_file(path), "size": path.stat().st_size}
@@ -135,6 +143,14 @@ def _locate_directory(source: ModelSource, tmp: Path, config: "DeploymentConfig"
         files, io, build = pyfunc_serving.locate_pyfunc(source, tmp, config)
     build("candidate", 1)  # a config Triton cannot take fails here, before any write
     return Located("download", files, triton_source.file_entries(files), io, build_config=build)
+
+
+def local_path(uri: str) -> Path | None:
+    """The file behind a local path or ``file://`` URI (used in place: nothing to download)."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    return Path(uri) if parsed.scheme == "" else None
 
 
 def transfer(

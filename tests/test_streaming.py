@@ -109,15 +109,44 @@ def test_open_artifact_streams_through_an_http_artifact_server(tmp_path):
         server.server_close()
 
 
+def test_a_stream_is_uploaded_hashed_inspected_and_spooled_in_one_pass(tmp_path):
+    """The download path for a remote artifact store: HTTP in, repository out, the graph read
+    back from the uploaded copy, a local copy for the reference run made on the way."""
+    from mlflow_triton.model_source import ModelSource
+    from mlflow_triton.transfer import Located, transfer
+    from models import Scorer, export_onnx
+
+    folder = tmp_path / "site" / "api" / "2.0" / "mlflow-artifacts" / "artifacts" / "exp" / "model"
+    folder.mkdir(parents=True)
+    model_file = export_onnx(Scorer(seed=2), folder / "model.onnx")
+    handler = functools.partial(_QuietHandler, directory=str(tmp_path / "site"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}/api/2.0/mlflow-artifacts/artifacts/exp/model"
+        source = ModelSource(model_uri=base, download_uri=base, flavor="onnx", artifact_path="model.onnx")
+        located = Located("stream", [(source.artifact_uri, "model.onnx")], None, None)
+        store = LocalStore(tmp_path / "repo")
+        uploaded, copied = transfer(store, located, source, "m/1/", spool=tmp_path / "spool")
+    finally:
+        server.shutdown()
+        server.server_close()
+    data = model_file.read_bytes()
+    assert (uploaded, copied) == (len(data), 0)
+    assert located.entries == [{"file": "model.onnx", "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}]
+    assert [t.name for t in located.io.inputs] == ["features"] and [t.name for t in located.io.outputs] == ["scores"]
+    assert store.read_bytes("m/1/model.onnx") == data
+    assert located.complete_local_copy.read_bytes() == data
+
+
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args) -> None:  # keep pytest output clean
         pass
 
 
 @pytest.mark.integration
-def test_a_local_model_is_streamed_not_downloaded(stack, unique_name, tmp_path, monkeypatch):
-    """The model and its external data flow into the repository without a download to disk
-    first; the verification's reference run gets the copy made in the same pass."""
+def test_a_local_model_is_published_in_place_not_downloaded(stack, unique_name, tmp_path, monkeypatch):
+    """A local MLflow model is read where it is: no copy to a temporary folder first."""
     import mlflow
     import onnx
     import torch
@@ -137,7 +166,7 @@ def test_a_local_model_is_streamed_not_downloaded(stack, unique_name, tmp_path, 
     )  # fmt: skip
 
     def no_download(*args, **kwargs):
-        raise AssertionError("the stream path must not download the model first")
+        raise AssertionError("a local model must not be downloaded first")
 
     monkeypatch.setattr(ModelSource, "download", no_download)
     client = get_deploy_client("triton")

@@ -43,6 +43,7 @@ AWS_TEST_CREDENTIALS = {
 BACKENDS_DIR = Path(__file__).parent / "backends"
 PYTHON_BASED_BACKENDS = ("onnxruntime", "pytorch")
 MLFLOW_ARTIFACTS_BUCKET = "mlflow-artifacts"
+RESPONSE_CACHE_BYTES = 8 * 1024 * 1024
 
 
 def free_port() -> int:
@@ -211,6 +212,10 @@ def tritonserver(
         "--allow-metrics=false",
         "--exit-timeout-secs=5",
         "--log-verbose=0",
+        # A response cache, so that configs with `response_cache { enable: true }` load
+        # (-C response_cache=true); the wheel ships the `local` cache implementation.
+        f"--cache-directory={pytriton_root() / 'tritonserver' / 'caches'}",
+        f"--cache-config=local,size={RESPONSE_CACHE_BYTES}",
     ]  # fmt: skip
     process = ManagedProcess(
         "tritonserver", argv, f"http://127.0.0.1:{http_port}/v2/health/ready", log_path,
