@@ -93,8 +93,9 @@ class _Round:
         self.spec = spec
         self.stores: dict[Any, Any] = {}
         self.cache = cache if cache is not None else RepositoryCache()
-        self.snapshots: dict[int, RepositorySnapshot | None] = {}
+        self.snapshots: dict[str, RepositorySnapshot | None] = {}
         self._snapshot_lock = threading.Lock()
+        self._stores_lock = threading.Lock()
         self.aliases = _all_aliases(registry, {m.registered_model for m in spec.models})
         self.ready = TritonCluster(list(spec.triton_urls)).ready_models()
 
@@ -106,7 +107,7 @@ class _Round:
         if len(self.spec.models) < 2:
             return None
         with self._snapshot_lock:
-            key = id(publisher.store)  # stores are shared per repository within the round
+            key = publisher.store.uri
             if key not in self.snapshots:
                 try:
                     self.snapshots[key] = self.cache.snapshot(publisher.store)
@@ -121,7 +122,8 @@ class _Round:
         try:
             target = _alias_version(self.registry, model, self.aliases)
             report.registry_version = target
-            publisher = ModelPublisher.for_config(model.config, self.spec.triton_urls, self.stores)
+            with self._stores_lock:  # one store (one boto3 client and pool) per repository
+                publisher = ModelPublisher.for_config(model.config, self.spec.triton_urls, self.stores)
             listed = self._listed_state(publisher, model.deployment)
             for attempt in range(MAX_RECOMPARES):
                 try:
