@@ -107,7 +107,7 @@ class StubTriton:
         self.server.server_close()
 
 
-def register_models(count: int, workdir: Path) -> list[str]:
+def register_models(count: int, workdir: Path, prefix: str = "sync-bench") -> list[str]:
     """One logged ONNX model, registered ``count`` times with alias ``production`` -> 1."""
     import mlflow
     import mlflow.onnx
@@ -128,7 +128,7 @@ def register_models(count: int, workdir: Path) -> list[str]:
         )  # fmt: skip
     source = mlflow.get_logged_model(info.model_id).artifact_location
     client = MlflowClient()
-    names = [f"sync-bench-{i:04d}" for i in range(count)]
+    names = [f"{prefix}-{i:04d}" for i in range(count)]
 
     def register(name: str) -> None:
         client.create_registered_model(name)
