@@ -132,7 +132,9 @@ def register_models(count: int, workdir: Path, prefix: str = "sync-bench") -> li
 
     def register(name: str) -> None:
         client.create_registered_model(name)
-        version = client.create_model_version(name, source, run_id=run.info.run_id, model_id=info.model_id)
+        version = client.create_model_version(
+            name, source, run_id=run.info.run_id, model_id=info.model_id, await_creation_for=0
+        )  # the sqlite registry creates it READY at once: no polling
         client.set_registered_model_alias(name, ALIAS, version.version)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -247,6 +249,7 @@ PHASES = {  # label: (object, attribute) wrapped with a timer; missing ones are 
     "repository reads per model (one-model rounds)": ("ModelPublisher", "read_state"),
     "Triton: repository index per replica": ("TritonCluster", "ready_models"),
     "Triton: ready checks / repairs": ("ModelPublisher", "repair"),
+    "per model, all of the above included": ("_Round", "reconcile"),
 }
 
 
@@ -258,7 +261,7 @@ def time_phases(run) -> tuple[dict[str, float], float]:
     from mlflow_triton.server import TritonCluster
 
     owners = {"promotion": promotion, "ModelPublisher": ModelPublisher, "TritonCluster": TritonCluster,
-              "RepositoryCache": RepositoryCache}  # fmt: skip
+              "RepositoryCache": RepositoryCache, "_Round": promotion._Round}  # fmt: skip
     totals = {label: 0.0 for label in PHASES}
     lock = threading.Lock()
     originals = []
@@ -323,6 +326,7 @@ def main() -> None:
     from mlflow_triton.local.stack import LocalStack
     from mlflow_triton.promotion import load_spec, sync
     from mlflow_triton.promotion import reconcile as promotion
+    from mlflow_triton.repository_snapshot import RepositoryCache
     from mlflow_triton.s3_store import S3Store
     from mlflow_triton.server import TritonServer
 
@@ -373,6 +377,9 @@ def main() -> None:
             finally:
                 promotion.SYNC_WORKERS = workers
             phases, profiled = time_phases(lambda: sync(spec))
+            warm = RepositoryCache()
+            sync(spec, cache=warm)
+            watch_phases, watch_profiled = time_phases(lambda: sync(spec, cache=warm))
 
             # The real tritonserver, same S3 repository: the index over N unloaded folders.
             real = stack.triton_urls[0]
@@ -406,6 +413,9 @@ def main() -> None:
     print(f"\nWhere one no-op sync spends its time ({profiled:.2f} s wall; seconds summed over worker threads):")
     for label, value in phases.items():
         print(f"  {label:52} {value:6.2f} s")
+    print(f"\nWhere one watch round spends its time ({watch_profiled:.2f} s wall):")
+    for label, value in watch_phases.items():
+        print(f"  {label:52} {value:6.2f} s")
     print(f"\nrepository index on the real tritonserver over {index_len} entries "
           f"({dict(index_states)}): {1000 * index_s:.0f} ms (median of 5); stub: {1000 * stub_index:.1f} ms")
     print(f"ready check, new client per call: real tritonserver {1000 * real_ready:.2f} ms, "
@@ -416,6 +426,7 @@ def main() -> None:
         "watch_seconds": watch_s, "watch_rounds": watch_times, "sequential_seconds": sequential,
         "calls_sync": sync_counts[-1], "calls_watch_round": watch_counts[-1],
         "phases": phases, "profiled_seconds": profiled, "setup_seconds": setup_s,
+        "watch_phases": watch_phases, "watch_profiled_seconds": watch_profiled,
         "real_triton_index_ms": 1000 * index_s, "real_triton_index_entries": index_len,
         "real_triton_index_states": dict(index_states), "stub_index_ms": 1000 * stub_index,
         "ready_ms_real_triton": 1000 * real_ready, "ready_ms_stub": 1000 * stub_ready,

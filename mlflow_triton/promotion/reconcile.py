@@ -96,24 +96,41 @@ class _Round:
         self.snapshots: dict[str, RepositorySnapshot | None] = {}
         self._snapshot_lock = threading.Lock()
         self._stores_lock = threading.Lock()
-        self.aliases = _all_aliases(registry, {m.registered_model for m in spec.models})
-        self.ready = TritonCluster(list(spec.triton_urls)).ready_models()
+        # The three round-wide reads are independent: overlap them.
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            aliases = pool.submit(_all_aliases, registry, {m.registered_model for m in spec.models})
+            ready = pool.submit(lambda: TritonCluster(list(spec.triton_urls)).ready_models())
+            if len(spec.models) >= 2:
+                list(pool.map(self._prelist, {m.config.model_repository: m for m in spec.models}.values()))
+            self.aliases, self.ready = aliases.result(), ready.result()
+
+    def _prelist(self, model: ModelPromotion) -> None:
+        """List ``model``'s repository ahead of the workers; a failure is left for the
+        workers to meet again and report per model."""
+        try:
+            with self._stores_lock:
+                publisher = ModelPublisher.for_config(model.config, self.spec.triton_urls, self.stores)
+            self._snapshot(publisher.store)
+        except Exception as err:
+            logger.debug("Listing the repository of %s ahead of the round failed: %s", model.deployment, err)
+
+    def _snapshot(self, store: Any) -> RepositorySnapshot | None:
+        """The round's listing of ``store`` (listed once; None if it cannot list recursively)."""
+        with self._snapshot_lock:
+            if store.uri not in self.snapshots:
+                try:
+                    self.snapshots[store.uri] = self.cache.snapshot(store)
+                except NotImplementedError:
+                    self.snapshots[store.uri] = None
+            return self.snapshots[store.uri]
 
     def _listed_state(self, publisher: ModelPublisher, name: str) -> DeploymentState | None:
-        """``name``'s state from the round's listing of its repository (listed once, by the
-        first worker that needs it); None for a one-model round, where one listing of the
-        whole repository would cost more than the three reads of :meth:`read_state`, or a
-        store that cannot list recursively."""
+        """``name``'s state from the round's listing of its repository; None for a one-model
+        round, where one listing of the whole repository would cost more than the three
+        reads of :meth:`read_state`, or a store that cannot list recursively."""
         if len(self.spec.models) < 2:
             return None
-        with self._snapshot_lock:
-            key = publisher.store.uri
-            if key not in self.snapshots:
-                try:
-                    self.snapshots[key] = self.cache.snapshot(publisher.store)
-                except NotImplementedError:
-                    self.snapshots[key] = None
-            snapshot = self.snapshots[key]
+        snapshot = self._snapshot(publisher.store)
         return snapshot.state(name) if snapshot is not None else None
 
     def reconcile(self, model: ModelPromotion) -> ModelReport:
