@@ -77,6 +77,9 @@ class StubTriton:
                 match = _READY.match(path)
                 if match:
                     return self._reply(200 if match["name"] in loaded else 400)
+                if path == "/v2/models/stats":
+                    stats = [{"name": n, "version": "1"} for n in sorted(loaded)]
+                    return self._reply(200, json.dumps({"model_stats": stats}).encode())
                 return self._reply(404, b'{"error": "not found"}')
 
             def do_POST(self) -> None:  # noqa: N802
