@@ -28,7 +28,7 @@ loads do to it.
 
 Run::
 
-    .venv/bin/python benchmarks/concurrent_publish.py          # ~3 minutes
+    .venv/bin/python benchmarks/concurrent_publish.py          # ~9 minutes on 2 loaded cores
     .venv/bin/python benchmarks/concurrent_publish.py --models 20 --real-models 0
 """
 

@@ -27,7 +27,7 @@ do not grow per model where a batch call exists.
 
 Run::
 
-    .venv/bin/python benchmarks/sync.py                 # ~3 minutes
+    .venv/bin/python benchmarks/sync.py                 # ~8 minutes on 2 loaded cores
     .venv/bin/python benchmarks/sync.py --models 200
 """
 

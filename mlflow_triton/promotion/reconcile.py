@@ -84,9 +84,10 @@ def sync(
 
 class _Round:
     """What one reconciliation reads once for all models: every alias (one paginated registry
-    search instead of one call per model), each replica's repository index, shared stores,
-    and each repository's listing (:mod:`mlflow_triton.repository_snapshot`: one paginated
-    listing instead of three requests per model)."""
+    search instead of one call per model), the model versions each replica has loaded (one
+    statistics call per replica), shared stores, and each repository's listing
+    (:mod:`mlflow_triton.repository_snapshot`: one paginated listing instead of three
+    requests per model)."""
 
     def __init__(self, registry: Any, spec: PromotionSpec, cache: RepositoryCache | None = None) -> None:
         self.registry = registry
