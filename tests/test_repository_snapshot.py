@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections import Counter
 from unittest import mock
 
@@ -77,11 +78,14 @@ def s3_store():
 
     from mlflow_triton.s3_store import S3Store
 
+    bucket = f"snapshot-{uuid.uuid4().hex[:12]}"
     with mock.patch.dict(os.environ, AWS_TEST_CREDENTIALS), moto.mock_aws():
+        for variable in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):  # the session stack's moto server
+            os.environ.pop(variable, None)  # (restored by patch.dict)
         client = boto3.client("s3", region_name=AWS_TEST_CREDENTIALS["AWS_DEFAULT_REGION"])
-        client.create_bucket(Bucket="bucket")
-        client.put_object(Bucket="bucket", Key="other/alpha/config.pbtxt", Body=b"outside the prefix")
-        yield S3Store("s3://bucket/repo", client=client)
+        client.create_bucket(Bucket=bucket)
+        client.put_object(Bucket=bucket, Key="other/alpha/config.pbtxt", Body=b"outside the prefix")
+        yield S3Store(f"s3://{bucket}/repo", client=client)
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -152,6 +156,6 @@ def test_listing_pages_hold_1000_keys(s3_store):
     calls: Counter[str] = Counter()
     s3_store.client.meta.events.register("before-call.s3.ListObjectsV2", lambda **_: calls.update(["list"]))
     for i in range(1001):
-        s3_store.client.put_object(Bucket="bucket", Key=f"repo/m{i:04d}/1/x", Body=b"")
+        s3_store.client.put_object(Bucket=s3_store.bucket, Key=f"repo/m{i:04d}/1/x", Body=b"")
     assert len(list(s3_store.list_objects(""))) == 1001
     assert calls["list"] == 2
