@@ -15,7 +15,7 @@ import io
 import posixpath
 import time
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Iterator
 from urllib.parse import urlparse
 
 from mlflow.exceptions import MlflowException
@@ -25,6 +25,7 @@ from mlflow_triton.store import (
     MAX_CONCURRENCY,
     MAX_POOL_EXTRA,
     RANGE_READ_BYTES,
+    ListedObject,
     ModelRepositoryStore,
     ProgressCallback,
     StoredObject,
@@ -117,6 +118,22 @@ class S3Store(ModelRepositoryStore):
         except (BotoCoreError, ClientError) as err:
             raise self._fail("list", prefix, err) from err
         return sorted(folders), sorted(files)
+
+    def list_objects(self, prefix: str = "") -> Iterator[ListedObject]:
+        """One ``ListObjectsV2`` per 1,000 keys (no delimiter), ETags included."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        self._check_prefix(prefix)
+        full = (self._key(prefix) if prefix else self.prefix).rstrip("/")
+        full = f"{full}/" if full else ""
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full)
+            for page in pages:
+                for entry in page.get("Contents", []):
+                    if entry["Key"] != full:
+                        yield ListedObject(entry["Key"][len(full) :], entry["ETag"].strip('"'), entry["Size"])
+        except (BotoCoreError, ClientError) as err:
+            raise self._fail("list", prefix, err) from err
 
     def read_bytes(self, key: str) -> bytes | None:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -21,7 +21,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 from urllib.parse import urlparse
 
 from mlflow.exceptions import MlflowException
@@ -58,6 +58,20 @@ class StoredObject:
     data: bytes
     etag: str
     age_s: float
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    """One object seen by :meth:`ModelRepositoryStore.list_objects`.
+
+    ``etag`` is a change token: the same token means the same content, so a reader may keep
+    what it read under ``(key, etag)`` and skip the GET while the token holds (S3: the ETag;
+    a local store: inode, modification time and size, since every write replaces the file).
+    """
+
+    key: str
+    etag: str
+    size: int
 
 
 def transfer_config():
@@ -161,6 +175,15 @@ class ModelRepositoryStore(ABC):
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under ``prefix`` (must end in ``/``); returns the count."""
 
+    def list_objects(self, prefix: str = "") -> Iterator[ListedObject]:
+        """Every object under ``prefix`` (``""`` or ending in ``/``), recursively, with its
+        change token: one paginated listing (S3: 1,000 keys a request), no content read.
+
+        Raises:
+            NotImplementedError: a store without a recursive listing (callers read per model).
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no recursive listing")
+
     def stat_uri(self, uri: str) -> dict[str, Any] | None:
         """``{"etag", "size"}`` of an object this store can copy server-side, else None."""
         return None
@@ -219,6 +242,24 @@ class LocalStore(ModelRepositoryStore):
             [e.name for e in entries if e.is_dir()],
             [e.name for e in entries if e.is_file() and not e.name.startswith(".tmp-")],
         )
+
+    def list_objects(self, prefix: str = "") -> Iterator[ListedObject]:
+        """Files under ``prefix`` in key order; temporary files of writes in flight are skipped."""
+        base = self._path(self._check_prefix(prefix)) if prefix else self.root
+        if not base.is_dir():
+            return
+        for folder, folders, files in os.walk(base):
+            folders.sort()
+            relative = Path(folder).relative_to(self.root).as_posix()
+            for name in sorted(files):
+                if name.startswith(".tmp-"):
+                    continue
+                try:
+                    stat = os.stat(os.path.join(folder, name))
+                except FileNotFoundError:  # replaced or deleted since the walk saw it
+                    continue
+                key = name if relative == "." else f"{relative}/{name}"
+                yield ListedObject(key, f"{stat.st_ino:x}-{stat.st_mtime_ns:x}-{stat.st_size:x}", stat.st_size)
 
     def read_bytes(self, key: str) -> bytes | None:
         try:

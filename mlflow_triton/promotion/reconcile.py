@@ -38,6 +38,7 @@ from mlflow_triton.promotion.reports import ModelReport, SyncReport
 from mlflow_triton.promotion.spec import ModelPromotion, PromotionSpec
 from mlflow_triton.deployment_state import DeploymentState
 from mlflow_triton.publisher import ModelPublisher, ServingChanged
+from mlflow_triton.repository_snapshot import RepositoryCache, RepositorySnapshot
 from mlflow_triton.server import TritonCluster
 from mlflow_triton.verification import SmokeTest
 
@@ -49,7 +50,9 @@ SYNC_WORKERS = 8
 MAX_RECOMPARES = 3
 
 
-def sync(spec: PromotionSpec, registered_model: str | None = None) -> SyncReport:
+def sync(
+    spec: PromotionSpec, registered_model: str | None = None, cache: RepositoryCache | None = None
+) -> SyncReport:
     """Reconcile once: make every replica serve the version each alias points to.
 
     Idempotent: when the serving version's provenance already names the alias version (with
@@ -59,6 +62,8 @@ def sync(spec: PromotionSpec, registered_model: str | None = None) -> SyncReport
     Args:
         spec: what to promote (see :class:`PromotionSpec`).
         registered_model: reconcile only this registered model (a webhook event).
+        cache: contents of ``config.pbtxt`` and provenance kept from earlier rounds by ETag
+            (:func:`watch` passes its own); without it this round reads them once per model.
 
     Returns:
         A :class:`SyncReport`; ``report.ok`` is False when a model failed (its previous
@@ -72,21 +77,62 @@ def sync(spec: PromotionSpec, registered_model: str | None = None) -> SyncReport
     selected = spec.select(registered_model) if registered_model is not None else spec
     from mlflow import MlflowClient
 
-    round_ = _Round(MlflowClient(), selected)
+    round_ = _Round(MlflowClient(), selected, cache)
     with ThreadPoolExecutor(max_workers=max(1, min(SYNC_WORKERS, len(selected.models)))) as pool:
         return SyncReport(list(pool.map(round_.reconcile, selected.models)))
 
 
 class _Round:
     """What one reconciliation reads once for all models: every alias (one paginated registry
-    search instead of one call per model), each replica's repository index, shared stores."""
+    search instead of one call per model), the model versions each replica has loaded (one
+    statistics call per replica), shared stores, and each repository's listing
+    (:mod:`mlflow_triton.repository_snapshot`: one paginated listing instead of three
+    requests per model)."""
 
-    def __init__(self, registry: Any, spec: PromotionSpec) -> None:
+    def __init__(self, registry: Any, spec: PromotionSpec, cache: RepositoryCache | None = None) -> None:
         self.registry = registry
         self.spec = spec
         self.stores: dict[Any, Any] = {}
-        self.aliases = _all_aliases(registry, {m.registered_model for m in spec.models})
-        self.ready = TritonCluster(list(spec.triton_urls)).ready_models()
+        self.cache = cache if cache is not None else RepositoryCache()
+        self.snapshots: dict[str, RepositorySnapshot | None] = {}
+        self._snapshot_lock = threading.Lock()
+        self._stores_lock = threading.Lock()
+        # The three round-wide reads are independent: overlap them.
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            aliases = pool.submit(_all_aliases, registry, {m.registered_model for m in spec.models})
+            ready = pool.submit(lambda: TritonCluster(list(spec.triton_urls)).ready_models())
+            if len(spec.models) >= 2:
+                list(pool.map(self._prelist, {m.config.model_repository: m for m in spec.models}.values()))
+            self.aliases, self.ready = aliases.result(), ready.result()
+
+    def _prelist(self, model: ModelPromotion) -> None:
+        """List ``model``'s repository ahead of the workers; a failure is left for the
+        workers to meet again and report per model."""
+        try:
+            with self._stores_lock:
+                publisher = ModelPublisher.for_config(model.config, self.spec.triton_urls, self.stores)
+            self._snapshot(publisher.store)
+        except Exception as err:
+            logger.debug("Listing the repository of %s ahead of the round failed: %s", model.deployment, err)
+
+    def _snapshot(self, store: Any) -> RepositorySnapshot | None:
+        """The round's listing of ``store`` (listed once; None if it cannot list recursively)."""
+        with self._snapshot_lock:
+            if store.uri not in self.snapshots:
+                try:
+                    self.snapshots[store.uri] = self.cache.snapshot(store)
+                except NotImplementedError:
+                    self.snapshots[store.uri] = None
+            return self.snapshots[store.uri]
+
+    def _listed_state(self, publisher: ModelPublisher, name: str) -> DeploymentState | None:
+        """``name``'s state from the round's listing of its repository; None for a one-model
+        round, where one listing of the whole repository would cost more than the three
+        reads of :meth:`read_state`, or a store that cannot list recursively."""
+        if len(self.spec.models) < 2:
+            return None
+        snapshot = self._snapshot(publisher.store)
+        return snapshot.state(name) if snapshot is not None else None
 
     def reconcile(self, model: ModelPromotion) -> ModelReport:
         started = time.monotonic()
@@ -94,10 +140,13 @@ class _Round:
         try:
             target = _alias_version(self.registry, model, self.aliases)
             report.registry_version = target
-            publisher = ModelPublisher.for_config(model.config, self.spec.triton_urls, self.stores)
+            with self._stores_lock:  # one store (one boto3 client and pool) per repository
+                publisher = ModelPublisher.for_config(model.config, self.spec.triton_urls, self.stores)
+            listed = self._listed_state(publisher, model.deployment)
             for attempt in range(MAX_RECOMPARES):
                 try:
-                    self._reconcile_once(publisher, model, target, report)
+                    # A recompare (another publisher changed the model) reads afresh.
+                    self._reconcile_once(publisher, model, target, report, listed if attempt == 0 else None)
                     break
                 except ServingChanged:
                     if attempt == MAX_RECOMPARES - 1:
@@ -111,9 +160,10 @@ class _Round:
         return report
 
     def _reconcile_once(
-        self, publisher: ModelPublisher, model: ModelPromotion, target: str, report: ModelReport
+        self, publisher: ModelPublisher, model: ModelPromotion, target: str, report: ModelReport,
+        listed: DeploymentState | None = None,
     ) -> None:
-        state = publisher.read_state(model.deployment)
+        state = listed if listed is not None else publisher.read_state(model.deployment)
         provenance = state.provenance or {}
         report.previous_triton_version = state.serving_version
         if provenance.get("registered_model") == model.registered_model:
@@ -233,10 +283,11 @@ def watch(
     if max_rounds is not None and max_rounds < 1:
         raise MlflowException.invalid_parameter_value(f"max_rounds must be >= 1, got {max_rounds}.")
     stop_event = stop_event or threading.Event()
+    cache = RepositoryCache()  # a no-op round then reads no object whose ETag did not change
     last: SyncReport | None = None
     rounds = 0
     while not stop_event.is_set():
-        last = sync(spec)
+        last = sync(spec, cache=cache)
         rounds += 1
         if on_report is not None:
             on_report(last)
