@@ -111,7 +111,7 @@ def _stop_on_signals() -> Iterator[threading.Event]:
     stop = threading.Event()
 
     def handler(signum: int, frame: Any) -> None:
-        click.echo(f"Received {signal.Signals(signum).name}: stopping after the current round", err=True)
+        logging.getLogger(__name__).warning("Received %s: stopping after the current round", signal.Signals(signum).name)
         stop.set()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -196,7 +196,7 @@ def watch(interval: float, listen: tuple[str, int] | None, tls_cert: str | None,
         if listen is not None:
             routes = ops_routes(metrics.registry, health.check)
             server = BackgroundServer(routes, *listen, TLSFiles.from_options(tls_cert, tls_key)).start()
-            click.echo(f"Serving /healthz and /metrics on {server.url}", err=True)
+            logging.getLogger(__name__).info("Serving /healthz and /metrics on %s", server.url)
 
         def on_report(report: SyncReport) -> None:
             metrics.record(report, "watch")

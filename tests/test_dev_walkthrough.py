@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -72,13 +73,16 @@ def test_readme_walkthrough_against_mlflow_triton_dev(tmp_path):
         [str(BIN / "mlflow-triton"), "dev", "--workdir", str(tmp_path / "dev")], env=env,
         stdout=subprocess.PIPE, stderr=open(tmp_path / "dev.err", "w"), text=True,
     )  # fmt: skip
+    started = time.monotonic()
     try:
         exports = read_exports(dev, timeout_s=300)
+        up = time.monotonic()
         assert {"MLFLOW_TRACKING_URI", "TRITON_URL", "TRITON_MODEL_REPO", "AWS_ENDPOINT_URL_S3"} <= set(exports)
         result = subprocess.run(
             ["bash", "-e", "-o", "pipefail", "-c", rest], cwd=tmp_path, env={**env, **exports},
             capture_output=True, text=True, timeout=400,
         )  # fmt: skip
+        print(f"dev stack up (with the example model) in {up - started:.1f}s; walkthrough in {time.monotonic() - up:.1f}s")
         assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         assert '"scores"' in result.stdout  # predict answered with the model's output
         assert "READY" in result.stdout  # get shows the state per replica
