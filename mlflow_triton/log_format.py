@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -38,7 +39,16 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "INFO", log_format: LogFormat = "text") -> None:
-    """Send logs to stderr as text (default) or JSON lines, replacing earlier root handlers."""
+    """Send logs to stderr as text (default) or JSON lines, replacing earlier root handlers.
+
+    In JSON mode every stderr line must parse, so Python warnings go through logging and
+    MLflow's artifact progress bars (tqdm, written straight to stderr) are turned off.
+    """
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    if log_format == "json":
+        from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+
+        logging.captureWarnings(True)
+        os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = "false"

@@ -233,6 +233,8 @@ def test_watch_serves_metrics_and_healthz_and_logs_json(stack, deployment):
         if process.poll() is None:
             process.kill()
     reader.join(5)
+    not_json = [line for line in lines if line.strip() and not line.startswith("{")]
+    assert not not_json, not_json
     entries = [json.loads(line) for line in lines if line.strip()]  # every stderr line is JSON
     messages = [e["message"] for e in entries]
     assert any("published registry version 1 as Triton version 1" in m for m in messages), messages
