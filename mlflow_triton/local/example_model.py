@@ -45,6 +45,7 @@ def register_example(name: str = EXAMPLE_MODEL, versions: int = 2, alias: str = 
         The registered versions, e.g. ``["1", "2"]``.
     """
     import mlflow
+    import mlflow.onnx
     from mlflow import MlflowClient
     from mlflow.models import infer_signature
 
@@ -60,6 +61,8 @@ def register_example(name: str = EXAMPLE_MODEL, versions: int = 2, alias: str = 
             info = mlflow.onnx.log_model(
                 model, name="model", signature=signature, input_example={INPUT: example},
                 registered_model_name=name,
+                # stated, not inferred: inference runs a subprocess per model (~5 s each)
+                pip_requirements=mlflow.onnx.get_default_pip_requirements(),
             )  # fmt: skip
         registered.append(str(info.registered_model_version))
     MlflowClient().set_registered_model_alias(name, alias, registered[0])
