@@ -24,7 +24,6 @@ import shlex
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
@@ -35,9 +34,6 @@ from mlflow.exceptions import MlflowException
 from mlflow_triton import promotion
 from mlflow_triton.log_format import configure_logging
 from mlflow_triton.promotion import PromotionSpec, SyncReport
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
 
 def _parse_config(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
     config = {}
@@ -186,10 +182,10 @@ def watch(interval: float, listen: tuple[str, int] | None, tls_cert: str | None,
           **options: Any) -> None:  # fmt: skip
     """Reconcile every --interval seconds until SIGINT/SIGTERM (exits 0 after the round)."""
     from mlflow_triton.metrics import RolloutMetrics
-    from mlflow_triton.ops_server import BackgroundServer, TLSFiles, ops_routes
+    from mlflow_triton.ops_server import BackgroundServer, Heartbeat, TLSFiles, ops_routes
 
     metrics = RolloutMetrics()
-    health = _WatchHealth(interval)
+    health = Heartbeat(stale_after_s=3 * interval + Heartbeat.GRACE_S)
     server = None
     with _errors():
         spec = _load(**options)
@@ -208,26 +204,6 @@ def watch(interval: float, listen: tuple[str, int] | None, tls_cert: str | None,
         finally:
             if server is not None:
                 server.stop()
-
-
-class _WatchHealth:
-    """``/healthz`` of ``watch``: unhealthy when no round ended for 3 intervals + an hour
-    (a round that publishes a large model takes minutes; the liveness probe catches a hang)."""
-
-    GRACE_S = 3600.0
-
-    def __init__(self, interval_s: float) -> None:
-        self.stale_after_s = 3 * interval_s + self.GRACE_S
-        self.last_beat = time.monotonic()
-        self.rounds = 0
-
-    def beat(self) -> None:
-        self.last_beat = time.monotonic()
-        self.rounds += 1
-
-    def check(self) -> tuple[bool, dict[str, Any]]:
-        since = time.monotonic() - self.last_beat
-        return since < self.stale_after_s, {"rounds": self.rounds, "seconds_since_last_round": round(since, 1)}
 
 
 @cli.command("serve-webhooks")

@@ -66,6 +66,31 @@ def ops_routes(registry: CollectorRegistry, health: HealthCheck) -> list[BaseRou
     return [Route("/healthz", healthz, methods=["GET"]), Route("/metrics", metrics, methods=["GET"])]
 
 
+class Heartbeat:
+    """``/healthz`` of ``watch``: unhealthy when no round ended for ``stale_after_s``.
+
+    The CLI uses 3 intervals plus :attr:`GRACE_S` (an hour): a round that publishes a large
+    model takes minutes, and a liveness probe must not kill it mid-rollout; it catches a hang.
+    """
+
+    GRACE_S = 3600.0
+
+    def __init__(self, stale_after_s: float) -> None:
+        self.stale_after_s = stale_after_s
+        self.last_beat = time.monotonic()
+        self.rounds = 0
+
+    def beat(self) -> None:
+        """A round ended."""
+        self.last_beat = time.monotonic()
+        self.rounds += 1
+
+    def check(self) -> tuple[bool, dict]:
+        """A :data:`HealthCheck`."""
+        since = time.monotonic() - self.last_beat
+        return since < self.stale_after_s, {"rounds": self.rounds, "seconds_since_last_round": round(since, 1)}
+
+
 class BackgroundServer:
     """A uvicorn server for a Starlette app, in a daemon thread.
 

@@ -239,3 +239,15 @@ def test_watch_serves_metrics_and_healthz_and_logs_json(stack, deployment):
     messages = [e["message"] for e in entries]
     assert any("published registry version 1 as Triton version 1" in m for m in messages), messages
     assert any(m.startswith("Received SIGTERM") for m in messages)
+
+
+def test_watch_health_turns_unhealthy_when_rounds_stop():
+    from mlflow_triton.ops_server import Heartbeat
+
+    heartbeat = Heartbeat(stale_after_s=0.2)
+    assert heartbeat.check()[0]
+    time.sleep(0.3)
+    healthy, details = heartbeat.check()
+    assert not healthy and details["rounds"] == 0 and details["seconds_since_last_round"] >= 0.2
+    heartbeat.beat()
+    assert heartbeat.check()[0] and heartbeat.check()[1]["rounds"] == 1
