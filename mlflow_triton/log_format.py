@@ -39,16 +39,19 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "INFO", log_format: LogFormat = "text") -> None:
-    """Send logs to stderr as text (default) or JSON lines, replacing earlier root handlers.
+    """Send logs to stderr as text (default) or JSON lines (a process's entry point calls it once).
 
-    In JSON mode every stderr line must parse, so Python warnings go through logging and
-    MLflow's artifact progress bars (tqdm, written straight to stderr) are turned off.
+    In JSON mode every stderr line must parse, so MLflow's own logger (its own text handler,
+    not propagating) is routed through the root handler, Python warnings go through logging,
+    and MLflow's artifact progress bars (tqdm, written straight to stderr) are turned off.
     """
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    logging.basicConfig(level=level.upper(), handlers=[handler])
     if log_format == "json":
         from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 
+        mlflow_logger = logging.getLogger("mlflow")
+        mlflow_logger.handlers = [handler]
         logging.captureWarnings(True)
         os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = "false"

@@ -251,3 +251,22 @@ def test_watch_health_turns_unhealthy_when_rounds_stop():
     assert not healthy and details["rounds"] == 0 and details["seconds_since_last_round"] >= 0.2
     heartbeat.beat()
     assert heartbeat.check()[0] and heartbeat.check()[1]["rounds"] == 1
+
+
+def test_bad_listen_and_tls_options_are_refused_before_any_work(tmp_path):
+    from click.testing import CliRunner
+
+    from mlflow_triton.cli import cli
+
+    base = ["watch", "--model", "fraud", "--repo", "s3://b/p", "--triton", "http://127.0.0.1:9"]
+    result = CliRunner().invoke(cli, [*base, "--listen", "nine-thousand"])
+    assert result.exit_code == 2 and "[HOST:]PORT" in result.output, result.output
+    cert = tmp_path / "tls.crt"
+    cert.write_text("not used")
+    result = CliRunner().invoke(cli, [*base, "--listen", f"127.0.0.1:{free_port()}", "--tls-cert", str(cert)])
+    assert result.exit_code == 1 and "--tls-key" in result.output, result.output
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = CliRunner().invoke(cli, [*base, "--listen", f"127.0.0.1:{taken.getsockname()[1]}"])
+    assert result.exit_code == 1 and "Cannot listen on 127.0.0.1" in result.output, result.output
