@@ -9,6 +9,7 @@ loggers propagate to the root logger, so ``--log-format json`` covers them too.
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -123,6 +124,14 @@ class BackgroundServer:
             timeout_keep_alive=KEEP_ALIVE_S, limit_concurrency=MAX_CONCURRENT_CONNECTIONS,
             ssl_certfile=tls.cert if tls else None, ssl_keyfile=tls.key if tls else None,
         )  # fmt: skip
+        try:
+            config.load()  # here, not in the thread: a bad certificate is the caller's error
+        except (ssl.SSLError, OSError) as err:
+            self._socket.close()
+            raise MlflowException.invalid_parameter_value(
+                f"Cannot serve HTTPS with --tls-cert {tls.cert if tls else ''} --tls-key "
+                f"{tls.key if tls else ''}: {err}. Give a PEM certificate and its matching private key."
+            ) from err
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 

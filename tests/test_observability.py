@@ -181,6 +181,9 @@ def test_receiver_serves_https_with_the_given_certificate(spec, tmp_path):
             urllib.request.urlopen(receiver.url + "healthz", timeout=5)
     with pytest.raises(MlflowException, match="--tls-key"):
         TLSFiles.from_options(cert, None)
+    with pytest.raises(MlflowException, match="matching private key") as err:
+        WebhookReceiver(spec, port=0, reconcile=publishes, tls=TLSFiles(cert, cert))  # a cert is no key
+    assert err.value.error_code == "INVALID_PARAMETER_VALUE"
 
 
 # -- JSON logs ---------------------------------------------------------------------------------------
