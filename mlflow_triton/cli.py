@@ -280,9 +280,14 @@ def dev(workdir: str | None, replicas: int, example: bool) -> None:
     click.echo(f"Starting moto S3, mlflow server and {replicas} tritonserver(s) under {folder} ...", err=True)
     stack = LocalStack(folder, replicas=replicas)
     with _stop_on_signals() as stop:
-        stack.start()
         try:
-            if example and not stop.is_set():
+            stack.start()  # stops what it started if one server does not come up
+        except (RuntimeError, TimeoutError) as err:
+            raise click.ClickException(f"the dev stack did not start: {err} (logs: {folder / 'logs'})") from err
+        try:
+            if stop.is_set():  # Ctrl-C while starting
+                return
+            if example:
                 from mlflow_triton.local.example_model import EXAMPLE_ALIAS, EXAMPLE_MODEL, register_example
 
                 with stack.exported_env():
