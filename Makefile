@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo dev test bench clean
 
 # The venv is (re)built when missing or when the dependency files change.
 $(STAMP): pyproject.toml setup.cfg constraints.txt
@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml setup.cfg constraints.txt
 
 demo: $(STAMP)
 	$(PY) examples/demo.py
+
+# moto S3 + MLflow + tritonserver on loopback until Ctrl-C; prints the export lines to paste.
+dev: $(STAMP)
+	$(VENV)/bin/mlflow-triton dev
 
 test: $(STAMP)
 	$(PY) -m pytest

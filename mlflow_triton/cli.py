@@ -8,6 +8,8 @@ Each command parses its options, calls :mod:`mlflow_triton.promotion` (or
     mlflow-triton watch --spec promotion.yaml --interval 30
     MLFLOW_TRITON_WEBHOOK_SECRET=... mlflow-triton serve-webhooks --spec promotion.yaml --port 8080
     mlflow-triton rollback fraud [--to 3] [--set-alias production]
+    mlflow-triton --log-format json watch --spec promotion.yaml --listen 0.0.0.0:9100
+    mlflow-triton dev       # moto S3 + MLflow + tritonserver on loopback until Ctrl-C
 
 Exit status: 0 on success, 1 when a model failed (its previous version still serves) or a
 command was refused, 2 for bad usage.
@@ -18,7 +20,11 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import shlex
+import sys
+import tempfile
 import threading
+from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -26,10 +32,8 @@ import click
 from mlflow.exceptions import MlflowException
 
 from mlflow_triton import promotion
+from mlflow_triton.log_format import configure_logging
 from mlflow_triton.promotion import PromotionSpec, SyncReport
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
 
 def _parse_config(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
     config = {}
@@ -103,7 +107,7 @@ def _stop_on_signals() -> Iterator[threading.Event]:
     stop = threading.Event()
 
     def handler(signum: int, frame: Any) -> None:
-        click.echo(f"Received {signal.Signals(signum).name}: stopping after the current round", err=True)
+        logging.getLogger(__name__).warning("Received %s: stopping after the current round", signal.Signals(signum).name)
         stop.set()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -122,14 +126,33 @@ def _echo_report(report: SyncReport, as_json: bool) -> None:
             click.echo(model.describe())
 
 
+def _parse_listen(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, int] | None:
+    if value is None:
+        return None
+    host, _, port = value.rpartition(":")
+    if not port.isdigit() or int(port) > 65535:
+        raise click.BadParameter(f"expected [HOST:]PORT (e.g. 0.0.0.0:9100), got {value!r}.", ctx, param)
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+tls_cert = click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False),
+                        help="PEM certificate (chain): serve HTTPS (with --tls-key).")  # fmt: skip
+tls_key = click.option("--tls-key", type=click.Path(exists=True, dir_okay=False),
+                       help="PEM private key of --tls-cert.")  # fmt: skip
+
+
 @click.group()
 @click.option(
     "--log-level", default="INFO", show_default=True,
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )  # fmt: skip
-def cli(log_level: str) -> None:
+@click.option(
+    "--log-format", default="text", show_default=True, type=click.Choice(["text", "json"]),
+    help="json: one JSON object per log line (time, level, logger, message).",
+)  # fmt: skip
+def cli(log_level: str, log_format: str) -> None:
     """Roll MLflow Model Registry aliases out to NVIDIA Triton, on every replica."""
-    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
+    configure_logging(log_level, log_format)  # type: ignore[arg-type]
 
 
 @cli.command()
@@ -151,25 +174,55 @@ def sync(as_json: bool, **options: Any) -> None:
 @spec_options
 @click.option("--interval", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
               metavar="SECONDS", help="Pause between reconciliation rounds.")  # fmt: skip
-def watch(interval: float, **options: Any) -> None:
+@click.option("--listen", callback=_parse_listen, metavar="[HOST:]PORT",
+              help="Serve GET /healthz and /metrics (Prometheus) here, e.g. 0.0.0.0:9100.")  # fmt: skip
+@tls_cert
+@tls_key
+def watch(interval: float, listen: tuple[str, int] | None, tls_cert: str | None, tls_key: str | None,
+          **options: Any) -> None:  # fmt: skip
     """Reconcile every --interval seconds until SIGINT/SIGTERM (exits 0 after the round)."""
+    from mlflow_triton.metrics import RolloutMetrics
+    from mlflow_triton.ops_server import BackgroundServer, Heartbeat, TLSFiles, ops_routes
+
+    metrics = RolloutMetrics()
+    health = Heartbeat(stale_after_s=3 * interval + Heartbeat.GRACE_S)
+    server = None
     with _errors():
         spec = _load(**options)
-        with _stop_on_signals() as stop:
-            promotion.watch(spec, interval_s=interval, stop_event=stop)
+        if listen is not None:
+            routes = ops_routes(metrics.registry, health.check)
+            server = BackgroundServer(routes, *listen, TLSFiles.from_options(tls_cert, tls_key)).start()
+            logging.getLogger(__name__).info("Serving /healthz and /metrics on %s", server.url)
+
+        def on_report(report: SyncReport) -> None:
+            metrics.record(report, "watch")
+            health.beat()
+
+        try:
+            with _stop_on_signals() as stop:
+                promotion.watch(spec, interval_s=interval, stop_event=stop, on_report=on_report)
+        finally:
+            if server is not None:
+                server.stop()
 
 
 @cli.command("serve-webhooks")
 @spec_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
-def serve_webhooks(host: str, port: int, **options: Any) -> None:
-    """Roll out alias moves signalled by MLflow webhooks (secret: MLFLOW_TRITON_WEBHOOK_SECRET)."""
+@tls_cert
+@tls_key
+def serve_webhooks(host: str, port: int, tls_cert: str | None, tls_key: str | None, **options: Any) -> None:
+    """Roll out alias moves signalled by MLflow webhooks (secret: MLFLOW_TRITON_WEBHOOK_SECRET).
+
+    Also serves GET /healthz and /metrics (Prometheus).
+    """
+    from mlflow_triton.ops_server import TLSFiles
     from mlflow_triton.webhooks import WebhookReceiver
 
     with _errors():
         spec = _load(**options)
-        receiver = WebhookReceiver(spec, host=host, port=port)
+        receiver = WebhookReceiver(spec, host=host, port=port, tls=TLSFiles.from_options(tls_cert, tls_key))
     with _stop_on_signals() as stop:
         receiver.start()
         click.echo(f"Listening for MLflow webhooks on {receiver.url}")
@@ -206,6 +259,51 @@ def rollback(name: str, to_version: int | None, set_alias: str | None, **options
     if result.changed and not set_alias and result.registered_model:
         click.echo("Note: the registry alias is unchanged; sync/watch will roll forward unless you "
                    "move it (--set-alias).", err=True)  # fmt: skip
+
+
+@cli.command()
+@click.option("--workdir", type=click.Path(file_okay=False), default=None,
+              help="Where logs, the sqlite store and artifacts go (default: a new temporary folder).")  # fmt: skip
+@click.option("--replicas", type=click.IntRange(1, 8), default=1, show_default=True,
+              help="tritonserver processes sharing the repository.")  # fmt: skip
+@click.option("--example/--no-example", default=True, show_default=True,
+              help="Register the example model `fraud` (versions 1 and 2, @production → 1).")  # fmt: skip
+def dev(workdir: str | None, replicas: int, example: bool) -> None:
+    """Run a local moto S3, MLflow server and tritonserver until Ctrl-C/SIGTERM.
+
+    Prints the `export ...` lines that point `mlflow deployments -t triton` and `mlflow-triton`
+    at it, and the MLflow UI URL. Stops only the processes it started.
+    """
+    from mlflow_triton.local.stack import LocalStack
+
+    folder = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="mlflow-triton-dev-"))
+    click.echo(f"Starting moto S3, mlflow server and {replicas} tritonserver(s) under {folder} ...", err=True)
+    stack = LocalStack(folder, replicas=replicas)
+    with _stop_on_signals() as stop:
+        try:
+            stack.start()  # stops what it started if one server does not come up
+        except (RuntimeError, TimeoutError) as err:
+            raise click.ClickException(f"the dev stack did not start: {err} (logs: {folder / 'logs'})") from err
+        try:
+            if stop.is_set():  # Ctrl-C while starting
+                return
+            if example:
+                from mlflow_triton.local.example_model import EXAMPLE_ALIAS, EXAMPLE_MODEL, register_example
+
+                with stack.exported_env():
+                    versions = register_example()
+                click.echo(f"Registered {EXAMPLE_MODEL} versions {', '.join(versions)} "
+                           f"(@{EXAMPLE_ALIAS} -> {versions[0]})", err=True)  # fmt: skip
+            click.echo("# Paste into another shell:")
+            for key, value in stack.env.items():
+                click.echo(f"export {key}={shlex.quote(value)}")
+            click.echo(f"# MLflow UI: {stack.tracking_uri}")
+            click.echo(f"# Logs: {folder / 'logs'}. Ctrl-C stops the stack.", nl=True)
+            sys.stdout.flush()
+            stop.wait()
+        finally:
+            stack.stop()
+            click.echo("Stopped the dev stack.", err=True)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,16 @@
 """Receive MLflow Model Registry webhooks and roll alias moves out to Triton.
 
 MLflow 3 (``mlflow server`` with a SQL backend) POSTs an event to every registered webhook
-when an alias is set (``model_version_alias.created``). :class:`WebhookReceiver` is a small
-threaded HTTP server. It checks each delivery's signature, then runs the same
+when an alias is set (``model_version_alias.created``). :class:`WebhookReceiver` is a
+uvicorn + Starlette server (:mod:`mlflow_triton.ops_server`) that also answers ``/healthz``
+and ``/metrics``. It checks each delivery's signature, then runs the same
 reconciliation as :func:`mlflow_triton.promotion.sync`, limited to the model named in the
 event. The event only triggers the work: the alias is resolved again in the registry, so a
 late or reordered delivery cannot install a stale version::
 
     export MLFLOW_TRITON_WEBHOOK_SECRET=...           # the secret given to create_webhook
-    mlflow-triton serve-webhooks --spec promotion.yaml --host 0.0.0.0 --port 8080
+    mlflow-triton serve-webhooks --spec promotion.yaml --host 0.0.0.0 --port 8080 \
+        --tls-cert tls.crt --tls-key tls.key
 
     # once, against the MLflow server:
     MlflowClient().create_webhook(name="triton", url="https://triton-hooks.internal:8080/",
@@ -27,8 +29,9 @@ Verification follows ``mlflow.webhooks.delivery`` (Standard Webhooks conventions
 Responses: ``401`` when the signature headers are missing, ``403`` for a wrong signature or
 a stale timestamp, ``400`` for a signed body that is not an MLflow event, ``202`` when a
 rollout was queued, ``200`` for an event that needs nothing (another model, another alias,
-another event type, a duplicate delivery). Rejected requests change nothing. The secret is
-never logged.
+another event type, a duplicate delivery), ``413`` for a body over ``max_body_bytes`` (1 MiB),
+``408`` when the body takes longer than ``body_timeout_s`` (10 s) to arrive. Rejected requests
+change nothing. The secret is never logged.
 
 Rollouts run on one worker thread, in arrival order. A model that is already queued is not
 queued twice. The HTTP reply does not wait for the rollout, which takes longer than MLflow's
@@ -39,6 +42,7 @@ unless its server runs with ``MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS=true``. It accept
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -48,13 +52,19 @@ import os
 import threading
 import time
 from collections import OrderedDict, deque
+from datetime import datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Mapping
 
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, UNAUTHENTICATED
 
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from mlflow_triton.metrics import RolloutMetrics
+from mlflow_triton.ops_server import BackgroundServer, TLSFiles, ops_routes
 from mlflow_triton.promotion import PromotionSpec, SyncReport, sync
 
 logger = logging.getLogger(__name__)
@@ -67,6 +77,8 @@ SIGNATURE_VERSION = "v1"
 #: Deliveries older (or newer) than this many seconds are refused as replays.
 DEFAULT_TOLERANCE_S = 300.0
 MAX_BODY_BYTES = 1024 * 1024
+#: Seconds a sender has to deliver the whole body (slow-loris guard).
+BODY_TIMEOUT_S = 10.0
 ALIAS_CREATED = "model_version_alias.created"
 #: Events this receiver subscribes to (what :func:`register_webhook` asks MLflow for).
 EVENTS = (ALIAS_CREATED,)
@@ -166,9 +178,11 @@ def register_webhook(
 
 
 class WebhookReceiver:
-    """A threaded HTTP server that turns signed alias events into Triton rollouts.
+    """An HTTP(S) server (uvicorn + Starlette) that turns signed alias events into Triton rollouts.
 
-    Thread-safe. Handlers only verify and enqueue; one worker thread runs the rollouts.
+    Thread-safe. Requests only verify and enqueue; one worker thread runs the rollouts.
+    Routes: ``POST /`` (any path) for deliveries, ``GET /healthz``, ``GET /metrics``
+    (:class:`~mlflow_triton.metrics.RolloutMetrics`) and ``GET /health`` (kept for old probes).
 
     Args:
         spec: the models (and aliases) to follow; events for others are acknowledged, ignored.
@@ -177,9 +191,14 @@ class WebhookReceiver:
         tolerance_s: replay window for timestamps.
         reconcile: ``reconcile(spec, registered_model) -> SyncReport``; default
             :func:`mlflow_triton.promotion.sync`.
+        tls: serve HTTPS with this certificate and key.
+        max_body_bytes: larger deliveries get 413 without being read.
+        body_timeout_s: a body not received within this time gets 408.
+        metrics: where rollouts are counted; default a new :class:`RolloutMetrics`.
 
     Raises:
-        MlflowException: INVALID_PARAMETER_VALUE when no secret is configured.
+        MlflowException: INVALID_PARAMETER_VALUE when no secret is configured or the address
+            cannot be bound.
 
     Example::
 
@@ -195,11 +214,18 @@ class WebhookReceiver:
         secret: str | None = None,
         tolerance_s: float = DEFAULT_TOLERANCE_S,
         reconcile: Reconcile | None = None,
+        tls: TLSFiles | None = None,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        body_timeout_s: float = BODY_TIMEOUT_S,
+        metrics: RolloutMetrics | None = None,
     ) -> None:
         self.spec = spec
         self._secret = read_secret(secret)
         self.tolerance_s = tolerance_s
+        self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
         self._reconcile = reconcile or (lambda s, name: sync(s, registered_model=name))
+        self.metrics = metrics or RolloutMetrics()
         self.reports: deque[SyncReport] = deque(maxlen=_KEPT_REPORTS)
         self.counts: dict[int, int] = {}
         self._seen: OrderedDict[str, float] = OrderedDict()
@@ -207,35 +233,34 @@ class WebhookReceiver:
         self._busy = False
         self._lock = threading.Condition()
         self._stopping = False
-        self._httpd = ThreadingHTTPServer((host, port), _Handler)
-        self._httpd.daemon_threads = True
-        self._httpd.receiver = self  # type: ignore[attr-defined]
-        self._threads: list[threading.Thread] = []
+        routes = [
+            *ops_routes(self.metrics.registry, self.health),
+            Route("/health", self._get_health, methods=["GET"]),
+            Route("/", self._post, methods=["POST"]),
+            Route("/{path:path}", self._post, methods=["POST"]),
+        ]  # fmt: skip
+        self._http = BackgroundServer(routes, host, port, tls)
+        self._worker: threading.Thread | None = None
 
     def __repr__(self) -> str:  # never shows the secret
         return f"WebhookReceiver(url={self.url!r}, models={[m.registered_model for m in self.spec.models]})"
 
     @property
     def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}/"
+        return self._http.url
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> "WebhookReceiver":
         """Serve in background threads (HTTP + rollout worker)."""
-        self._threads = [
-            threading.Thread(target=self._httpd.serve_forever, name="webhook-http", daemon=True),
-            threading.Thread(target=self._work, name="webhook-rollout", daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._worker = threading.Thread(target=self._work, name="webhook-rollout", daemon=True)
+        self._worker.start()
+        self._http.start()
         logger.info("Listening for MLflow webhooks on %s (%s)", self.url, ", ".join(EVENTS))
         return self
 
     def shutdown(self, timeout_s: float | None = None) -> None:
         """Stop accepting requests, finish the rollout in progress, drop the queued ones."""
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        self._http.stop()
         with self._lock:
             self._stopping = True
             dropped = list(self._queue)
@@ -243,8 +268,8 @@ class WebhookReceiver:
             self._lock.notify_all()
         if dropped:
             logger.warning("Webhook receiver stopping: dropped queued rollouts of %s", dropped)
-        for thread in self._threads:
-            thread.join(timeout_s)
+        if self._worker is not None:
+            self._worker.join(timeout_s)
         logger.info("Webhook receiver stopped")
 
     def wait_idle(self, timeout_s: float = 60.0) -> bool:
@@ -258,6 +283,13 @@ class WebhookReceiver:
                 self._lock.wait(remaining)
         return True
 
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy while the rollout worker runs; reports the queue."""
+        alive = self._worker is not None and self._worker.is_alive()
+        with self._lock:
+            return alive, {"rollout_worker": "running" if alive else "stopped",
+                           "queued": list(self._queue), "busy": self._busy}  # fmt: skip
+
     def __enter__(self) -> "WebhookReceiver":
         return self.start()
 
@@ -265,6 +297,38 @@ class WebhookReceiver:
         self.shutdown()
 
     # -- requests -----------------------------------------------------------------------------
+    async def _get_health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def _post(self, request: Request) -> Response:
+        status, reply = await self._read_and_handle(request)
+        self._count(int(status))
+        return JSONResponse(reply, status_code=int(status))
+
+    async def _read_and_handle(self, request: Request) -> tuple[int, dict[str, Any]]:
+        too_large = HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"body over {self.max_body_bytes} bytes"}
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
+            return too_large
+        chunks: list[bytes] = []
+        received = 0
+
+        async def read() -> bool:
+            nonlocal received
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > self.max_body_bytes:
+                    return False
+                chunks.append(chunk)
+            return True
+
+        try:
+            if not await asyncio.wait_for(read(), self.body_timeout_s):
+                return too_large
+        except asyncio.TimeoutError:
+            return HTTPStatus.REQUEST_TIMEOUT, {"error": f"body not received within {self.body_timeout_s:g}s"}
+        return self.handle(request.headers, b"".join(chunks))
+
     def handle(self, headers: Mapping[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
         """Verify and dispatch one delivery; returns ``(HTTP status, JSON reply)``."""
         try:
@@ -291,6 +355,9 @@ class WebhookReceiver:
         if not followed:
             logger.info("Webhook delivery %s: %s@%s is not in the spec, ignored", delivery_id, name, alias)
             return HTTPStatus.OK, {"status": "ignored", "reason": f"{name}@{alias} not followed"}
+        moved_at = _event_time(event, headers)
+        for model in followed:
+            self.metrics.alias_moved(model.deployment, data.get("version"), moved_at)
         queued = self._enqueue(name)
         logger.info(
             "Webhook delivery %s: %s@%s -> version %s: rollout %s", delivery_id, name, alias,
@@ -333,6 +400,7 @@ class WebhookReceiver:
                 self._busy = True
             try:
                 report = self._reconcile(self.spec, name)
+                self.metrics.record(report, "webhook")
                 self.reports.append(report)
             except Exception:  # the worker must survive any rollout error
                 logger.exception("Rollout of %s failed", name)
@@ -342,36 +410,9 @@ class WebhookReceiver:
                     self._lock.notify_all()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server_version = "mlflow-triton-webhooks"
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
-        if self.path.rstrip("/") in ("", "/health"):
-            self._reply(HTTPStatus.OK, {"status": "ok"})
-        else:
-            self._reply(HTTPStatus.NOT_FOUND, {"error": "not found"})
-
-    def do_POST(self) -> None:  # noqa: N802
-        receiver: WebhookReceiver = self.server.receiver  # type: ignore[attr-defined]
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if length < 0 or length > MAX_BODY_BYTES:
-            self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"body over {MAX_BODY_BYTES} bytes"})
-            return
-        body = self.rfile.read(length)
-        status, reply = receiver.handle(self.headers, body)
-        receiver._count(int(status))
-        self._reply(status, reply)
-
-    def _reply(self, status: int, payload: Mapping[str, Any]) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:  # access log, headers never included
-        logger.debug("%s %s", self.address_string(), format % args)
+def _event_time(event: Mapping[str, Any], headers: Mapping[str, str]) -> float:
+    """When MLflow created the event (its ``timestamp``), else when it was sent (the header)."""
+    try:
+        return datetime.fromisoformat(str(event["timestamp"])).timestamp()
+    except (KeyError, ValueError):
+        return float(headers.get(TIMESTAMP_HEADER) or time.time())

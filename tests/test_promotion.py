@@ -195,6 +195,7 @@ def test_smoke_mismatch_rolls_back(stack, deployment, tmp_path, monkeypatch):
     report = sync(spec).models[0]
 
     assert report.action == "failed" and "differs from the local onnx run" in report.error
+    assert report.refused  # by type (VersionRefused), for the rollouts_total{outcome="refused"} metric
     assert "max abs diff" in report.error
     state = publisher(stack, spec).read_state(deployment)
     assert state.serving_version == 1 and state.versions == [1]
@@ -232,4 +233,5 @@ def test_concurrent_syncs_do_not_tear_the_repository(stack, deployment, tmp_path
     with pub.lease(deployment):
         report = sync(impatient).models[0]
     assert report.action == "failed" and "holds the lease" in report.error
+    assert not report.refused  # a failure, not a verdict on the model
     assert pub.read_state(deployment).versions == [1]

@@ -183,6 +183,9 @@ def test_mlflow_alias_webhook_rolls_out_and_forgeries_change_nothing(stack, webh
         (report,) = [m for r in receiver.reports for m in r.models]
         assert (report.action, report.registry_version, report.triton_version) == ("published", "1", 1)
         assert_every_replica_serves(stack.triton_urls, deployment, v1)
+        metrics = receiver.metrics.registry.get_sample_value  # also scraped over HTTP: test_observability.py
+        assert metrics("mlflow_triton_rollouts_total", {"deployment": deployment, "outcome": "ok"}) == 1
+        assert metrics("mlflow_triton_promotion_lag_seconds_count", {"source": "webhook"}) == 1
 
         # Move the alias without a delivery, then forge the event: it must change nothing.
         registry.delete_webhook(hook.webhook_id)

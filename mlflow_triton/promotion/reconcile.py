@@ -39,6 +39,7 @@ from mlflow_triton.promotion.spec import ModelPromotion, PromotionSpec
 from mlflow_triton.deployment_state import DeploymentState
 from mlflow_triton.publisher import ModelPublisher, ServingChanged
 from mlflow_triton.repository_snapshot import RepositoryCache, RepositorySnapshot
+from mlflow_triton.rollout import VersionRefused
 from mlflow_triton.server import TritonCluster
 from mlflow_triton.verification import SmokeTest
 
@@ -155,6 +156,7 @@ class _Round:
         except Exception as err:  # reported, not raised: the other models still reconcile
             report.action = "failed"
             report.error = err.message if isinstance(err, MlflowException) else f"{type(err).__name__}: {err}"
+            report.refused = _is_refusal(err)
         report.seconds = round(time.monotonic() - started, 3)
         (logger.error if report.action == "failed" else logger.info)("%s", report.describe())
         return report
@@ -202,6 +204,16 @@ class _Round:
         report.bytes_uploaded = result.bytes_uploaded
         report.bytes_copied = result.bytes_copied
         report.removed = result.pruned
+
+def _is_refusal(err: BaseException) -> bool:
+    """Whether ``err`` (or what it wraps) is Triton's or the smoke test's verdict on a candidate."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, VersionRefused):
+            return True
+        seen = seen.__cause__
+    return False
+
 
 def _all_aliases(registry: Any, names: set[str]) -> dict[str, dict[str, str]]:
     """``{registered model: {alias: version}}`` for ``names``; {} if the search fails."""

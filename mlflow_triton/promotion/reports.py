@@ -22,6 +22,8 @@ class ModelReport:
             ``keep_versions``.
         seconds: wall time of this model's reconciliation.
         error: the reason of a failure.
+        refused: the failure is a refusal: a replica refused the candidate or it failed
+            verification (the candidate was deleted; the previous version still serves).
     """
 
     registered_model: str
@@ -38,6 +40,7 @@ class ModelReport:
     removed: list[int] = field(default_factory=list)
     seconds: float = 0.0
     error: str | None = None
+    refused: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
