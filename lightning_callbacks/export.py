@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence, get_args
+from typing import Any, Iterator, Literal, Mapping, Sequence, get_args
 
 import torch
+from lightning_utilities.core.rank_zero import rank_zero_warn
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +51,10 @@ EXTERNAL_DATA_THRESHOLD_BYTES = 2 * 1024**3
 MIN_EXPORT_BATCH = 2
 
 Example = tuple[torch.Tensor, ...]
+#: ``{tensor name: {axis: symbolic name}}``, e.g. ``{"tokens": {0: "batch", 1: "seq"}}``.
+DynamicAxes = dict[str, dict[int, str]]
+#: The symbolic name of axis 0, which is always dynamic.
+BATCH_AXIS_NAME = "batch"
 
 
 class ExportError(RuntimeError):
@@ -95,6 +101,58 @@ class IONames:
         if shared := sorted(set(inputs) & set(outputs)):
             raise ValueError(f"Input and output names must differ, both contain {shared}.")
         return cls(inputs, outputs)
+
+
+def resolve_dynamic_axes(
+    names: IONames, example: Example, outputs: Sequence[torch.Tensor],
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+) -> DynamicAxes:  # fmt: skip
+    """Every input's and output's dynamic axes: axis 0 (``batch``) plus the ones given.
+
+    Args:
+        names: the input and output names.
+        example: example inputs (for their ranks).
+        outputs: eager outputs for ``example`` (for their ranks).
+        dynamic_axes: extra dynamic axes by tensor name, e.g. ``{"tokens": {1: "seq"}}``;
+            axis 0 may be given but must be the batch. The same symbolic name on several
+            tensors means the same size (e.g. ``seq`` on the input and the output).
+
+    Returns:
+        ``{name: {axis: symbol}}`` for every input and output, axes sorted.
+
+    Raises:
+        ValueError: for an unknown tensor name, an axis outside the tensor's rank, or a
+            symbol that is not a non-empty string.
+    """
+    ranks = dict(zip(names.inputs, (t.dim() for t in example)))
+    ranks.update(zip(names.outputs, (t.dim() for t in outputs)))
+    resolved: DynamicAxes = {name: {0: BATCH_AXIS_NAME} for name in ranks}
+    for name, axes in (dynamic_axes or {}).items():
+        if name not in ranks:
+            raise ValueError(
+                f"dynamic_axes names {name!r}, which is not an input or output of the model "
+                f"(inputs {list(names.inputs)}, outputs {list(names.outputs)}); use those "
+                "names, or set input_names/output_names."
+            )
+        if not isinstance(axes, Mapping):
+            raise ValueError(
+                f"dynamic_axes[{name!r}] must map axis numbers to names, e.g. {{1: 'seq'}}, "
+                f"got {axes!r}."
+            )
+        for axis, symbol in axes.items():
+            if not isinstance(axis, int) or not 0 <= axis < ranks[name]:
+                raise ValueError(
+                    f"dynamic_axes[{name!r}] names axis {axis!r}, but {name!r} has rank "
+                    f"{ranks[name]} (axes 0..{ranks[name] - 1})."
+                )
+            if not isinstance(symbol, str) or not symbol:
+                raise ValueError(
+                    f"dynamic_axes[{name!r}][{axis}] must be a non-empty name, got {symbol!r}."
+                )
+            if axis == 0 and symbol != BATCH_AXIS_NAME:
+                symbol = BATCH_AXIS_NAME  # axis 0 is the batch for every tensor
+            resolved[name][axis] = symbol
+    return {name: dict(sorted(axes.items())) for name, axes in resolved.items()}
 
 
 def _default_names(prefix: str, count: int) -> tuple[str, ...]:
@@ -182,7 +240,7 @@ def export_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
     module.to("cpu")
     module.eval()
     try:
-        with torch.no_grad(), _lightning_jit_context():
+        with torch.no_grad(), _lightning_jit_context(module):
             yield module
     finally:
         module.train(training)
@@ -198,17 +256,27 @@ def _module_device(module: torch.nn.Module) -> torch.device | None:
     return None
 
 
-def _lightning_jit_context() -> contextlib.AbstractContextManager:
-    """Lightning's guard that hides trainer-bound properties from TorchScript (if available).
+def _lightning_jit_context(module: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """Lightning's guard that hides trainer-bound properties from TorchScript, when needed.
 
-    Without it, tracing a LightningModule outside a Trainer fails on ``hasattr(module,
-    "trainer")``. The guard is private Lightning API, so fall back to a no-op when it moves.
+    A LightningModule not attached to a Trainer raises from its ``trainer`` property, which
+    ``torch.jit.script`` probes. Inside fit the module is attached and nothing is needed; for
+    a detached module the guard of the module's own package (``lightning.pytorch`` or
+    ``pytorch_lightning``) is used. It is Lightning's only way to script a detached module
+    and is private, so a release that drops it falls back to a no-op (scripting a detached
+    module then fails with a clear error; tracing and ONNX do not need it).
     """
     try:
-        from pytorch_lightning.core.module import _jit_is_scripting
-    except ImportError:  # pragma: no cover - depends on the Lightning version
+        module.trainer  # noqa: B018 - the property raises when detached
         return contextlib.nullcontext()
-    return _jit_is_scripting()
+    except (AttributeError, RuntimeError):
+        pass
+    for klass in type(module).__mro__:
+        if klass.__name__ == "LightningModule" and klass.__module__.endswith("core.module"):
+            guard = getattr(sys.modules[klass.__module__], "_jit_is_scripting", None)
+            if guard is not None:
+                return guard()
+    return contextlib.nullcontext()
 
 
 def widen_batch(example: Example, min_batch: int = MIN_EXPORT_BATCH) -> Example:
@@ -267,8 +335,6 @@ def _report_tracer_warnings(caught: list[warnings.WarningMessage], name: str) ->
         if issubclass(w.category, torch.jit.TracerWarning) and "Python boolean" in str(w.message):
             data_dependent = True
     if data_dependent:
-        from pytorch_lightning.utilities.rank_zero import rank_zero_warn
-
         rank_zero_warn(
             f"Tracing {name} converted a tensor to a Python boolean: the trace keeps only the "
             "branch taken by the example input. Verification will compare it with eager on "
@@ -301,8 +367,9 @@ def export_onnx(
     path: Path,
     names: IONames,
     opset: int | None = None,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
 ) -> Path:
-    """Export to ONNX with a dynamic axis 0 on every input and output, and check it.
+    """Export to ONNX with dynamic axes (axis 0 of every tensor, plus the ones given), check it.
 
     Uses the TorchScript-based exporter (``dynamo=False``, see the module docstring) on a batch
     of at least :data:`MIN_EXPORT_BATCH` rows. Models of 2 GiB or more are re-saved with
@@ -314,10 +381,12 @@ def export_onnx(
         path: the ``.onnx`` file to write.
         names: input/output names; they become the ONNX graph's names.
         opset: ONNX opset; None lets torch choose its default.
+        dynamic_axes: ``{tensor: {axis: name}}`` beyond axis 0 (see
+            :func:`resolve_dynamic_axes`); None keeps only the batch axis dynamic.
 
     Raises:
         ModuleNotFoundError: if ``onnx`` is not installed.
-        ExportError: if the exporter fails or axis 0 is not dynamic in the result.
+        ExportError: if the exporter fails or a declared axis is fixed in the result.
     """
     try:
         import onnx
@@ -327,15 +396,16 @@ def export_onnx(
         ) from err
     start = time.perf_counter()
     path.parent.mkdir(parents=True, exist_ok=True)
-    dynamic_axes = {name: {0: "batch"} for name in (*names.inputs, *names.outputs)}
+    wide = widen_batch(example)
+    axes = resolve_dynamic_axes(names, wide, flatten_outputs(module(*wide)), dynamic_axes)
     kwargs: dict[str, Any] = {} if opset is None else {"opset_version": opset}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(
-                module, widen_batch(example), str(path), input_names=list(names.inputs),
-                output_names=list(names.outputs), dynamic_axes=dynamic_axes, dynamo=False,
+                module, wide, str(path), input_names=list(names.inputs),
+                output_names=list(names.outputs), dynamic_axes=axes, dynamo=False,
                 **kwargs,
             )  # fmt: skip
     except Exception as err:
@@ -350,7 +420,7 @@ def export_onnx(
             model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
             location=ONNX_EXTERNAL_DATA_FILE,
         )  # fmt: skip
-    check_dynamic_batch(path, names)
+    check_dynamic_batch(path, names, axes)
     logger.info(
         "exported ONNX (opset %s) to %s in %.2fs",
         opset or "default", path, time.perf_counter() - start,
@@ -407,11 +477,17 @@ def check_batch_first(module: torch.nn.Module, example: Example, names: IONames)
         )
 
 
-def check_dynamic_batch(path: Path, names: IONames) -> None:
-    """Raise unless axis 0 of every graph input and output in ``path`` is symbolic.
+def check_dynamic_batch(path: Path, names: IONames, dynamic_axes: DynamicAxes | None = None) -> None:
+    """Raise unless axis 0, and every other axis in ``dynamic_axes``, is symbolic in ``path``.
+
+    Args:
+        path: the ONNX file.
+        names: the graph's expected input and output names.
+        dynamic_axes: declared dynamic axes by tensor name (axis 0 is always checked).
 
     Raises:
-        ExportError: naming each tensor whose axis 0 is fixed, with the names the graph has.
+        ExportError: naming each tensor whose declared dynamic axis is fixed, with the names
+            the graph has.
     """
     import onnx
 
@@ -430,6 +506,13 @@ def check_dynamic_batch(path: Path, names: IONames) -> None:
             problems.append(f"{name!r} is a scalar (no batch axis)")
         elif dims[0].HasField("dim_value"):
             problems.append(f"{name!r} has a fixed axis 0 of size {dims[0].dim_value}")
+        for axis in sorted((dynamic_axes or {}).get(name, {})):
+            if 0 < axis < len(dims) and dims[axis].HasField("dim_value"):
+                problems.append(
+                    f"{name!r} has a fixed axis {axis} of size {dims[axis].dim_value}, declared "
+                    "dynamic (the exporter specialised it: shape-dependent Python code in "
+                    "forward, or an example of size 1 on that axis)"
+                )
     if problems:
         raise ExportError(
             f"The ONNX graph in {path} cannot serve variable batch sizes: "
