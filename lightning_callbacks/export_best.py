@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
 import logging
-import re
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal, Mapping, Sequence, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Sequence, get_args
 
-import numpy as np
 import torch
-from fsspec.core import url_to_fs
 from lightning_utilities.core.rank_zero import rank_zero_warn
 from typing_extensions import override
 
 from mlflow_triton.golden import GoldenCases
 
 from lightning_callbacks.export import (
-    FORMATS,
     DynamicAxes,
     ONNX_FILE,
     TORCHSCRIPT_FILE,
-    TORCHSCRIPT_METHODS,
     Example,
     Format,
     IONames,
@@ -40,16 +32,15 @@ from lightning_callbacks.export import (
     take_rows,
     to_torchscript,
 )
-from lightning_callbacks.log import (
-    INPUT_EXAMPLE_ROWS,
-    ExportLoggingError,
-    LoggedExport,
-    check_reachable,
-    log_model,
-    log_run_data,
-    mask_credentials,
-    resolved_run,
-    using_tracking_uri,
+from lightning_callbacks.arguments import validate_arguments
+from lightning_callbacks.checkpoint_weights import checkpoint_exists, numpy_dtype, to_numpy, weights_from
+from lightning_callbacks.log import INPUT_EXAMPLE_ROWS
+from lightning_callbacks.upload import (
+    BackgroundUploads,
+    PendingUpload,
+    export_metadata,
+    mlflow_target,
+    upload,
 )
 from lightning_callbacks.packages import LightningPackage, lightning_package
 from lightning_callbacks.precision import (
@@ -74,23 +65,6 @@ logger = logging.getLogger(__name__)
 
 ExportOn = Literal["fit_end", "best"]
 EXPORT_ON: tuple[str, ...] = get_args(ExportOn)
-
-
-@dataclass
-class _PendingUpload:
-    """What rank zero logs to MLflow once an export is verified (possibly in the background)."""
-
-    paths: dict[str, Path]
-    names: IONames
-    inputs: list[np.ndarray]
-    outputs: list[np.ndarray]
-    dynamic_axes: DynamicAxes
-    golden: GoldenCases
-    checkpoint_path: str | None
-    score: float | None
-    step: int
-    tracking_uri: str | None
-    run_id: str | None
 
 
 class ExportBestCheckpointMixin:
@@ -257,73 +231,11 @@ class ExportBestCheckpointMixin:
         self.timings: dict[str, float] = {}
         self._checkpoint: Any = None
         self._last_seen: str | None = None  # same on every rank: decides the barriers
-        self._uploader: concurrent.futures.ThreadPoolExecutor | None = None
-        self._pending: list[concurrent.futures.Future] = []
+        self._uploads = BackgroundUploads()
         self._validate_init_configuration()
 
-    def _misconfigured(self, message: str) -> Exception:
-        return self.lightning.MisconfigurationException(message)
-
     def _validate_init_configuration(self) -> None:
-        if not self.formats or any(f not in FORMATS for f in self.formats):
-            raise self._misconfigured(
-                f"`formats` must be a non-empty subset of {FORMATS}, got {self.formats}."
-            )
-        if len(set(self.formats)) != len(self.formats):
-            raise self._misconfigured(f"`formats` repeats a format: {self.formats}.")
-        if self.export_on not in EXPORT_ON:
-            raise self._misconfigured(
-                f"`export_on` must be one of {EXPORT_ON}, got {self.export_on!r}."
-            )
-        if self.torchscript_method not in TORCHSCRIPT_METHODS:
-            raise self._misconfigured(
-                f"`torchscript_method` must be one of {TORCHSCRIPT_METHODS}, "
-                f"got {self.torchscript_method!r}."
-            )
-        if self.precision not in PRECISIONS:
-            raise self._misconfigured(
-                f"`precision` must be one of {PRECISIONS}, got {self.precision!r}."
-            )
-        for name in ("rtol", "atol"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0:
-                raise self._misconfigured(f"`{name}` must be a number >= 0, got {value!r}.")
-        if not isinstance(self.verify_batch_size, int) or self.verify_batch_size < 2:
-            raise self._misconfigured(
-                "`verify_batch_size` must be an int >= 2 (batch size 1 is always verified), "
-                f"got {self.verify_batch_size!r}."
-            )
-        if self.opset is not None and (not isinstance(self.opset, int) or self.opset < 7):
-            raise self._misconfigured(
-                f"`opset` must be None or an ONNX opset version >= 7, got {self.opset!r}."
-            )
-        if self.alias is not None and self.registered_model_name is None:
-            raise self._misconfigured(
-                f"`alias={self.alias!r}` needs `registered_model_name`: aliases point at "
-                "registered model versions."
-            )
-        if self.alias is not None and (
-            self.alias.lower() == "latest" or re.fullmatch(r"v\d+", self.alias, re.IGNORECASE)
-        ):
-            raise self._misconfigured(
-                f"`alias` {self.alias!r} is reserved by the MLflow Model Registry ('latest' and "
-                "'v<number>' name versions); choose another, e.g. 'champion'."
-            )
-        if self.registered_model_name is not None and not self.log_to_mlflow:
-            raise self._misconfigured(
-                "`registered_model_name` needs `log_to_mlflow=True`, got `log_to_mlflow=False`."
-            )
-        if not self.artifact_name or "/" in self.artifact_name:
-            raise self._misconfigured(
-                f"`artifact_name` must be a non-empty name without '/', got {self.artifact_name!r}."
-            )
-        if self.dynamic_axes is not None and not all(
-            isinstance(k, str) and isinstance(v, dict) for k, v in self.dynamic_axes.items()
-        ):
-            raise self._misconfigured(
-                "`dynamic_axes` must map tensor names to {axis: name}, e.g. "
-                f"{{'tokens': {{1: 'seq'}}}}, got {self.dynamic_axes!r}."
-            )
+        validate_arguments(self, self.lightning.MisconfigurationException)
 
     @property
     @override
@@ -359,7 +271,7 @@ class ExportBestCheckpointMixin:
             return
         if self.checkpoint_callback is not None:
             if self.checkpoint_callback not in trainer.checkpoint_callbacks:
-                raise self._misconfigured(
+                raise self.lightning.MisconfigurationException(
                     f"{type(self).__name__}(checkpoint_callback=...) was given a ModelCheckpoint "
                     "that is not in the Trainer's callbacks.\nHINT: pass the same instance to "
                     "Trainer(callbacks=[...])."
@@ -368,7 +280,7 @@ class ExportBestCheckpointMixin:
             return
         candidates = trainer.checkpoint_callbacks
         if not candidates:
-            raise self._misconfigured(
+            raise self.lightning.MisconfigurationException(
                 f"{type(self).__name__} exports the best checkpoint, but the Trainer has no "
                 "ModelCheckpoint callback.\nHINT: add "
                 "`ModelCheckpoint(monitor='val_loss')` to Trainer(callbacks=[...]) and keep "
@@ -401,13 +313,13 @@ class ExportBestCheckpointMixin:
         try:
             self._maybe_export(trainer, pl_module, final=True)
         finally:
-            self._shutdown_uploader()
+            self._uploads.shutdown()
 
     @override
     def on_exception(
         self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException
     ) -> None:
-        self._shutdown_uploader()
+        self._uploads.shutdown()
 
     def _skipped(self, trainer: "pl.Trainer") -> bool:
         if trainer.sanity_checking:
@@ -429,10 +341,10 @@ class ExportBestCheckpointMixin:
             return
         self._last_seen = best
         done = best and best == self.last_exported_checkpoint
-        upload: _PendingUpload | None = None
+        upload: PendingUpload | None = None
         start = time.perf_counter()
         if trainer.is_global_zero:
-            self._raise_failed_uploads(wait=False)
+            self._uploads.raise_failed(wait=False)
             if final and self.export_on == "best" and done:
                 logger.info("%s: %s is already exported", type(self).__name__, best)
             else:
@@ -442,18 +354,18 @@ class ExportBestCheckpointMixin:
         trainer.strategy.barrier("ExportBestCheckpoint")
         if trainer.is_global_zero:
             if final:
-                self._raise_failed_uploads(wait=True)
+                self._uploads.raise_failed(wait=True)
             if upload is not None:
                 if final or not self.background_upload:
                     self._upload(upload)
                 else:
-                    self._submit(upload)
+                    self._uploads.submit(lambda: self._upload(upload))
             self.timings["hook"] = time.perf_counter() - start
 
     def _rank_zero_export(
         self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", best: str, final: bool
-    ) -> _PendingUpload | None:
-        if best and not _exists(best):
+    ) -> PendingUpload | None:
+        if best and not checkpoint_exists(best):
             if not final:  # e.g. written asynchronously: retry at the next check
                 logger.debug("best checkpoint %s not written yet", best)
                 return None
@@ -509,7 +421,7 @@ class ExportBestCheckpointMixin:
         score: float | None,
         step: int,
         trainer: "pl.Trainer | None",
-    ) -> _PendingUpload | None:
+    ) -> PendingUpload | None:
         """Export and verify; return what to upload (None without MLflow).
 
         Raises:
@@ -524,7 +436,7 @@ class ExportBestCheckpointMixin:
                 category=RuntimeWarning,
             )
         directory = self._export_dir(checkpoint_path)
-        with _weights_from(pl_module, checkpoint_path), export_mode(pl_module):
+        with weights_from(pl_module, checkpoint_path), export_mode(pl_module):
             names = IONames.resolve(pl_module, example, self.input_names, self.output_names)
             check_batch_first(pl_module, example, names)
             axes = resolve_dynamic_axes(
@@ -542,21 +454,27 @@ class ExportBestCheckpointMixin:
             golden = self._golden(pl_module, low, names, axes, batch_sizes)
             sample = take_rows(low, min(low[0].shape[0], INPUT_EXAMPLE_ROWS))
             outputs = [
-                y.astype(_numpy_dtype(self.precision)) if y.dtype.kind == "f" else y
+                y.astype(numpy_dtype(self.precision)) if y.dtype.kind == "f" else y
                 for y in run_eager(pl_module, cast_inputs(sample, "fp32"))
             ]
         self.timings = {"export_verify": time.perf_counter() - start}
-        upload = _PendingUpload(
-            paths=paths, names=names, inputs=[_to_numpy(t) for t in sample], outputs=outputs,
-            dynamic_axes=axes, golden=golden, checkpoint_path=checkpoint_path, score=score,
-            step=step, tracking_uri=None, run_id=None,
+        upload = PendingUpload(
+            paths=paths, names=names, inputs=[to_numpy(t) for t in sample], outputs=outputs,
+            dynamic_axes=axes, golden=golden, verification=list(self.verification),
+            checkpoint_path=checkpoint_path, score=score, step=step,
+            artifact_name=self.artifact_name, registered_model_name=self.registered_model_name,
+            alias=self.alias,
         )  # fmt: skip
         if not self.log_to_mlflow:
             raise_on_failure(self.verification, rtol=self.rtol, atol=self.atol)
             self._exported(checkpoint_path, score)
             return None
-        upload.tracking_uri, upload.run_id = self._mlflow_target(trainer)
-        if not all(r.passed for r in self.verification):
+        upload.metadata = export_metadata(paths, self.precision, self.torchscript_method)
+        loggers = trainer.loggers if trainer is not None else []
+        upload.tracking_uri, upload.run_id = mlflow_target(
+            loggers, self.lightning.MLFlowLogger, self.tracking_uri
+        )
+        if not upload.passed:
             self._upload(upload)  # logs the metrics and tags only, then raises
         self._exported(checkpoint_path, score)
         return upload
@@ -579,7 +497,7 @@ class ExportBestCheckpointMixin:
         inputs, outputs = [], []
         for batch in batches.values():
             expected = run_eager(module, cast_inputs(batch, "fp32"))
-            inputs.append({n: _to_numpy(t) for n, t in zip(names.inputs, batch)})
+            inputs.append({n: to_numpy(t) for n, t in zip(names.inputs, batch)})
             outputs.append(dict(zip(names.outputs, expected)))
         return GoldenCases(inputs, outputs, rtol=self.rtol, atol=self.atol)
 
@@ -615,165 +533,24 @@ class ExportBestCheckpointMixin:
             )  # fmt: skip
         return paths
 
-    def _metadata(self, paths: Mapping[str, Path]) -> dict[str, Any]:
-        """What produced the files, recorded in the MLmodel's ``metadata``."""
-        metadata: dict[str, Any] = {"export_precision": self.precision, "torch_version": torch.__version__}
-        if "torchscript" in paths:
-            metadata["torchscript_method"] = self.torchscript_method
-        if "onnx" in paths:
-            import onnx
+    def _upload(self, pending: PendingUpload) -> None:
+        """Upload ``pending``; raise its verification failure afterwards, if any."""
 
-            model = onnx.load(str(paths["onnx"]), load_external_data=False)
-            opsets = {entry.domain or "ai.onnx": entry.version for entry in model.opset_import}
-            metadata["onnx_exporter"] = "torchscript"  # torch.onnx.export(dynamo=False)
-            metadata["onnx_opset"] = opsets.get("ai.onnx")
-        return metadata
+        def remember_run(run_id: str) -> None:
+            self.run_id = run_id
 
-    def _submit(self, upload: _PendingUpload) -> None:
-        """Upload in the background thread; uploads run one at a time, in order."""
-        if self._uploader is None:
-            self._uploader = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="export-best-upload"
-            )
-        self._pending.append(self._uploader.submit(self._upload, upload))
-
-    def _raise_failed_uploads(self, wait: bool) -> None:
-        """Re-raise the first failed background upload; with ``wait``, wait for all first."""
-        if wait:
-            concurrent.futures.wait(self._pending)
-        finished = [f for f in self._pending if f.done()]
-        self._pending = [f for f in self._pending if not f.done()]
-        for future in finished:
-            error = future.exception()
-            if error is not None:
-                raise error
-
-    def _shutdown_uploader(self) -> None:
-        if self._uploader is not None:
-            self._uploader.shutdown(wait=True)
-            self._uploader = None
-
-    def _upload(self, upload: _PendingUpload) -> None:
-        import mlflow
-
-        start = time.perf_counter()
-        passed = all(r.passed for r in self.verification)
-        metrics = {
-            f"export_verify_{r.format}_batch{r.batch_size}_max_abs_diff": r.max_abs_diff
-            for r in self.verification
-        }
-        tags = {
-            "best_model_path": upload.checkpoint_path or "",
-            "best_model_score": "" if upload.score is None else f"{upload.score:.6g}",
-            "export_verification": "passed" if passed else "failed",
-        }
-        for fmt in upload.paths:
-            ok = all(r.passed for r in self.verification if r.format == fmt)
-            tags[f"export_verification_{fmt}"] = "passed" if ok else "failed"
-        uri = upload.tracking_uri or mlflow.get_tracking_uri()
         try:
-            with using_tracking_uri(uri):
-                check_reachable(mlflow.get_tracking_uri())
-                with resolved_run(upload.run_id, run_name=f"export-{self.artifact_name}") as (run, _):
-                    self.run_id = run
-                    log_run_data(run, metrics, tags, step=upload.step)
-                    if not passed:
-                        return  # the caller raises ExportVerificationError
-                    logged: LoggedExport = log_model(
-                        upload.paths, upload.names, upload.inputs, upload.outputs, run,
-                        artifact_name=self.artifact_name,
-                        registered_model_name=self.registered_model_name, alias=self.alias,
-                        dynamic_axes=upload.dynamic_axes, metadata=self._metadata(upload.paths),
-                        golden=upload.golden,
-                    )  # fmt: skip
-        except Exception as err:
-            reason = mask_credentials(f"{type(err).__name__}: {err}")
-            message = (
-                f"{type(self).__name__} could not log to MLflow at {mask_credentials(uri)}: "
-                f"{reason}"
-            )
-            error = ExportLoggingError(message, upload.paths)
-            logger.error("%s", error)
-            if not passed:  # the verification failure is the more important error
-                logger.error("(verification failed as well)")
-                return
-            if mask_credentials(str(err)) != str(err):
-                raise error from None  # the cause's text holds credentials: keep it out
-            raise error from err
+            result = upload(pending, on_run=remember_run)
         finally:
-            if not passed:
-                raise_on_failure(self.verification, rtol=self.rtol, atol=self.atol)
-        self.model_uri = logged.model_uri
-        self.registered_version = logged.registered_version
-        self.timings["upload"] = time.perf_counter() - start
+            if not pending.passed:
+                raise_on_failure(pending.verification, rtol=self.rtol, atol=self.atol)
+        self.model_uri = result.logged.model_uri
+        self.registered_version = result.logged.registered_version
+        self.timings["upload"] = result.seconds
         logger.info(
             "%s: %s -> %s in %.2fs", type(self).__name__,
-            upload.checkpoint_path or "current weights", self.model_uri, self.timings["upload"],
+            pending.checkpoint_path or "current weights", self.model_uri, result.seconds,
         )  # fmt: skip
-
-    def _mlflow_target(self, trainer: "pl.Trainer | None") -> tuple[str | None, str | None]:
-        """(tracking URI, run id) from the arguments, the trainer's MLFlowLogger or the
-        active run, resolved in the calling thread (MLflow's active run is per thread)."""
-        import mlflow
-
-        loggers = trainer.loggers if trainer is not None else []
-        mlflow_logger = next(
-            (lg for lg in loggers if isinstance(lg, self.lightning.MLFlowLogger)), None
-        )
-        if mlflow_logger is None:
-            active = mlflow.active_run()
-            return self.tracking_uri, active.info.run_id if active else None
-        logger_uri = mlflow_logger.experiment.tracking_uri  # the logger's MlflowClient
-        if self.tracking_uri is not None and self.tracking_uri != logger_uri:
-            return self.tracking_uri, None
-        return logger_uri, mlflow_logger.run_id
-
-
-def _exists(path: str) -> bool:
-    filesystem, local = url_to_fs(path)
-    return filesystem.exists(local)
-
-
-def _numpy_dtype(precision: str) -> Any:
-    return {"fp32": np.float32, "fp16": np.float16}.get(precision, np.float32)
-
-
-def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    """numpy has no bfloat16: bf16 tensors become float32 arrays."""
-    if tensor.dtype == torch.bfloat16:
-        tensor = tensor.float()
-    return tensor.detach().to("cpu").numpy()
-
-
-@contextlib.contextmanager
-def _weights_from(module: torch.nn.Module, checkpoint_path: str | None) -> Iterator[None]:
-    """Load ``checkpoint_path``'s ``state_dict`` into ``module``; restore the weights on exit."""
-    if checkpoint_path is None:
-        yield
-        return
-    # The checkpoint was written by this Trainer's ModelCheckpoint: full (non weights-only)
-    # loading is safe and also accepts hyper-parameters of custom types.
-    filesystem, local = url_to_fs(checkpoint_path)
-    with filesystem.open(local, "rb") as f:
-        checkpoint = torch.load(f, map_location="cpu", weights_only=False)
-    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
-    if state is None:
-        raise ValueError(
-            f"{checkpoint_path} is not a Lightning checkpoint: it has no 'state_dict' entry."
-        )
-    original = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as err:
-        module.load_state_dict(original)
-        raise ValueError(
-            f"The weights in {checkpoint_path} do not fit {type(module).__name__}: {err}"
-        ) from err
-    logger.info("loaded weights of %s", checkpoint_path)
-    try:
-        yield
-    finally:
-        module.load_state_dict(original)
 
 
 def callback_class(package: str) -> type:

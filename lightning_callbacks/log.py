@@ -247,10 +247,6 @@ class _DualFlavor:
         golden: GoldenCases | None = None,
         **kwargs: Any,
     ) -> None:
-        import mlflow.onnx
-        import onnx
-        import torch
-
         self._save(path, mlflow_model, paths, signature, input_example, requirements)
         if golden is not None:
             golden.save(Path(path) / GOLDEN_DIR)
