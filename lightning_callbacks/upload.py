@@ -182,7 +182,7 @@ def export_metadata(paths: Mapping[str, Path], precision: str, torchscript_metho
     the precision, the TorchScript method and torch's version."""
     import torch
 
-    metadata: dict[str, Any] = {"export_precision": precision, "torch_version": torch.__version__}
+    metadata: dict[str, Any] = {"export_precision": precision, "torch_version": str(torch.__version__)}
     if "torchscript" in paths:
         metadata["torchscript_method"] = torchscript_method
     if "onnx" in paths:
