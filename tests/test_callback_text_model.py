@@ -1,8 +1,9 @@
 """A text model with a variable sequence length, from the export callback to Triton.
 
-Trained under each Lightning distribution (``lightning.pytorch`` and ``pytorch_lightning``),
-exported with ``dynamic_axes`` on the sequence axis, registered, deployed with both artifact
-paths (ONNX and TorchScript) and served at two different sequence lengths.
+The tagger is trained once per Lightning distribution (``lightning.pytorch`` and
+``pytorch_lightning``), exported with ``dynamic_axes`` on the sequence axis and registered.
+The ``lightning`` one is then deployed with both artifact paths (ONNX and TorchScript) and
+served at two different sequence lengths.
 """
 
 from __future__ import annotations
@@ -14,45 +15,72 @@ from mlflow import MlflowClient
 from mlflow.deployments import get_deploy_client
 from mlflow.models import Model
 
-from mlflow_triton import model_config as mcfg
+from mlflow_triton.golden import GoldenCases
 from text_model import VOCAB, best_eager, train_tagger
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.filterwarnings("ignore:'torch.load' received a zip file"),
 ]
+PACKAGES = ("lightning", "pytorch_lightning")
 
 
-@pytest.mark.parametrize("package", ["lightning", "pytorch_lightning"])
-def test_text_model_serves_two_sequence_lengths_on_both_artifact_paths(stack, unique_name, tmp_path, package):
-    export, trainer = train_tagger(package, tmp_path, registered_model_name=unique_name, alias="champion")
-    assert type(trainer).__module__.startswith(package.replace("lightning", "lightning.pytorch", 1) if package == "lightning" else package)
+@pytest.fixture(scope="module")
+def trained(stack, tmp_path_factory):
+    """Per package: (callback, trainer, registered name), trained on first use."""
+    cache: dict[str, tuple] = {}
 
+    def get(package: str):
+        if package not in cache:
+            name = f"tagger-{package.replace('_', '-')}-{tmp_path_factory.getbasetemp().name}"
+            workdir = tmp_path_factory.mktemp(f"tagger-{package}")
+            export, trainer = train_tagger(package, workdir, registered_model_name=name, alias="champion")
+            cache[package] = (export, trainer, name)
+        return cache[package]
+
+    return get
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_callback_of_each_lightning_package_registers_a_variable_length_model(trained, package, tmp_path):
+    export, trainer, name = trained(package)
+    assert type(trainer).__module__.split(".")[0] == package
+    assert type(export).__name__ == {
+        "lightning": "LightningExportBestCheckpoint", "pytorch_lightning": "PytorchLightningExportBestCheckpoint"
+    }[package]  # fmt: skip
     # verification ran at two sequence lengths: the example's (6) and another (6 + 3)
-    shapes = {r.input_shapes[0] for r in export.verification}
-    assert {s[1] for s in shapes} == {6, 9} and all(r.passed for r in export.verification)
-    model_uri = f"models:/{unique_name}@champion"
-    mlmodel = Model.load(model_uri)
+    assert {r.input_shapes[0] for r in export.verification} == {(1, 6), (7, 9)}
+    assert all(r.passed for r in export.verification) and len(export.verification) == 4
+    version = MlflowClient().get_model_version_by_alias(name, "champion")
+    assert version.version == export.registered_version.version
+    mlmodel = Model.load(f"models:/{name}@champion")
     assert mlmodel.signature.inputs.inputs[0].shape == (-1, -1)
     assert mlmodel.signature.outputs.inputs[0].shape == (-1, -1, 2)
-    assert mlmodel.metadata["onnx_exporter"] == "torchscript" and mlmodel.metadata["onnx_opset"] >= 17
-    version = MlflowClient().get_model_version_by_alias(unique_name, "champion")
-    assert version.version == export.registered_version.version
-
+    assert mlmodel.metadata["onnx_exporter"] == "torchscript"
+    assert mlmodel.metadata["onnx_opset"] >= 17 and mlmodel.metadata["export_precision"] == "fp32"
+    download_uri = MlflowClient().get_model_version_download_uri(name, version.version)
+    golden = GoldenCases.download(download_uri, tmp_path)
+    assert golden is not None and [x["tokens"].shape for x, _ in golden] == [(1, 6), (7, 9)]
     eager = best_eager(package, export.last_exported_checkpoint)
+    for inputs, outputs in golden:
+        expected = eager(torch.from_numpy(inputs["tokens"])).detach().numpy()
+        np.testing.assert_allclose(outputs["scores"], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_text_model_serves_two_sequence_lengths_on_both_artifact_paths(trained, stack):
+    export, _, name = trained("lightning")
+    eager = best_eager("lightning", export.last_exported_checkpoint)
     rng = np.random.default_rng(5)
     requests = [rng.integers(0, VOCAB, size=(2, length)).astype(np.int64) for length in (5, 13)]
     client = get_deploy_client("triton")
     for flavor in ("onnx", "torchscript"):
-        name = f"{unique_name}-{flavor[:4]}"
-        client.create_deployment(name, model_uri, config={"flavor": flavor, "instance_kind": "cpu"})
-        config = mcfg.parse_pbtxt(client.get_deployment(name)["config_pbtxt"]) if "config_pbtxt" in client.get_deployment(name) else None
-        if config is not None:
-            assert list(config.input[0].dims) == [-1]
+        deployment = f"{name}-{flavor}"
+        client.create_deployment(deployment, f"models:/{name}@champion", config={"flavor": flavor, "instance_kind": "cpu"})
+        assert client.get_deployment(deployment)["flavor"] == flavor
         for tokens in requests:
             expected = eager(torch.from_numpy(tokens)).detach().numpy()
-            response = client.predict(name, {"tokens": tokens})
-            got = np.asarray(response["predictions"]["scores"])
+            got = np.asarray(client.predict(deployment, {"tokens": tokens})["predictions"]["scores"])
             assert got.shape == (2, tokens.shape[1], 2)
-            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5, err_msg=f"{flavor} at length {tokens.shape[1]}")
-        client.delete_deployment(name)
+            np.testing.assert_allclose(
+                got, expected, rtol=1e-4, atol=1e-5, err_msg=f"{flavor} at length {tokens.shape[1]}"
+            )
