@@ -37,6 +37,13 @@ def validate_arguments(callback: Any, error: type[Exception]) -> None:
         raise error(
             f"`precision` must be one of {PRECISIONS}, got {callback.precision!r}."
         )
+    if callback.precision == "bf16" and "onnx" in callback.formats:
+        raise error(
+            '`precision="bf16"` cannot export ONNX: onnxruntime has no CPU kernels for bf16 '
+            "Gemm/MatMul, so the file could be neither verified nor served by Triton's "
+            'onnxruntime backend on CPU. Use precision="fp16" for ONNX, or '
+            'formats=("torchscript",) for bf16.'
+        )
     for name in ("rtol", "atol"):
         value = getattr(callback, name)
         if not isinstance(value, (int, float)) or value < 0:
