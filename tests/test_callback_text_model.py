@@ -84,3 +84,40 @@ def test_text_model_serves_two_sequence_lengths_on_both_artifact_paths(trained, 
             np.testing.assert_allclose(
                 got, expected, rtol=1e-4, atol=1e-5, err_msg=f"{flavor} at length {tokens.shape[1]}"
             )
+
+
+BLOCKED_DEPLOY = r"""
+import importlib.abc, json, logging, sys
+
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "onnxruntime"):
+            raise ModuleNotFoundError(f"{name} is blocked in this process", name=name)
+        return None
+
+sys.meta_path.insert(0, Blocker())
+logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stdout)
+from mlflow.deployments import get_deploy_client
+
+name, model_uri, flavor = sys.argv[1:4]
+client = get_deploy_client("triton")
+client.create_deployment(name, model_uri, config={"flavor": flavor, "instance_kind": "cpu"})
+print(json.dumps({"loaded": sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "onnxruntime"))}))
+"""
+
+
+def test_golden_outputs_verify_a_rollout_with_torch_and_onnxruntime_absent(trained, stack):
+    import json
+    import subprocess
+    import sys
+
+    _, _, name = trained("lightning")
+    deployment = f"{name}-golden"
+    run = subprocess.run(
+        [sys.executable, "-c", BLOCKED_DEPLOY, deployment, f"models:/{name}@champion", "torchscript"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == {"loaded": []}
+    assert f"Verified {deployment} version 1 on 2 replica(s) against 2 golden case(s)" in run.stdout
+    assert "checks that Triton answers" not in run.stdout + run.stderr  # not the weaker fallback
