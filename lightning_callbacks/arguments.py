@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from lightning_callbacks.export import FORMATS, TORCHSCRIPT_METHODS
+from lightning_callbacks.onnx_exporters import ONNX_EXPORTERS
 from lightning_callbacks.precision import PRECISIONS
 
 #: When the callback exports (``ExportBestCheckpoint(export_on=...)``).
@@ -36,6 +37,10 @@ def validate_arguments(callback: Any, error: type[Exception]) -> None:
     if callback.precision not in PRECISIONS:
         raise error(
             f"`precision` must be one of {PRECISIONS}, got {callback.precision!r}."
+        )
+    if callback.onnx_exporter not in ONNX_EXPORTERS:
+        raise error(
+            f"`onnx_exporter` must be one of {ONNX_EXPORTERS}, got {callback.onnx_exporter!r}."
         )
     if callback.precision == "bf16" and "onnx" in callback.formats:
         raise error(

@@ -34,6 +34,8 @@ from typing import Any, Iterator, Literal, Mapping, Sequence, get_args
 import torch
 from lightning_utilities.core.rank_zero import rank_zero_warn
 
+from lightning_callbacks.onnx_exporters import OnnxExporter, record_exporter, run_exporter
+
 logger = logging.getLogger(__name__)
 
 Format = Literal["torchscript", "onnx"]
@@ -368,6 +370,7 @@ def export_onnx(
     names: IONames,
     opset: int | None = None,
     dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+    exporter: OnnxExporter = "torchscript",
 ) -> Path:
     """Export to ONNX with dynamic axes (axis 0 of every tensor, plus the ones given), check it.
 
@@ -383,6 +386,9 @@ def export_onnx(
         opset: ONNX opset; None lets torch choose its default.
         dynamic_axes: ``{tensor: {axis: name}}`` beyond axis 0 (see
             :func:`resolve_dynamic_axes`); None keeps only the batch axis dynamic.
+        exporter: ``torchscript``, ``dynamo`` or ``auto`` (see
+            :mod:`lightning_callbacks.onnx_exporters`); the one used is recorded in the
+            file's ``metadata_props``.
 
     Raises:
         ModuleNotFoundError: if ``onnx`` is not installed.
@@ -398,19 +404,15 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     wide = widen_batch(example)
     axes = resolve_dynamic_axes(names, wide, flatten_outputs(module(*wide)), dynamic_axes)
-    kwargs: dict[str, Any] = {} if opset is None else {"opset_version": opset}
+    big = sum(p.numel() * p.element_size() for p in module.parameters()) >= EXTERNAL_DATA_THRESHOLD_BYTES
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            torch.onnx.export(
-                module, wide, str(path), input_names=list(names.inputs),
-                output_names=list(names.outputs), dynamic_axes=axes, dynamo=False,
-                **kwargs,
-            )  # fmt: skip
+        used, _ = run_exporter(
+            module, wide, path, names.inputs, names.outputs, axes, opset, exporter, external_data=big
+        )
     except Exception as err:
         raise ExportError(
-            f"torch.onnx.export failed for {type(module).__name__}: {_first_lines(str(err))}"
+            f"torch.onnx.export ({exporter}) failed for {type(module).__name__}: "
+            f"{_first_lines(str(err))}"
         ) from err
     if _onnx_size(path) >= EXTERNAL_DATA_THRESHOLD_BYTES:
         model = onnx.load(str(path))
@@ -418,12 +420,13 @@ def export_onnx(
             stale.unlink()
         onnx.save_model(
             model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-            location=ONNX_EXTERNAL_DATA_FILE,
+            location=ONNX_EXTERNAL_DATA_FILE, size_threshold=0,
         )  # fmt: skip
+    record_exporter(path, used)
     check_dynamic_batch(path, names, axes)
     logger.info(
-        "exported ONNX (opset %s) to %s in %.2fs",
-        opset or "default", path, time.perf_counter() - start,
+        "exported ONNX with the %s exporter (opset %s) to %s in %.2fs",
+        used, opset or "default", path, time.perf_counter() - start,
     )  # fmt: skip
     return path
 

@@ -42,6 +42,7 @@ from lightning_callbacks.upload import (
     mlflow_target,
     upload,
 )
+from lightning_callbacks.onnx_exporters import OnnxExporter
 from lightning_callbacks.packages import LightningPackage, lightning_package
 from lightning_callbacks.precision import (
     PRECISIONS,
@@ -134,6 +135,11 @@ class ExportBestCheckpointMixin:
             (verified against the fp32 model).
         background_upload: with ``export_on="best"``, upload from a background thread so that
             validation epochs do not wait for MLflow (True); False uploads in the hook.
+        onnx_exporter: ``"torchscript"`` (``dynamo=False``: fast, keeps scripted control
+            flow), ``"dynamo"`` (``torch.export`` with ``dynamic_shapes``) or ``"auto"``
+            (dynamo, falling back to TorchScript with the reason logged); see
+            :mod:`lightning_callbacks.onnx_exporters`. The one used is in the MLflow model's
+            ``metadata`` (``onnx_exporter``, ``onnx_opset``).
 
     Attributes:
         exported_paths: the last exported files by format.
@@ -197,6 +203,7 @@ class ExportBestCheckpointMixin:
         dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
         precision: Precision = "fp32",
         background_upload: bool = True,
+        onnx_exporter: OnnxExporter = "torchscript",
     ) -> None:
         super().__init__()
         self.formats: tuple[Format, ...] = tuple(formats)
@@ -220,6 +227,7 @@ class ExportBestCheckpointMixin:
         self.log_to_mlflow = log_to_mlflow
         self.dynamic_axes = {k: dict(v) for k, v in dynamic_axes.items()} if dynamic_axes else None
         self.background_upload = background_upload
+        self.onnx_exporter = onnx_exporter
 
         self.exported_paths: dict[str, Path] = {}
         self.model_uri: str | None = None
@@ -529,7 +537,7 @@ class ExportBestCheckpointMixin:
         if "onnx" in self.formats:
             paths["onnx"] = export_onnx(
                 onnx_source, example, directory / ONNX_FILE, names, opset=self.opset,
-                dynamic_axes=axes,
+                dynamic_axes=axes, exporter=self.onnx_exporter,
             )  # fmt: skip
         return paths
 

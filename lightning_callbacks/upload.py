@@ -38,6 +38,7 @@ from lightning_callbacks.log import (
     resolved_run,
     using_tracking_uri,
 )
+from lightning_callbacks.onnx_exporters import recorded_exporter
 from lightning_callbacks.verify import VerificationResult
 
 logger = logging.getLogger(__name__)
@@ -190,7 +191,7 @@ def export_metadata(paths: Mapping[str, Path], precision: str, torchscript_metho
 
         model = onnx.load(str(paths["onnx"]), load_external_data=False)
         opsets = {entry.domain or "ai.onnx": entry.version for entry in model.opset_import}
-        metadata["onnx_exporter"] = "torchscript"  # torch.onnx.export(dynamo=False)
+        metadata["onnx_exporter"] = recorded_exporter(paths["onnx"])
         metadata["onnx_opset"] = opsets.get("ai.onnx")
     return metadata
 

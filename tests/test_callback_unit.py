@@ -552,3 +552,37 @@ def test_mask_credentials():
     assert mask_credentials("databricks://tok@profile") == "databricks://***@profile"
     assert mask_credentials("http://h/api?token=abc&x=1&sig=zz") == "http://h/api?token=***&x=1&sig=***"
     assert mask_credentials("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_dynamo_exporter_keeps_the_sequence_axis_and_is_recorded(tmp_path, monkeypatch):
+    from lightning_callbacks.onnx_exporters import recorded_exporter
+
+    monkeypatch.setattr(export_mod, "EXTERNAL_DATA_THRESHOLD_BYTES", 0)  # the >2 GiB path
+    model = Tagger()
+    example = resolve_example(model, torch.randint(0, 16, (3, 5)))
+    axes_given = {"tokens": {1: "seq"}, "scores": {1: "seq"}}
+    with export_mode(model):
+        names = IONames.resolve(model, example, ["tokens"], ["scores"])
+        axes = export_mod.resolve_dynamic_axes(names, example, [model(*example)], axes_given)
+        path = export_onnx(model, example, tmp_path / "model.onnx", names, dynamic_axes=axes_given, exporter="dynamo")
+        results = verify_exports(model, {"onnx": path}, example, names, dynamic_axes=axes)
+    assert recorded_exporter(path) == "dynamo"
+    assert export_mod.onnx_uses_external_data(path) and (tmp_path / "model.onnx.data").is_file()
+    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    assert [bool(d.dim_param) for d in dims] == [True, True]
+    assert [r.input_shapes for r in results] == [((1, 5),), ((7, 8),)] and all(r.passed for r in results)
+
+
+def test_auto_exporter_falls_back_to_torchscript_with_a_logged_reason(tmp_path, caplog):
+    from lightning_callbacks.onnx_exporters import recorded_exporter
+
+    caplog.set_level(logging.WARNING, "lightning_callbacks.onnx_exporters")
+    cb = ExportBestCheckpoint(
+        torchscript_method="script", onnx_exporter="auto", output_dir=tmp_path, log_to_mlflow=False
+    )  # a ScriptModule: torch.export refuses it
+    with pytest.warns(RuntimeWarning, match="current weights"):
+        paths = cb.export(DataDependent())
+    assert recorded_exporter(paths["onnx"]) == "torchscript"
+    assert all(r.passed for r in cb.verification)
+    (record,) = [r for r in caplog.records if "falling back to the TorchScript exporter" in r.getMessage()]
+    assert "TypeError: a ScriptModule cannot be exported by torch.export" in record.getMessage()
