@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("--slow-upload", type=float, default=8.0)
     parser.add_argument("--pg-timeout", type=float, default=4.0)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--upload-in-hook", action="store_true", help="background_upload=False")
     args = parser.parse_args()
 
     real_log_model = upload_module.log_model
@@ -101,7 +102,7 @@ def main() -> None:
     checkpoint = L.callbacks.ModelCheckpoint(dirpath=args.workdir / "checkpoints", monitor="val_loss")
     export = CountingExport(
         formats=("onnx",), export_on="best", registered_model_name=args.registered_model_name,
-        alias="best", output_dir=args.workdir / "exports",
+        alias="best", output_dir=args.workdir / "exports", background_upload=not args.upload_in_hook,
     )  # fmt: skip
     trainer = L.Trainer(
         accelerator="cpu", devices=2, num_nodes=1, max_epochs=args.epochs, logger=False,
