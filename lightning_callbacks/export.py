@@ -9,15 +9,16 @@ and training mode are restored afterwards::
         export_torchscript(model, example, out_dir / "model.pt", method="trace")
         export_onnx(model, example, out_dir / "model.onnx", names)
 
-ONNX uses the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``) with
-``dynamic_axes`` on axis 0 of every input and output. It is fast (well under a second for
-small models), writes a single self-contained file below 2 GiB (Triton's ``onnxruntime``
-backend serves exactly that one file) and handles ``ScriptModule`` inputs, so
-``torchscript_method="script"`` also yields ONNX ``If``/``Loop`` nodes for data-dependent
-control flow. The dynamo exporter needs seconds per export and writes external data even
-for tiny models. The example batch is widened to at least 2 rows so the exporter cannot
+ONNX uses the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``) by
+default, or the dynamo one (``exporter="dynamo"|"auto"``, see
+:mod:`lightning_callbacks.onnx_exporters`), with axis 0 of every input and output dynamic
+plus the ``dynamic_axes`` given (see :mod:`lightning_callbacks.dynamic_axes`). The
+TorchScript exporter is fast (well under a second for small models), writes a single
+self-contained file below 2 GiB (Triton's ``onnxruntime`` backend serves exactly that one
+file) and handles ``ScriptModule`` inputs, so ``torchscript_method="script"`` also yields ONNX
+``If``/``Loop`` nodes for data-dependent control flow. The example batch is widened to at least 2 rows so the exporter cannot
 specialise the batch dimension, and :func:`check_dynamic_batch` rejects any graph whose axis 0
-came out fixed anyway.
+came out fixed anyway (and every other declared dynamic axis).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any, Iterator, Literal, Mapping, Sequence, get_args
 import torch
 from lightning_utilities.core.rank_zero import rank_zero_warn
 
+from lightning_callbacks.dynamic_axes import DynamicAxes, resolve_dynamic_axes
 from lightning_callbacks.onnx_exporters import OnnxExporter, record_exporter, run_exporter
 
 logger = logging.getLogger(__name__)
@@ -53,10 +55,6 @@ EXTERNAL_DATA_THRESHOLD_BYTES = 2 * 1024**3
 MIN_EXPORT_BATCH = 2
 
 Example = tuple[torch.Tensor, ...]
-#: ``{tensor name: {axis: symbolic name}}``, e.g. ``{"tokens": {0: "batch", 1: "seq"}}``.
-DynamicAxes = dict[str, dict[int, str]]
-#: The symbolic name of axis 0, which is always dynamic.
-BATCH_AXIS_NAME = "batch"
 
 
 class ExportError(RuntimeError):
@@ -103,58 +101,6 @@ class IONames:
         if shared := sorted(set(inputs) & set(outputs)):
             raise ValueError(f"Input and output names must differ, both contain {shared}.")
         return cls(inputs, outputs)
-
-
-def resolve_dynamic_axes(
-    names: IONames, example: Example, outputs: Sequence[torch.Tensor],
-    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
-) -> DynamicAxes:  # fmt: skip
-    """Every input's and output's dynamic axes: axis 0 (``batch``) plus the ones given.
-
-    Args:
-        names: the input and output names.
-        example: example inputs (for their ranks).
-        outputs: eager outputs for ``example`` (for their ranks).
-        dynamic_axes: extra dynamic axes by tensor name, e.g. ``{"tokens": {1: "seq"}}``;
-            axis 0 may be given but must be the batch. The same symbolic name on several
-            tensors means the same size (e.g. ``seq`` on the input and the output).
-
-    Returns:
-        ``{name: {axis: symbol}}`` for every input and output, axes sorted.
-
-    Raises:
-        ValueError: for an unknown tensor name, an axis outside the tensor's rank, or a
-            symbol that is not a non-empty string.
-    """
-    ranks = dict(zip(names.inputs, (t.dim() for t in example)))
-    ranks.update(zip(names.outputs, (t.dim() for t in outputs)))
-    resolved: DynamicAxes = {name: {0: BATCH_AXIS_NAME} for name in ranks}
-    for name, axes in (dynamic_axes or {}).items():
-        if name not in ranks:
-            raise ValueError(
-                f"dynamic_axes names {name!r}, which is not an input or output of the model "
-                f"(inputs {list(names.inputs)}, outputs {list(names.outputs)}); use those "
-                "names, or set input_names/output_names."
-            )
-        if not isinstance(axes, Mapping):
-            raise ValueError(
-                f"dynamic_axes[{name!r}] must map axis numbers to names, e.g. {{1: 'seq'}}, "
-                f"got {axes!r}."
-            )
-        for axis, symbol in axes.items():
-            if not isinstance(axis, int) or not 0 <= axis < ranks[name]:
-                raise ValueError(
-                    f"dynamic_axes[{name!r}] names axis {axis!r}, but {name!r} has rank "
-                    f"{ranks[name]} (axes 0..{ranks[name] - 1})."
-                )
-            if not isinstance(symbol, str) or not symbol:
-                raise ValueError(
-                    f"dynamic_axes[{name!r}][{axis}] must be a non-empty name, got {symbol!r}."
-                )
-            if axis == 0 and symbol != BATCH_AXIS_NAME:
-                symbol = BATCH_AXIS_NAME  # axis 0 is the batch for every tensor
-            resolved[name][axis] = symbol
-    return {name: dict(sorted(axes.items())) for name, axes in resolved.items()}
 
 
 def _default_names(prefix: str, count: int) -> tuple[str, ...]:
