@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 pytestmark = pytest.mark.integration
 SCRIPT = Path(__file__).with_name("ddp_train.py")
-SLOW_UPLOAD_S = 8.0
+SLOW_UPLOAD_S = 5.0
 PG_TIMEOUT_S = 4.0  # shorter than the upload: a rank held at a collective during it fails
 
 
