@@ -10,19 +10,50 @@ against eager PyTorch and logs them to MLflow as one model with both flavors::
     trainer.fit(model)
     export.model_uri, export.registered_version, export.exported_paths
 
-Modules: ``export`` (TorchScript/ONNX files), ``verify`` (exports vs eager), ``log``
-(MLflow logging and registration), ``export_best`` (the callback).
+A Trainer accepts only callbacks of its own distribution, so there is one class per
+distribution, both from the same code:
+
+* ``LightningExportBestCheckpoint`` for ``lightning.pytorch`` (``pip install lightning``);
+* ``PytorchLightningExportBestCheckpoint`` for ``pytorch_lightning``;
+* ``ExportBestCheckpoint``: the ``pytorch_lightning`` one when it is installed, else the
+  ``lightning`` one.
+
+Modules: ``export`` (TorchScript/ONNX files), ``precision`` (fp16/bf16), ``verify`` (exports
+vs eager), ``log`` (MLflow logging and registration), ``packages`` (the two Lightning
+distributions), ``export_best`` (the callback).
 """
 
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
 from lightning_callbacks.export import ExportError
-from lightning_callbacks.export_best import ExportBestCheckpoint
-from lightning_callbacks.log import ExportLoggingError
+from lightning_callbacks.export_best import ExportBestCheckpointMixin, callback_class
+from lightning_callbacks.log import ExportLoggingError, mask_credentials
 from lightning_callbacks.verify import ExportVerificationError, VerificationResult
 
 __all__ = [
     "ExportBestCheckpoint",
+    "ExportBestCheckpointMixin",
     "ExportError",
     "ExportLoggingError",
     "ExportVerificationError",
+    "LightningExportBestCheckpoint",
+    "PytorchLightningExportBestCheckpoint",
     "VerificationResult",
+    "callback_class",
+    "mask_credentials",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Build the callback classes on first use, importing only the distribution asked for."""
+    if name == "LightningExportBestCheckpoint":
+        return callback_class("lightning")
+    if name == "PytorchLightningExportBestCheckpoint":
+        return callback_class("pytorch_lightning")
+    if name == "ExportBestCheckpoint":
+        installed = importlib.util.find_spec("pytorch_lightning") is not None
+        return callback_class("pytorch_lightning" if installed else "lightning")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,28 +9,34 @@ and training mode are restored afterwards::
         export_torchscript(model, example, out_dir / "model.pt", method="trace")
         export_onnx(model, example, out_dir / "model.onnx", names)
 
-ONNX uses the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``) with
-``dynamic_axes`` on axis 0 of every input and output. It is fast (well under a second for
-small models), writes a single self-contained file below 2 GiB (Triton's ``onnxruntime``
-backend serves exactly that one file) and handles ``ScriptModule`` inputs, so
-``torchscript_method="script"`` also yields ONNX ``If``/``Loop`` nodes for data-dependent
-control flow. The dynamo exporter needs seconds per export and writes external data even
-for tiny models. The example batch is widened to at least 2 rows so the exporter cannot
+ONNX uses the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``) by
+default, or the dynamo one (``exporter="dynamo"|"auto"``, see
+:mod:`lightning_callbacks.onnx_exporters`), with axis 0 of every input and output dynamic
+plus the ``dynamic_axes`` given (see :mod:`lightning_callbacks.dynamic_axes`). The
+TorchScript exporter is fast (well under a second for small models), writes a single
+self-contained file below 2 GiB (Triton's ``onnxruntime`` backend serves exactly that one
+file) and handles ``ScriptModule`` inputs, so ``torchscript_method="script"`` also yields ONNX
+``If``/``Loop`` nodes for data-dependent control flow. The example batch is widened to at least 2 rows so the exporter cannot
 specialise the batch dimension, and :func:`check_dynamic_batch` rejects any graph whose axis 0
-came out fixed anyway.
+came out fixed anyway (and every other declared dynamic axis).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence, get_args
+from typing import Any, Iterator, Literal, Mapping, Sequence, get_args
 
 import torch
+from lightning_utilities.core.rank_zero import rank_zero_warn
+
+from lightning_callbacks.dynamic_axes import DynamicAxes, resolve_dynamic_axes
+from lightning_callbacks.onnx_exporters import OnnxExporter, record_exporter, run_exporter
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +188,7 @@ def export_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
     module.to("cpu")
     module.eval()
     try:
-        with torch.no_grad(), _lightning_jit_context():
+        with torch.no_grad(), _lightning_jit_context(module):
             yield module
     finally:
         module.train(training)
@@ -198,17 +204,27 @@ def _module_device(module: torch.nn.Module) -> torch.device | None:
     return None
 
 
-def _lightning_jit_context() -> contextlib.AbstractContextManager:
-    """Lightning's guard that hides trainer-bound properties from TorchScript (if available).
+def _lightning_jit_context(module: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """Lightning's guard that hides trainer-bound properties from TorchScript, when needed.
 
-    Without it, tracing a LightningModule outside a Trainer fails on ``hasattr(module,
-    "trainer")``. The guard is private Lightning API, so fall back to a no-op when it moves.
+    A LightningModule not attached to a Trainer raises from its ``trainer`` property, which
+    ``torch.jit.script`` probes. Inside fit the module is attached and nothing is needed; for
+    a detached module the guard of the module's own package (``lightning.pytorch`` or
+    ``pytorch_lightning``) is used. It is Lightning's only way to script a detached module
+    and is private, so a release that drops it falls back to a no-op (scripting a detached
+    module then fails with a clear error; tracing and ONNX do not need it).
     """
     try:
-        from pytorch_lightning.core.module import _jit_is_scripting
-    except ImportError:  # pragma: no cover - depends on the Lightning version
+        module.trainer  # noqa: B018 - the property raises when detached
         return contextlib.nullcontext()
-    return _jit_is_scripting()
+    except (AttributeError, RuntimeError):
+        pass
+    for klass in type(module).__mro__:
+        if klass.__name__ == "LightningModule" and klass.__module__.endswith("core.module"):
+            guard = getattr(sys.modules[klass.__module__], "_jit_is_scripting", None)
+            if guard is not None:
+                return guard()
+    return contextlib.nullcontext()
 
 
 def widen_batch(example: Example, min_batch: int = MIN_EXPORT_BATCH) -> Example:
@@ -267,8 +283,6 @@ def _report_tracer_warnings(caught: list[warnings.WarningMessage], name: str) ->
         if issubclass(w.category, torch.jit.TracerWarning) and "Python boolean" in str(w.message):
             data_dependent = True
     if data_dependent:
-        from pytorch_lightning.utilities.rank_zero import rank_zero_warn
-
         rank_zero_warn(
             f"Tracing {name} converted a tensor to a Python boolean: the trace keeps only the "
             "branch taken by the example input. Verification will compare it with eager on "
@@ -301,8 +315,10 @@ def export_onnx(
     path: Path,
     names: IONames,
     opset: int | None = None,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+    exporter: OnnxExporter = "torchscript",
 ) -> Path:
-    """Export to ONNX with a dynamic axis 0 on every input and output, and check it.
+    """Export to ONNX with dynamic axes (axis 0 of every tensor, plus the ones given), check it.
 
     Uses the TorchScript-based exporter (``dynamo=False``, see the module docstring) on a batch
     of at least :data:`MIN_EXPORT_BATCH` rows. Models of 2 GiB or more are re-saved with
@@ -314,10 +330,15 @@ def export_onnx(
         path: the ``.onnx`` file to write.
         names: input/output names; they become the ONNX graph's names.
         opset: ONNX opset; None lets torch choose its default.
+        dynamic_axes: ``{tensor: {axis: name}}`` beyond axis 0 (see
+            :func:`resolve_dynamic_axes`); None keeps only the batch axis dynamic.
+        exporter: ``torchscript``, ``dynamo`` or ``auto`` (see
+            :mod:`lightning_callbacks.onnx_exporters`); the one used is recorded in the
+            file's ``metadata_props``.
 
     Raises:
         ModuleNotFoundError: if ``onnx`` is not installed.
-        ExportError: if the exporter fails or axis 0 is not dynamic in the result.
+        ExportError: if the exporter fails or a declared axis is fixed in the result.
     """
     try:
         import onnx
@@ -327,20 +348,17 @@ def export_onnx(
         ) from err
     start = time.perf_counter()
     path.parent.mkdir(parents=True, exist_ok=True)
-    dynamic_axes = {name: {0: "batch"} for name in (*names.inputs, *names.outputs)}
-    kwargs: dict[str, Any] = {} if opset is None else {"opset_version": opset}
+    wide = widen_batch(example)
+    axes = resolve_dynamic_axes(names, wide, flatten_outputs(module(*wide)), dynamic_axes)
+    big = sum(p.numel() * p.element_size() for p in module.parameters()) >= EXTERNAL_DATA_THRESHOLD_BYTES
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            torch.onnx.export(
-                module, widen_batch(example), str(path), input_names=list(names.inputs),
-                output_names=list(names.outputs), dynamic_axes=dynamic_axes, dynamo=False,
-                **kwargs,
-            )  # fmt: skip
+        used, _ = run_exporter(
+            module, wide, path, names.inputs, names.outputs, axes, opset, exporter, external_data=big
+        )
     except Exception as err:
         raise ExportError(
-            f"torch.onnx.export failed for {type(module).__name__}: {_first_lines(str(err))}"
+            f"torch.onnx.export ({exporter}) failed for {type(module).__name__}: "
+            f"{_first_lines(str(err))}"
         ) from err
     if _onnx_size(path) >= EXTERNAL_DATA_THRESHOLD_BYTES:
         model = onnx.load(str(path))
@@ -348,12 +366,13 @@ def export_onnx(
             stale.unlink()
         onnx.save_model(
             model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-            location=ONNX_EXTERNAL_DATA_FILE,
+            location=ONNX_EXTERNAL_DATA_FILE, size_threshold=0,
         )  # fmt: skip
-    check_dynamic_batch(path, names)
+    record_exporter(path, used)
+    check_dynamic_batch(path, names, axes)
     logger.info(
-        "exported ONNX (opset %s) to %s in %.2fs",
-        opset or "default", path, time.perf_counter() - start,
+        "exported ONNX with the %s exporter (opset %s) to %s in %.2fs",
+        used, opset or "default", path, time.perf_counter() - start,
     )  # fmt: skip
     return path
 
@@ -407,11 +426,17 @@ def check_batch_first(module: torch.nn.Module, example: Example, names: IONames)
         )
 
 
-def check_dynamic_batch(path: Path, names: IONames) -> None:
-    """Raise unless axis 0 of every graph input and output in ``path`` is symbolic.
+def check_dynamic_batch(path: Path, names: IONames, dynamic_axes: DynamicAxes | None = None) -> None:
+    """Raise unless axis 0, and every other axis in ``dynamic_axes``, is symbolic in ``path``.
+
+    Args:
+        path: the ONNX file.
+        names: the graph's expected input and output names.
+        dynamic_axes: declared dynamic axes by tensor name (axis 0 is always checked).
 
     Raises:
-        ExportError: naming each tensor whose axis 0 is fixed, with the names the graph has.
+        ExportError: naming each tensor whose declared dynamic axis is fixed, with the names
+            the graph has.
     """
     import onnx
 
@@ -430,6 +455,13 @@ def check_dynamic_batch(path: Path, names: IONames) -> None:
             problems.append(f"{name!r} is a scalar (no batch axis)")
         elif dims[0].HasField("dim_value"):
             problems.append(f"{name!r} has a fixed axis 0 of size {dims[0].dim_value}")
+        for axis in sorted((dynamic_axes or {}).get(name, {})):
+            if 0 < axis < len(dims) and dims[axis].HasField("dim_value"):
+                problems.append(
+                    f"{name!r} has a fixed axis {axis} of size {dims[axis].dim_value}, declared "
+                    "dynamic (the exporter specialised it: shape-dependent Python code in "
+                    "forward, or an example of size 1 on that axis)"
+                )
     if problems:
         raise ExportError(
             f"The ONNX graph in {path} cannot serve variable batch sizes: "

@@ -2,55 +2,65 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Sequence, get_args
 
-import pytorch_lightning as pl
 import torch
-from lightning_fabric.utilities.cloud_io import get_filesystem
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
-from pytorch_lightning.utilities.rank_zero import rank_zero_warn
+from lightning_utilities.core.rank_zero import rank_zero_warn
 from typing_extensions import override
 
+from mlflow_triton.golden import GoldenCases
+
 from lightning_callbacks.export import (
-    FORMATS,
+    DynamicAxes,
     ONNX_FILE,
     TORCHSCRIPT_FILE,
-    TORCHSCRIPT_METHODS,
     Example,
     Format,
     IONames,
     TorchscriptMethod,
     check_batch_first,
     export_mode,
+    flatten_outputs,
+    resolve_dynamic_axes,
     export_onnx,
     export_torchscript,
     resolve_example,
     take_rows,
     to_torchscript,
 )
-from lightning_callbacks.log import (
-    INPUT_EXAMPLE_ROWS,
-    ExportLoggingError,
-    LoggedExport,
-    check_reachable,
-    log_model,
-    log_run_data,
-    resolved_run,
-    using_tracking_uri,
+from lightning_callbacks.arguments import validate_arguments
+from lightning_callbacks.checkpoint_weights import checkpoint_exists, numpy_dtype, to_numpy, weights_from
+from lightning_callbacks.log import INPUT_EXAMPLE_ROWS
+from lightning_callbacks.upload import (
+    BackgroundUploads,
+    PendingUpload,
+    export_metadata,
+    mlflow_target,
+    upload,
+)
+from lightning_callbacks.onnx_exporters import OnnxExporter
+from lightning_callbacks.packages import LightningPackage, lightning_package
+from lightning_callbacks.precision import (
+    PRECISIONS,
+    Precision,
+    cast_inputs,
+    default_tolerances,
+    reduced_precision,
 )
 from lightning_callbacks.verify import (
     VerificationResult,
     raise_on_failure,
     run_eager,
+    verification_batches,
     verify_exports,
 )
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
 
 logger = logging.getLogger(__name__)
 
@@ -58,35 +68,49 @@ ExportOn = Literal["fit_end", "best"]
 EXPORT_ON: tuple[str, ...] = get_args(ExportOn)
 
 
-class ExportBestCheckpoint(Callback):
+class ExportBestCheckpointMixin:
     r"""Export the best checkpoint to TorchScript and ONNX, verify both, log them to MLflow.
 
-    When fit ends (or, with ``export_on="best"``, each time the monitored
-    :class:`~pytorch_lightning.callbacks.ModelCheckpoint` saves a new best), the callback:
+    The logic of the callback, independent of the Lightning distribution; use
+    :class:`LightningExportBestCheckpoint` (``lightning.pytorch``) or
+    :class:`PytorchLightningExportBestCheckpoint` (``pytorch_lightning``), or
+    ``lightning_callbacks.ExportBestCheckpoint``, which is whichever of the two is installed
+    (``pytorch_lightning`` first).
+
+    When fit ends (or, with ``export_on="best"``, each time the monitored ``ModelCheckpoint``
+    saves a new best), the callback:
 
     1. loads the best checkpoint's ``state_dict`` into the LightningModule (the module's own
        weights, device and training mode are restored afterwards);
-    2. exports it on CPU, in eval mode, under ``torch.no_grad()``: TorchScript with
-       ``torch.jit.trace`` (or ``script``) and ONNX with a dynamic batch axis;
-    3. loads each file back and compares it with eager at batch size 1 and
-       ``verify_batch_size``;
+    2. exports it on CPU, in eval mode, under ``torch.no_grad()``, in ``precision``:
+       TorchScript with ``torch.jit.trace`` (or ``script``) and ONNX with dynamic axes
+       (the batch axis, plus ``dynamic_axes``);
+    3. loads each file back and compares it with the fp32 eager model at batch size 1 and
+       ``verify_batch_size``, and at two sizes of every other dynamic axis;
     4. logs ONE MLflow model holding both the ``onnx`` and the ``pytorch`` (TorchScript) flavor,
-       with a signature whose tensor names are the ONNX names, plus verification metrics and
-       the checkpoint's score and path as tags; registers it and sets ``alias``.
+       with a signature whose tensor names are the ONNX names and whose dynamic axes are -1,
+       the verification inputs and eager outputs as golden outputs (``golden/``, see
+       :mod:`mlflow_triton.golden`), which ONNX exporter and opset made the file (the model's
+       ``metadata``), verification metrics and the checkpoint's score and path as tags;
+       registers it and sets ``alias``.
 
-    Only global rank zero exports and logs; every rank then waits at a barrier. Nothing runs
-    during the sanity check or with ``fast_dev_run``. Rank zero must hold the full model
-    (DDP is fine; sharded strategies such as FSDP or DeepSpeed are not supported). Any error
-    is raised from the hook, so with ``export_on="best"`` a failed export stops training. The MLflow run is the
-    :class:`~pytorch_lightning.loggers.MLFlowLogger`'s, else the active run (e.g. from
-    ``mlflow.pytorch.autolog``), else a new run that the callback ends.
+    Only global rank zero exports and logs. Steps 1-3 take seconds and every rank waits for
+    them at a barrier. Step 4 (the upload) does not hold the other ranks: with
+    ``export_on="best"`` it runs in a background thread while training goes on (uploads are
+    registered in order; a failed upload is raised from the next hook); at fit end rank zero
+    uploads after the barrier, while the other ranks finish. Nothing runs during the sanity
+    check or with ``fast_dev_run``. Rank zero must hold the full model (DDP is fine; sharded
+    strategies such as FSDP or DeepSpeed are not supported). The MLflow run is the
+    ``MLFlowLogger``'s, else the active run (e.g. from ``mlflow.pytorch.autolog``), else a
+    new run that the callback ends. Credentials in tracking URIs are masked in every message.
 
     Args:
         formats: what to export: ``"torchscript"`` and/or ``"onnx"``.
         input_sample: example input, a tensor or tuple of tensors, batch first. Defaults to
             the module's ``example_input_array``.
-        rtol: relative tolerance of the verification.
-        atol: absolute tolerance of the verification.
+        rtol: relative tolerance of the verification; None: the precision's default (see
+            :mod:`lightning_callbacks.precision`).
+        atol: absolute tolerance of the verification; None: the precision's default.
         registered_model_name: register the logged model under this name.
         alias: registry alias set on the new version (needs ``registered_model_name``).
         export_on: ``"fit_end"`` exports once when fit ends; ``"best"`` also exports every
@@ -104,6 +128,18 @@ class ExportBestCheckpoint(Callback):
         output_names: names of the outputs (default ``output`` or ``output_0``...).
         tracking_uri: MLflow tracking URI. Defaults to the MLFlowLogger's, else MLflow's own.
         log_to_mlflow: set False to only export and verify.
+        dynamic_axes: variable axes beyond the batch, by input or output name, e.g.
+            ``{"tokens": {1: "seq"}, "scores": {1: "seq"}}``. Axis 0 is always the dynamic
+            ``batch``. The same name on several tensors means the same size.
+        precision: ``"fp32"``, or ``"fp16"``/``"bf16"`` to export half-precision files
+            (verified against the fp32 model).
+        background_upload: with ``export_on="best"``, upload from a background thread so that
+            validation epochs do not wait for MLflow (True); False uploads in the hook.
+        onnx_exporter: ``"torchscript"`` (``dynamo=False``: fast, keeps scripted control
+            flow), ``"dynamo"`` (``torch.export`` with ``dynamic_shapes``) or ``"auto"``
+            (dynamo, falling back to TorchScript with the reason logged); see
+            :mod:`lightning_callbacks.onnx_exporters`. The one used is in the MLflow model's
+            ``metadata`` (``onnx_exporter``, ``onnx_opset``).
 
     Attributes:
         exported_paths: the last exported files by format.
@@ -114,11 +150,13 @@ class ExportBestCheckpoint(Callback):
         last_exported_checkpoint: the checkpoint the last export came from ("" for the
             current weights), or None before any export.
         last_exported_score: its monitored score, or None.
+        timings: seconds of the last export by phase (``export_verify``, ``upload``, and
+            ``hook``: how long the training loop was held).
 
     Raises:
-        MisconfigurationException: on an invalid argument, or in ``setup`` when the trainer
-            has no ``ModelCheckpoint``.
-        ValueError: if there is no example input.
+        MisconfigurationException: (the package's own) on an invalid argument, or in
+            ``setup`` when the trainer has no ``ModelCheckpoint``.
+        ValueError: if there is no example input or ``dynamic_axes`` names an unknown tensor.
         FileNotFoundError: if the best checkpoint file no longer exists.
         ExportError: if tracing, scripting or export fails.
         ExportVerificationError: if an export does not reproduce eager within tolerance.
@@ -127,23 +165,28 @@ class ExportBestCheckpoint(Callback):
 
     Example::
 
-        >>> from pytorch_lightning import Trainer
-        >>> from pytorch_lightning.callbacks import ModelCheckpoint
-        >>> from lightning_callbacks import ExportBestCheckpoint
-        >>> export = ExportBestCheckpoint(registered_model_name="regressor", alias="champion")
+        >>> from lightning.pytorch import Trainer
+        >>> from lightning.pytorch.callbacks import ModelCheckpoint
+        >>> from lightning_callbacks import LightningExportBestCheckpoint
+        >>> export = LightningExportBestCheckpoint(
+        ...     registered_model_name="tagger", alias="champion",
+        ...     dynamic_axes={"tokens": {1: "seq"}, "scores": {1: "seq"}},
+        ...     input_names=["tokens"], output_names=["scores"])
         >>> trainer = Trainer(callbacks=[ModelCheckpoint(monitor="val_loss"), export])
-        >>> # trainer.fit(model) then: export.model_uri, export.registered_version.version,
-        >>> # export.exported_paths["onnx"]
+        >>> # trainer.fit(model) then: export.model_uri, export.registered_version.version
         >>> export.export_on
         'fit_end'
     """
+
+    #: The Lightning distribution the concrete class is built on.
+    lightning: ClassVar[LightningPackage]
 
     def __init__(
         self,
         formats: Sequence[Format] = ("torchscript", "onnx"),
         input_sample: Any = None,
-        rtol: float = 1e-3,
-        atol: float = 1e-5,
+        rtol: float | None = None,
+        atol: float | None = None,
         registered_model_name: str | None = None,
         alias: str | None = None,
         export_on: ExportOn = "fit_end",
@@ -151,18 +194,24 @@ class ExportBestCheckpoint(Callback):
         torchscript_method: TorchscriptMethod = "trace",
         opset: int | None = None,
         verify_batch_size: int = 7,
-        checkpoint_callback: ModelCheckpoint | None = None,
+        checkpoint_callback: Any = None,
         artifact_name: str = "model",
         input_names: Sequence[str] | None = None,
         output_names: Sequence[str] | None = None,
         tracking_uri: str | None = None,
         log_to_mlflow: bool = True,
+        dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+        precision: Precision = "fp32",
+        background_upload: bool = True,
+        onnx_exporter: OnnxExporter = "torchscript",
     ) -> None:
         super().__init__()
         self.formats: tuple[Format, ...] = tuple(formats)
         self.input_sample = input_sample
-        self.rtol = rtol
-        self.atol = atol
+        self.precision = precision
+        default_rtol, default_atol = default_tolerances(precision) if precision in PRECISIONS else (0, 0)
+        self.rtol = default_rtol if rtol is None else rtol
+        self.atol = default_atol if atol is None else atol
         self.registered_model_name = registered_model_name
         self.alias = alias
         self.export_on = export_on
@@ -176,6 +225,9 @@ class ExportBestCheckpoint(Callback):
         self.output_names = tuple(output_names) if output_names else None
         self.tracking_uri = tracking_uri
         self.log_to_mlflow = log_to_mlflow
+        self.dynamic_axes = {k: dict(v) for k, v in dynamic_axes.items()} if dynamic_axes else None
+        self.background_upload = background_upload
+        self.onnx_exporter = onnx_exporter
 
         self.exported_paths: dict[str, Path] = {}
         self.model_uri: str | None = None
@@ -184,66 +236,22 @@ class ExportBestCheckpoint(Callback):
         self.verification: list[VerificationResult] = []
         self.last_exported_checkpoint: str | None = None
         self.last_exported_score: float | None = None
-        self._checkpoint: ModelCheckpoint | None = None
+        self.timings: dict[str, float] = {}
+        self._checkpoint: Any = None
         self._last_seen: str | None = None  # same on every rank: decides the barriers
+        self._uploads = BackgroundUploads()
         self._validate_init_configuration()
 
     def _validate_init_configuration(self) -> None:
-        if not self.formats or any(f not in FORMATS for f in self.formats):
-            raise MisconfigurationException(
-                f"`formats` must be a non-empty subset of {FORMATS}, got {self.formats}."
-            )
-        if len(set(self.formats)) != len(self.formats):
-            raise MisconfigurationException(f"`formats` repeats a format: {self.formats}.")
-        if self.export_on not in EXPORT_ON:
-            raise MisconfigurationException(
-                f"`export_on` must be one of {EXPORT_ON}, got {self.export_on!r}."
-            )
-        if self.torchscript_method not in TORCHSCRIPT_METHODS:
-            raise MisconfigurationException(
-                f"`torchscript_method` must be one of {TORCHSCRIPT_METHODS}, "
-                f"got {self.torchscript_method!r}."
-            )
-        for name in ("rtol", "atol"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0:
-                raise MisconfigurationException(f"`{name}` must be a number >= 0, got {value!r}.")
-        if not isinstance(self.verify_batch_size, int) or self.verify_batch_size < 2:
-            raise MisconfigurationException(
-                "`verify_batch_size` must be an int >= 2 (batch size 1 is always verified), "
-                f"got {self.verify_batch_size!r}."
-            )
-        if self.opset is not None and (not isinstance(self.opset, int) or self.opset < 7):
-            raise MisconfigurationException(
-                f"`opset` must be None or an ONNX opset version >= 7, got {self.opset!r}."
-            )
-        if self.alias is not None and self.registered_model_name is None:
-            raise MisconfigurationException(
-                f"`alias={self.alias!r}` needs `registered_model_name`: aliases point at "
-                "registered model versions."
-            )
-        if self.alias is not None and (
-            self.alias.lower() == "latest" or re.fullmatch(r"v\d+", self.alias, re.IGNORECASE)
-        ):
-            raise MisconfigurationException(
-                f"`alias` {self.alias!r} is reserved by the MLflow Model Registry ('latest' and "
-                "'v<number>' name versions); choose another, e.g. 'champion'."
-            )
-        if self.registered_model_name is not None and not self.log_to_mlflow:
-            raise MisconfigurationException(
-                "`registered_model_name` needs `log_to_mlflow=True`, got `log_to_mlflow=False`."
-            )
-        if not self.artifact_name or "/" in self.artifact_name:
-            raise MisconfigurationException(
-                f"`artifact_name` must be a non-empty name without '/', got {self.artifact_name!r}."
-            )
+        validate_arguments(self, self.lightning.MisconfigurationException)
 
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(
-            artifact_name=self.artifact_name, registered_model_name=self.registered_model_name
-        )
+        # Lightning's format (class name + kwargs), with one name for both distributions'
+        # classes, so a checkpoint resumes under either package.
+        kwargs = {"artifact_name": self.artifact_name, "registered_model_name": self.registered_model_name}
+        return f"ExportBestCheckpoint{kwargs!r}"
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -266,12 +274,12 @@ class ExportBestCheckpoint(Callback):
         self._last_seen = self.last_exported_checkpoint
 
     @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         if stage != "fit":
             return
         if self.checkpoint_callback is not None:
             if self.checkpoint_callback not in trainer.checkpoint_callbacks:
-                raise MisconfigurationException(
+                raise self.lightning.MisconfigurationException(
                     f"{type(self).__name__}(checkpoint_callback=...) was given a ModelCheckpoint "
                     "that is not in the Trainer's callbacks.\nHINT: pass the same instance to "
                     "Trainer(callbacks=[...])."
@@ -280,7 +288,7 @@ class ExportBestCheckpoint(Callback):
             return
         candidates = trainer.checkpoint_callbacks
         if not candidates:
-            raise MisconfigurationException(
+            raise self.lightning.MisconfigurationException(
                 f"{type(self).__name__} exports the best checkpoint, but the Trainer has no "
                 "ModelCheckpoint callback.\nHINT: add "
                 "`ModelCheckpoint(monitor='val_loss')` to Trainer(callbacks=[...]) and keep "
@@ -297,22 +305,31 @@ class ExportBestCheckpoint(Callback):
             )  # fmt: skip
 
     @override
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         # ModelCheckpoint runs after this hook: this sees bests saved by earlier validations.
         if self.export_on == "best":
             self._maybe_export(trainer, pl_module, final=False)
 
     @override
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         # Runs after this epoch's validation, so its checkpoint file exists by now.
         if self.export_on == "best":
             self._maybe_export(trainer, pl_module, final=False)
 
     @override
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._maybe_export(trainer, pl_module, final=True)
+    def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        try:
+            self._maybe_export(trainer, pl_module, final=True)
+        finally:
+            self._uploads.shutdown()
 
-    def _skipped(self, trainer: pl.Trainer) -> bool:
+    @override
+    def on_exception(
+        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException
+    ) -> None:
+        self._uploads.shutdown()
+
+    def _skipped(self, trainer: "pl.Trainer") -> bool:
         if trainer.sanity_checking:
             return True
         if trainer.fast_dev_run:
@@ -321,7 +338,7 @@ class ExportBestCheckpoint(Callback):
         return False
 
     def _maybe_export(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, final: bool
+        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", final: bool
     ) -> None:
         if self._checkpoint is None or self._skipped(trainer):
             return
@@ -332,27 +349,41 @@ class ExportBestCheckpoint(Callback):
             return
         self._last_seen = best
         done = best and best == self.last_exported_checkpoint
+        upload: PendingUpload | None = None
+        start = time.perf_counter()
         if trainer.is_global_zero:
+            self._uploads.raise_failed(wait=False)
             if final and self.export_on == "best" and done:
                 logger.info("%s: %s is already exported", type(self).__name__, best)
             else:
-                self._rank_zero_export(trainer, pl_module, best, final)
+                upload = self._rank_zero_export(trainer, pl_module, best, final)
+        # Only the export and its verification (seconds) hold the other ranks; the upload
+        # (minutes for large models) runs after the barrier.
         trainer.strategy.barrier("ExportBestCheckpoint")
+        if trainer.is_global_zero:
+            if final:
+                self._uploads.raise_failed(wait=True)
+            if upload is not None:
+                if final or not self.background_upload:
+                    self._upload(upload)
+                else:
+                    self._uploads.submit(lambda: self._upload(upload))
+            self.timings["hook"] = time.perf_counter() - start
 
     def _rank_zero_export(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, best: str, final: bool
-    ) -> None:
-        if best and not get_filesystem(best).exists(best):
+        self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", best: str, final: bool
+    ) -> PendingUpload | None:
+        if best and not checkpoint_exists(best):
             if not final:  # e.g. written asynchronously: retry at the next check
                 logger.debug("best checkpoint %s not written yet", best)
-                return
+                return None
             raise FileNotFoundError(
                 f"{type(self).__name__}: the best checkpoint {best} no longer exists, so it "
                 "cannot be exported.\nHINT: do not delete or move checkpoints during fit, or "
                 "point ModelCheckpoint(dirpath=...) at persistent storage."
             )
         score = self._checkpoint.best_model_score if best else None
-        self.export(
+        return self._export_and_verify(
             pl_module, checkpoint_path=best or None,
             score=float(score) if score is not None else None,
             step=trainer.global_step, trainer=trainer,
@@ -360,15 +391,16 @@ class ExportBestCheckpoint(Callback):
 
     def export(
         self,
-        pl_module: pl.LightningModule,
+        pl_module: "pl.LightningModule",
         checkpoint_path: str | None = None,
         score: float | None = None,
         step: int = 0,
-        trainer: pl.Trainer | None = None,
+        trainer: "pl.Trainer | None" = None,
     ) -> dict[str, Path]:
         """Export, verify and log ``pl_module`` with the weights of ``checkpoint_path``.
 
-        The callback calls this on global rank zero; call it directly to export outside fit.
+        The callback calls the same steps on global rank zero; call this to export outside
+        fit (it uploads in the calling thread).
 
         Args:
             pl_module: the module to export.
@@ -380,7 +412,30 @@ class ExportBestCheckpoint(Callback):
 
         Returns:
             The exported files by format (also in :attr:`exported_paths`).
+
+        Raises:
+            ExportError: see the class; ``ExportVerificationError`` after the metrics are
+                logged when an export does not match eager.
         """
+        upload = self._export_and_verify(pl_module, checkpoint_path, score, step, trainer)
+        if upload is not None:
+            self._upload(upload)
+        return self.exported_paths
+
+    def _export_and_verify(
+        self,
+        pl_module: "pl.LightningModule",
+        checkpoint_path: str | None,
+        score: float | None,
+        step: int,
+        trainer: "pl.Trainer | None",
+    ) -> PendingUpload | None:
+        """Export and verify; return what to upload (None without MLflow).
+
+        Raises:
+            ExportVerificationError: after logging the metrics, when verification failed.
+        """
+        start = time.perf_counter()
         example = resolve_example(pl_module, self.input_sample)
         if checkpoint_path is None:
             rank_zero_warn(
@@ -389,24 +444,70 @@ class ExportBestCheckpoint(Callback):
                 category=RuntimeWarning,
             )
         directory = self._export_dir(checkpoint_path)
-        with _weights_from(pl_module, checkpoint_path), export_mode(pl_module):
+        with weights_from(pl_module, checkpoint_path), export_mode(pl_module):
             names = IONames.resolve(pl_module, example, self.input_names, self.output_names)
             check_batch_first(pl_module, example, names)
-            paths = self._export_files(pl_module, example, names, directory)
+            axes = resolve_dynamic_axes(
+                names, example, flatten_outputs(pl_module(*example)), self.dynamic_axes
+            )
+            low = cast_inputs(example, self.precision)
+            with reduced_precision(pl_module, self.precision):
+                paths = self._export_files(pl_module, low, names, directory, axes)
             self.exported_paths = paths
+            batch_sizes = (1, self.verify_batch_size)
             self.verification = verify_exports(
-                pl_module, paths, example, names, rtol=self.rtol, atol=self.atol,
-                batch_sizes=(1, self.verify_batch_size),
+                pl_module, paths, low, names, rtol=self.rtol, atol=self.atol,
+                batch_sizes=batch_sizes, dynamic_axes=axes, reference=pl_module,
             )  # fmt: skip
-            sample = take_rows(example, min(example[0].shape[0], INPUT_EXAMPLE_ROWS))
-            outputs = run_eager(pl_module, sample)
-        if self.log_to_mlflow:
-            inputs = [t.numpy() for t in sample]
-            self._log(paths, names, inputs, outputs, checkpoint_path, score, step, trainer)
-        raise_on_failure(self.verification, rtol=self.rtol, atol=self.atol)
+            golden = self._golden(pl_module, low, names, axes, batch_sizes)
+            sample = take_rows(low, min(low[0].shape[0], INPUT_EXAMPLE_ROWS))
+            outputs = [
+                y.astype(numpy_dtype(self.precision)) if y.dtype.kind == "f" else y
+                for y in run_eager(pl_module, cast_inputs(sample, "fp32"))
+            ]
+        self.timings = {"export_verify": time.perf_counter() - start}
+        upload = PendingUpload(
+            paths=paths, names=names, inputs=[to_numpy(t) for t in sample], outputs=outputs,
+            dynamic_axes=axes, golden=golden, verification=list(self.verification),
+            checkpoint_path=checkpoint_path, score=score, step=step,
+            artifact_name=self.artifact_name, registered_model_name=self.registered_model_name,
+            alias=self.alias,
+        )  # fmt: skip
+        if not self.log_to_mlflow:
+            raise_on_failure(self.verification, rtol=self.rtol, atol=self.atol)
+            self._exported(checkpoint_path, score)
+            return None
+        upload.metadata = export_metadata(paths, self.precision, self.torchscript_method)
+        loggers = trainer.loggers if trainer is not None else []
+        upload.tracking_uri, upload.run_id = mlflow_target(
+            loggers, self.lightning.MLFlowLogger, self.tracking_uri
+        )
+        if not upload.passed:
+            self._upload(upload)  # logs the metrics and tags only, then raises
+        self._exported(checkpoint_path, score)
+        return upload
+
+    def _exported(self, checkpoint_path: str | None, score: float | None) -> None:
         self.last_exported_checkpoint = checkpoint_path or ""
         self.last_exported_score = score
-        return paths
+
+    def _golden(
+        self,
+        module: torch.nn.Module,
+        example: Example,
+        names: IONames,
+        axes: DynamicAxes,
+        batch_sizes: Sequence[int],
+    ) -> GoldenCases:
+        """The verification inputs (in the export's precision) and fp32 eager outputs."""
+        input_axes = [axes.get(name, {}) for name in names.inputs]
+        batches = verification_batches(example, batch_sizes, input_axes=input_axes)
+        inputs, outputs = [], []
+        for batch in batches.values():
+            expected = run_eager(module, cast_inputs(batch, "fp32"))
+            inputs.append({n: to_numpy(t) for n, t in zip(names.inputs, batch)})
+            outputs.append(dict(zip(names.outputs, expected)))
+        return GoldenCases(inputs, outputs, rtol=self.rtol, atol=self.atol)
 
     def _export_dir(self, checkpoint_path: str | None) -> Path:
         if self.output_dir is None:
@@ -416,7 +517,12 @@ class ExportBestCheckpoint(Callback):
         return self.output_dir / stem
 
     def _export_files(
-        self, module: pl.LightningModule, example: Example, names: IONames, directory: Path
+        self,
+        module: "pl.LightningModule",
+        example: Example,
+        names: IONames,
+        directory: Path,
+        axes: DynamicAxes,
     ) -> dict[str, Path]:
         paths: dict[str, Path] = {}
         onnx_source: torch.nn.Module = module
@@ -430,107 +536,47 @@ class ExportBestCheckpoint(Callback):
             onnx_source = to_torchscript(module, example, "script")
         if "onnx" in self.formats:
             paths["onnx"] = export_onnx(
-                onnx_source, example, directory / ONNX_FILE, names, opset=self.opset
-            )
+                onnx_source, example, directory / ONNX_FILE, names, opset=self.opset,
+                dynamic_axes=axes, exporter=self.onnx_exporter,
+            )  # fmt: skip
         return paths
 
-    def _log(
-        self,
-        paths: dict[str, Path],
-        names: IONames,
-        inputs: list,
-        outputs: list,
-        checkpoint_path: str | None,
-        score: float | None,
-        step: int,
-        trainer: pl.Trainer | None,
-    ) -> None:
-        import mlflow
+    def _upload(self, pending: PendingUpload) -> None:
+        """Upload ``pending``; raise its verification failure afterwards, if any."""
 
-        uri, run_id = self._mlflow_target(trainer)
-        passed = all(r.passed for r in self.verification)
-        metrics = {
-            f"export_verify_{r.format}_batch{r.batch_size}_max_abs_diff": r.max_abs_diff
-            for r in self.verification
-        }
-        tags = {
-            "best_model_path": checkpoint_path or "",
-            "best_model_score": "" if score is None else f"{score:.6g}",
-            "export_verification": "passed" if passed else "failed",
-        }
-        for fmt in paths:
-            ok = all(r.passed for r in self.verification if r.format == fmt)
-            tags[f"export_verification_{fmt}"] = "passed" if ok else "failed"
-        start = time.perf_counter()
-        uri = uri or mlflow.get_tracking_uri()
+        def remember_run(run_id: str) -> None:
+            self.run_id = run_id
+
         try:
-            with using_tracking_uri(uri):
-                check_reachable(mlflow.get_tracking_uri())
-                with resolved_run(run_id, run_name=f"export-{self.artifact_name}") as (run, _):
-                    self.run_id = run
-                    log_run_data(run, metrics, tags, step=step)
-                    if not passed:
-                        return  # the caller raises ExportVerificationError
-                    logged: LoggedExport = log_model(
-                        paths, names, inputs, outputs, run, artifact_name=self.artifact_name,
-                        registered_model_name=self.registered_model_name, alias=self.alias,
-                    )  # fmt: skip
-        except Exception as err:
-            message = (
-                f"{type(self).__name__} could not log to MLflow at {uri}: {err}"
-            )
-            error = ExportLoggingError(message, paths)
-            logger.error("%s", error)
-            if not passed:  # the verification failure is the more important error
-                logger.error("(verification failed as well)")
-                return
-            raise error from err
-        self.model_uri = logged.model_uri
-        self.registered_version = logged.registered_version
+            result = upload(pending, on_run=remember_run)
+        finally:
+            if not pending.passed:
+                raise_on_failure(pending.verification, rtol=self.rtol, atol=self.atol)
+        self.model_uri = result.logged.model_uri
+        self.registered_version = result.logged.registered_version
+        self.timings["upload"] = result.seconds
         logger.info(
-            "%s: %s -> %s in %.2fs", type(self).__name__, checkpoint_path or "current weights",
-            self.model_uri, time.perf_counter() - start,
+            "%s: %s -> %s in %.2fs", type(self).__name__,
+            pending.checkpoint_path or "current weights", self.model_uri, result.seconds,
         )  # fmt: skip
 
-    def _mlflow_target(self, trainer: pl.Trainer | None) -> tuple[str | None, str | None]:
-        """(tracking URI, run id) from the arguments and the trainer's MLFlowLogger, if any."""
-        from pytorch_lightning.loggers import MLFlowLogger
 
-        loggers = trainer.loggers if trainer is not None else []
-        mlflow_logger = next((lg for lg in loggers if isinstance(lg, MLFlowLogger)), None)
-        if mlflow_logger is None:
-            return self.tracking_uri, None
-        logger_uri = getattr(mlflow_logger, "_tracking_uri", None)
-        if self.tracking_uri is not None and self.tracking_uri != logger_uri:
-            return self.tracking_uri, None
-        return logger_uri, mlflow_logger.run_id
+def callback_class(package: str) -> type:
+    """``ExportBestCheckpoint`` built on ``package``'s ``Callback`` (``lightning`` or
+    ``pytorch_lightning``); one class per package, created once.
 
-
-@contextlib.contextmanager
-def _weights_from(module: torch.nn.Module, checkpoint_path: str | None) -> Iterator[None]:
-    """Load ``checkpoint_path``'s ``state_dict`` into ``module``; restore the weights on exit."""
-    if checkpoint_path is None:
-        yield
-        return
-    # The checkpoint was written by this Trainer's ModelCheckpoint: full (non weights-only)
-    # loading is safe and also accepts hyper-parameters of custom types.
-    with get_filesystem(checkpoint_path).open(checkpoint_path, "rb") as f:
-        checkpoint = torch.load(f, map_location="cpu", weights_only=False)
-    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
-    if state is None:
-        raise ValueError(
-            f"{checkpoint_path} is not a Lightning checkpoint: it has no 'state_dict' entry."
+    Raises:
+        ModuleNotFoundError: when that package is not installed.
+    """
+    if package not in _CLASSES:
+        lightning = lightning_package(package)  # type: ignore[arg-type]
+        prefix = "Lightning" if package == "lightning" else "PytorchLightning"
+        _CLASSES[package] = type(
+            f"{prefix}ExportBestCheckpoint",
+            (ExportBestCheckpointMixin, lightning.Callback),
+            {"lightning": lightning, "__module__": __name__, "__doc__": ExportBestCheckpointMixin.__doc__},
         )
-    original = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as err:
-        module.load_state_dict(original)
-        raise ValueError(
-            f"The weights in {checkpoint_path} do not fit {type(module).__name__}: {err}"
-        ) from err
-    logger.info("loaded weights of %s", checkpoint_path)
-    try:
-        yield
-    finally:
-        module.load_state_dict(original)
+    return _CLASSES[package]
+
+
+_CLASSES: dict[str, type] = {}

@@ -26,6 +26,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -36,6 +37,8 @@ from typing import Any, Iterator, Mapping, Sequence
 from urllib.parse import urlparse
 
 import numpy as np
+
+from mlflow_triton.golden import GOLDEN_DIR, GoldenCases
 
 from lightning_callbacks.export import (
     ONNX_EXTERNAL_DATA_FILE,
@@ -50,6 +53,24 @@ logger = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 5.0
 #: Rows of the example input saved as the MLflow input example.
 INPUT_EXAMPLE_ROWS = 5
+
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+_SECRET_QUERY = re.compile(
+    r"(?P<key>[?&](?:token|access_token|password|passwd|secret|key|signature|sig)=)[^&\s]+",
+    re.IGNORECASE,
+)
+
+
+def mask_credentials(text: str) -> str:
+    """``text`` with credentials of every URI in it replaced by ``***``.
+
+    Masks the user-info part (``https://user:token@host`` -> ``https://***@host``) and the
+    values of secret-looking query parameters (``token``, ``password``, ``sig``...), so
+    tracking URIs can appear in messages and log lines.
+    """
+    text = _USERINFO.sub(r"\g<scheme>***@", text)
+    return _SECRET_QUERY.sub(r"\g<key>***", text)
 
 
 class ExportLoggingError(ExportError):
@@ -92,12 +113,12 @@ def using_tracking_uri(uri: str | None) -> Iterator[None]:
     ``os.environ``; both the module-level URI and the variable are restored here.
     """
     import mlflow
-    from mlflow.tracking._tracking_service import utils as tracking_utils
 
     if uri is None or uri == mlflow.get_tracking_uri():
         yield
         return
-    previous = getattr(tracking_utils, "_tracking_uri", None)
+    # None when nothing was set, so that restoring it leaves MLflow resolving its default.
+    previous = mlflow.get_tracking_uri() if mlflow.tracking.is_tracking_uri_set() else None
     previous_env = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
@@ -128,7 +149,7 @@ def check_reachable(tracking_uri: str, timeout_s: float = CONNECT_TIMEOUT_S) -> 
             pass
     except OSError as err:
         raise ConnectionError(
-            f"MLflow tracking server {tracking_uri} is unreachable ({err})"
+            f"MLflow tracking server {mask_credentials(tracking_uri)} is unreachable ({err})"
         ) from err
 
 
@@ -146,14 +167,21 @@ def pip_requirements(formats: Sequence[str]) -> list[str]:
 
 
 def build_signature(
-    names: IONames, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]
+    names: IONames,
+    inputs: Sequence[np.ndarray],
+    outputs: Sequence[np.ndarray],
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
 ) -> tuple[Any, dict[str, np.ndarray]]:
-    """The MLflow signature (batch axis -1, tensor names = ONNX names) and input example.
+    """The MLflow signature (dynamic axes -1, tensor names = ONNX names) and input example.
+
+    The deployment plugin turns every ``-1`` into a variable dimension of Triton's config, so
+    a sequence axis marked here serves any length.
 
     Args:
         names: input and output names.
         inputs: example inputs, batch first.
         outputs: eager outputs for ``inputs``.
+        dynamic_axes: ``{tensor name: {axis: symbol}}``; axis 0 is always dynamic.
 
     Returns:
         ``(signature, input_example)``; the input example is a dict keyed by input name.
@@ -164,10 +192,14 @@ def build_signature(
     example = {name: np.ascontiguousarray(x) for name, x in zip(names.inputs, inputs)}
     signature = infer_signature(example, dict(zip(names.outputs, outputs)))
 
+    axes = dynamic_axes or {}
+
     def batch_dynamic(schema: Schema) -> Schema:
-        return Schema([
-            TensorSpec(spec.type, (-1, *spec.shape[1:]), spec.name) for spec in schema.inputs
-        ])  # fmt: skip
+        def shape(spec: TensorSpec) -> tuple[int, ...]:
+            dynamic = {0, *axes.get(spec.name, {})}
+            return tuple(-1 if i in dynamic else d for i, d in enumerate(spec.shape))
+
+        return Schema([TensorSpec(spec.type, shape(spec), spec.name) for spec in schema.inputs])
 
     # infer_signature already marks axis 0 as -1 for tensors; make that explicit and robust.
     signature.inputs = batch_dynamic(signature.inputs)
@@ -212,7 +244,21 @@ class _DualFlavor:
         signature: Any,
         input_example: Any,
         requirements: list[str],
+        golden: GoldenCases | None = None,
         **kwargs: Any,
+    ) -> None:
+        self._save(path, mlflow_model, paths, signature, input_example, requirements)
+        if golden is not None:
+            golden.save(Path(path) / GOLDEN_DIR)
+
+    def _save(
+        self,
+        path: str,
+        mlflow_model: Any,
+        paths: Mapping[str, Path],
+        signature: Any,
+        input_example: Any,
+        requirements: list[str],
     ) -> None:
         import mlflow.onnx
         import onnx
@@ -283,6 +329,9 @@ def log_model(
     artifact_name: str = "model",
     registered_model_name: str | None = None,
     alias: str | None = None,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    golden: GoldenCases | None = None,
 ) -> LoggedExport:
     """Log ``paths`` as one MLflow model to ``run_id``; register it and set ``alias``.
 
@@ -297,6 +346,10 @@ def log_model(
         artifact_name: the logged model's name.
         registered_model_name: register a version under this name when given.
         alias: registry alias to point at the new version (needs ``registered_model_name``).
+        dynamic_axes: ``{tensor name: {axis: symbol}}`` marked ``-1`` in the signature.
+        metadata: the MLmodel's ``metadata`` (e.g. which ONNX exporter and opset).
+        golden: verification inputs and eager outputs, written to ``golden/`` in the model
+            directory (see :mod:`lightning_callbacks.golden`).
 
     Returns:
         The model URI, run and registered version.
@@ -307,12 +360,13 @@ def log_model(
     start = time.perf_counter()
     rows = [x[:INPUT_EXAMPLE_ROWS] for x in inputs]
     signature, input_example = build_signature(
-        names, rows, [y[:INPUT_EXAMPLE_ROWS] for y in outputs]
+        names, rows, [y[:INPUT_EXAMPLE_ROWS] for y in outputs], dynamic_axes
     )
     info = Model.log(
         artifact_path=None, name=artifact_name, flavor=_DualFlavor(), run_id=run_id,
         registered_model_name=registered_model_name, paths=paths, signature=signature,
         input_example=input_example, requirements=pip_requirements(list(paths)),
+        metadata=dict(metadata) if metadata else None, golden=golden,
     )  # fmt: skip
     logged = LoggedExport(model_uri=info.model_uri, run_id=run_id, artifact_name=artifact_name)
     logged.timings["log"] = time.perf_counter() - start

@@ -10,10 +10,16 @@ batch size 1 and batch size N; every output is compared with eager outputs using
 Batch 1 is the first row of the example input. Larger batches use random standard normal
 values of the example's per-sample shape and dtype for floating-point inputs (they exercise
 branches the example never took) and the example's rows, cycled, for integer and bool inputs.
+
+Dynamic axes other than the batch (e.g. a sequence length) are verified at two sizes too:
+batch 1 keeps the example's size, larger batches use the example's size plus
+:data:`ALTERNATE_SIZE_STEP` (integer inputs cycle their values along that axis, so token ids
+stay valid). Axes sharing a symbolic name get the same size.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -29,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 #: Seed of the random verification inputs, so a failure reproduces.
 VERIFY_SEED = 20240611
+#: How much longer than the example a non-batch dynamic axis is at the second verified size.
+ALTERNATE_SIZE_STEP = 3
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,7 @@ class VerificationResult:
     allowed: float
     passed: bool
     detail: str = ""
+    input_shapes: tuple[tuple[int, ...], ...] = ()
 
 
 class ExportVerificationError(ExportError):
@@ -78,9 +87,10 @@ class ExportVerificationError(ExportError):
                 f"max abs diff {r.max_abs_diff:.3g} > tolerance {r.allowed:.3g} "
                 f"(atol={self.atol:g} + rtol={self.rtol:g} * |eager|)"
             )
+            shapes = f" [input shapes {list(r.input_shapes)}]" if r.input_shapes else ""
             lines.append(
                 f"{r.format} export does not match eager at batch size {r.batch_size}: "
-                f"output {r.worst_output!r} (index {r.worst_index}): {reason}"
+                f"output {r.worst_output!r} (index {r.worst_index}): {reason}{shapes}"
             )
         lines.append(
             'HINT: a traced export keeps only the branches the example input took; for '
@@ -90,10 +100,43 @@ class ExportVerificationError(ExportError):
         return "\n".join(lines)
 
 
+def _resize_axis(tensor: torch.Tensor, axis: int, size: int) -> torch.Tensor:
+    """``tensor`` with ``size`` entries along ``axis``, cycling through the existing ones."""
+    index = torch.arange(size) % tensor.shape[axis]
+    return tensor.index_select(axis, index)
+
+
+def _alternate_sizes(example: Example, input_axes: Sequence[Mapping[int, str]]) -> Example:
+    """``example`` with every non-batch dynamic axis :data:`ALTERNATE_SIZE_STEP` longer."""
+    sizes: dict[str, int] = {}
+    for tensor, axes in zip(example, input_axes):
+        for axis, symbol in axes.items():
+            if axis > 0:
+                sizes.setdefault(symbol, tensor.shape[axis] + ALTERNATE_SIZE_STEP)
+    resized = []
+    for tensor, axes in zip(example, input_axes):
+        for axis, symbol in axes.items():
+            if axis > 0:
+                tensor = _resize_axis(tensor, axis, sizes[symbol])
+        resized.append(tensor)
+    return tuple(resized)
+
+
 def verification_batches(
-    example: Example, batch_sizes: Iterable[int], seed: int = VERIFY_SEED
+    example: Example,
+    batch_sizes: Iterable[int],
+    seed: int = VERIFY_SEED,
+    input_axes: Sequence[Mapping[int, str]] | None = None,
 ) -> dict[int, Example]:
-    """Inputs to verify with, keyed by batch size (see the module docstring)."""
+    """Inputs to verify with, keyed by batch size (see the module docstring).
+
+    Args:
+        example: example inputs, batch first.
+        batch_sizes: batch sizes to build; batch 1 keeps the example's other sizes.
+        seed: seed of the random floating-point values.
+        input_axes: dynamic axes of each input (``{axis: symbol}``), in input order; non-batch
+            dynamic axes get another size in batches larger than 1.
+    """
     generator = torch.Generator().manual_seed(seed)
     batches = {}
     for size in batch_sizes:
@@ -101,6 +144,8 @@ def verification_batches(
             batches[size] = take_rows(example, 1)
             continue
         rows = take_rows(example, size)
+        if input_axes:
+            rows = _alternate_sizes(rows, input_axes)
         batches[size] = tuple(
             torch.randn(t.shape, generator=generator).to(t.dtype) if t.is_floating_point() else t
             for t in rows
@@ -202,6 +247,8 @@ def verify_exports(
     rtol: float = 1e-3,
     atol: float = 1e-5,
     batch_sizes: Sequence[int] = (1, 7),
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+    reference: torch.nn.Module | None = None,
 ) -> list[VerificationResult]:
     """Load each exported file back and compare it with eager ``module`` at each batch size.
 
@@ -216,12 +263,18 @@ def verify_exports(
         rtol: relative tolerance.
         atol: absolute tolerance.
         batch_sizes: batch sizes to compare at.
+        dynamic_axes: ``{input name: {axis: symbol}}``; non-batch dynamic axes are compared at
+            the example's size (batch 1) and at another size (larger batches).
+        reference: the model whose outputs are expected (default ``module``), e.g. the fp32
+            model when ``module`` and the files are half precision; its outputs are compared
+            with the files' outputs cast to float64.
 
     Returns:
         One result per format and batch size; none raises here (see :func:`raise_on_failure`).
     """
     start = time.perf_counter()
-    batches = verification_batches(example, batch_sizes)
+    input_axes = [dict((dynamic_axes or {}).get(name, {})) for name in names.inputs]
+    batches = verification_batches(example, batch_sizes, input_axes=input_axes)
     runners = {}
     if "torchscript" in paths:
         scripted = torch.jit.load(str(paths["torchscript"]), map_location="cpu")
@@ -232,7 +285,11 @@ def verify_exports(
         runners["onnx"] = lambda inputs: run_onnx(session, names, inputs)
     results = []
     for size, inputs in batches.items():
-        expected = run_eager(module, inputs)
+        if reference is None:
+            expected = run_eager(module, inputs)
+        else:  # full precision reference: its own dtype for floating-point inputs
+            expected = run_eager(reference, tuple(t.float() if t.is_floating_point() else t for t in inputs))
+        shapes = tuple(tuple(t.shape) for t in inputs)
         for fmt, run in runners.items():
             try:
                 actual = run(inputs)
@@ -240,9 +297,11 @@ def verify_exports(
                 results.append(VerificationResult(
                     fmt, size, np.inf, names.outputs[0], 0, atol, False,
                     f"fails to run: {type(err).__name__}: {str(err).strip().splitlines()[0]}",
+                    shapes,
                 ))  # fmt: skip
                 continue
-            results.append(compare(fmt, size, expected, actual, names.outputs, rtol, atol))
+            result = compare(fmt, size, expected, actual, names.outputs, rtol, atol)
+            results.append(dataclasses.replace(result, input_shapes=shapes))
     summary = ", ".join(
         f"{r.format}@{r.batch_size}={r.max_abs_diff:.2g}{'' if r.passed else ' FAIL'}"
         for r in results

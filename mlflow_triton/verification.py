@@ -4,7 +4,10 @@ A rollout (:mod:`mlflow_triton.rollout`) loads the candidate on every replica un
 staging model name that no client uses, then calls a :data:`Verifier` with a
 :class:`Candidate`. The default verifier, :class:`SmokeTest`, sends the model's MLflow input
 example (or zeros shaped like its inputs) to every replica and compares Triton's answers with
-the same file run locally (onnxruntime or ``torch.jit``). Raising refuses the candidate: the
+the same file run locally (onnxruntime or ``torch.jit``). When the MLflow model carries
+golden outputs (:mod:`mlflow_triton.golden`, written by the export callback), the replicas'
+answers to those inputs are compared with them instead: no local runtime (torch,
+onnxruntime) and no model download are needed. Raising refuses the candidate: the
 deployment keeps serving what it served.
 
 Model files are streamed from the repository to a temporary folder, never read into memory.
@@ -25,6 +28,7 @@ from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, RESOURCE_DOES_NOT_EXIST
 
 from mlflow_triton import model_config as mcfg
 from mlflow_triton.reference_run import run_reference
+from mlflow_triton.golden import GoldenCases, check_case
 from mlflow_triton.server import raise_failures
 
 if TYPE_CHECKING:
@@ -83,7 +87,10 @@ def runtime_available(flavor: str) -> bool:
     ``triton`` and ``python_function``: those are checked by Triton's answers alone)."""
     if flavor not in LOCAL_REFERENCE_FLAVORS:
         return False
-    return importlib.util.find_spec("onnxruntime" if flavor == "onnx" else "torch") is not None
+    try:
+        return importlib.util.find_spec("onnxruntime" if flavor == "onnx" else "torch") is not None
+    except (ImportError, ValueError):  # blocked by an import hook, or a broken install
+        return False
 
 
 class SmokeTest:
@@ -100,6 +107,8 @@ class SmokeTest:
             it the check is that every replica answers with the declared outputs and finite
             values (a warning says so). ``True`` requires the runtime.
         rtol / atol: tolerances of ``numpy.allclose``.
+        golden: golden outputs logged with the model; when given they are the reference
+            (with their own tolerances) and no local runtime is used.
 
     Raises:
         MlflowException: INVALID_PARAMETER_VALUE at construction when ``compare=True`` and
@@ -116,7 +125,9 @@ class SmokeTest:
         compare: bool | None = None,
         rtol: float = SMOKE_RTOL,
         atol: float = SMOKE_ATOL,
+        golden: GoldenCases | None = None,
     ) -> None:
+        self.golden = golden
         self.store = store
         self.cluster = cluster
         self.flavor = flavor
@@ -126,6 +137,9 @@ class SmokeTest:
         self.rtol = rtol
         self.atol = atol
         available = runtime_available(flavor)
+        if golden is not None:
+            self.compare = False  # the golden outputs are the reference
+            return
         if compare and not available:
             module = "onnxruntime" if flavor == "onnx" else "torch"
             raise MlflowException.invalid_parameter_value(
@@ -146,10 +160,11 @@ class SmokeTest:
         cls, store: "ModelRepositoryStore", cluster: "TritonCluster", source: "ModelSource",
         compare: bool | None = None,
     ) -> "SmokeTest":  # fmt: skip
-        """A smoke test fed with ``source``'s logged input example.
+        """A smoke test fed with ``source``'s golden outputs when it has them, else with its
+        logged input example.
 
-        The example is read by :meth:`prepare`, which a publisher calls once it knows the
-        model changed and before it writes anything: a no-op publish reads no example.
+        Both are read by :meth:`prepare`, which a publisher calls once it knows the model
+        changed and before it writes anything: a no-op publish reads neither.
         """
         test = cls(store, cluster, source.flavor, None, source.signature, compare)
         test._example_source = source
@@ -163,6 +178,12 @@ class SmokeTest:
         """
         source, self._example_source = self._example_source, None
         if source is None:
+            return
+        with tempfile.TemporaryDirectory(prefix="mlflow-triton-golden-") as tmp:
+            golden = GoldenCases.download(source.download_uri, Path(tmp))
+        if golden is not None:
+            logger.info("%s carries %d golden case(s): verification uses them", source.model_uri, len(golden))
+            self.golden, self.compare = golden, False  # the golden outputs are the reference
             return
         try:
             self.input_example = source.load_input_example()
@@ -220,6 +241,9 @@ class SmokeTest:
                 "provenance.",
                 error_code=INTERNAL_ERROR,
             )
+        if self.golden is not None:
+            self._verify_golden(candidate, tensors)
+            return
         with tempfile.TemporaryDirectory(prefix="mlflow-triton-verify-") as tmp:
             model_file = candidate.model_file
             if model_file is None and (self.compare or self.flavor == "onnx"):
@@ -263,6 +287,38 @@ class SmokeTest:
         logger.info(
             "Verified %s version %d on %d replica(s)", candidate.deployment, candidate.version,
             len(candidate.urls),
+        )  # fmt: skip
+
+    def _verify_golden(self, candidate: Candidate, tensors: Mapping[str, list[dict[str, str]]]) -> None:
+        """Send every golden case to every replica; compare with the golden outputs."""
+        scalars = _per_sample_scalars(candidate.provenance)
+        limit = int((candidate.provenance.get("settings") or {}).get("max_batch_size", 0))
+        datatypes = {t["triton"]: t["datatype"] for t in tensors["inputs"]}
+        outputs = {t["triton"]: t["mlflow"] for t in tensors["outputs"]}
+        failures: dict[str, Exception | None] = {}
+        for url in candidate.urls:
+            try:
+                with self.cluster.server(url) as server:
+                    for index, (case_inputs, case_outputs) in enumerate(self.golden):
+                        rows = slice(None, limit) if limit > 0 else slice(None)
+                        inputs = {}
+                        for t in tensors["inputs"]:
+                            array = np.asarray(case_inputs[t["mlflow"]])[rows]
+                            inputs[t["triton"]] = array.reshape(-1, 1) if t["triton"] in scalars else array
+                        answer = server.infer(candidate.model, inputs, datatypes, list(outputs), version=candidate.version)
+                        actual = {outputs[k]: (v.reshape(-1) if k in scalars else v) for k, v in answer.items()}
+                        expected = {k: np.asarray(v)[rows] for k, v in case_outputs.items()}
+                        problems = check_case(expected, actual, self.golden.rtol, self.golden.atol)
+                        if problems:
+                            raise MlflowException(
+                                f"golden case {index}: " + "; ".join(problems), error_code=INTERNAL_ERROR
+                            )
+            except Exception as err:
+                failures[url] = err
+        raise_failures(f"verify {candidate.deployment!r} version {candidate.version}", failures)
+        logger.info(
+            "Verified %s version %d on %d replica(s) against %d golden case(s)", candidate.deployment,
+            candidate.version, len(candidate.urls), len(self.golden),
         )  # fmt: skip
 
     def _fetch(self, candidate: Candidate, tmp: Path) -> Path:

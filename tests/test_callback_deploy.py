@@ -40,3 +40,28 @@ def test_trained_model_serves_both_flavors_on_triton(stack, unique_name, tmp_pat
         )  # fmt: skip
     assert client.get_deployment(f"{unique_name}-onnx")["flavor"] == "onnx"
     assert client.get_deployment(f"{unique_name}-ts")["flavor"] == "torchscript"
+
+
+def test_fp16_export_is_verified_and_served_with_an_fp16_config(stack, unique_name, tmp_path):
+    import tritonclient.http as httpclient
+
+    from lightning_callbacks import ExportBestCheckpoint
+
+    model = TinyRegressor()
+    export = ExportBestCheckpoint(
+        formats=("onnx",), precision="fp16", registered_model_name=unique_name, alias="half",
+        output_dir=tmp_path,
+    )  # fmt: skip
+    with pytest.warns(RuntimeWarning, match="current weights"):
+        export.export(model)
+    assert all(r.passed for r in export.verification)
+    client = get_deploy_client("triton")
+    client.create_deployment(unique_name, f"models:/{unique_name}@half", config={"instance_kind": "cpu"})
+
+    url = stack.triton_urls[0].split("://", 1)[-1]
+    config = httpclient.InferenceServerClient(url).get_model_config(unique_name)
+    assert [t["data_type"] for t in (*config["input"], *config["output"])] == ["TYPE_FP16", "TYPE_FP16"]
+    x = np.random.default_rng(4).normal(size=(5, 8)).astype(np.float16)
+    got = np.asarray(client.predict(unique_name, {"input": x})["predictions"]["output"])
+    expected = model.eval()(torch.from_numpy(x.astype(np.float32))).detach().numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-2, atol=1e-2)  # fp16 served vs fp32 eager

@@ -428,3 +428,161 @@ def test_mlflow_unreachable_keeps_files_and_prints_path(tmp_path, monkeypatch, c
     assert str(onnx_path) in str(info.value) and str(onnx_path) in caplog.text
     assert info.value.paths == cb.exported_paths
     assert cb.model_uri is None and cb.registered_version is None
+
+
+# --- issue 11: dynamic axes, precision, both Lightning packages, credentials -------------------
+
+
+class Tagger(torch.nn.Module):
+    """tokens [batch, seq] -> scores [batch, seq, 2]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(16, 4)
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.embed(tokens)))
+
+
+def test_dynamic_sequence_axis_is_exported_verified_at_two_lengths_and_marked_in_the_signature(tmp_path):
+    model = Tagger()
+    example = resolve_example(model, torch.randint(0, 16, (3, 5)))
+    axes_given = {"tokens": {1: "seq"}, "scores": {1: "seq"}}
+    with export_mode(model):
+        names = IONames.resolve(model, example, ["tokens"], ["scores"])
+        axes = export_mod.resolve_dynamic_axes(names, example, [model(*example)], axes_given)
+        path = export_onnx(model, example, tmp_path / "model.onnx", names, dynamic_axes=axes_given)
+        results = verify_exports(model, {"onnx": path}, example, names, dynamic_axes=axes)
+        outputs = [model(*example).numpy()]
+    assert axes == {"tokens": {0: "batch", 1: "seq"}, "scores": {0: "batch", 1: "seq"}}
+    graph = onnx.load(str(path)).graph
+    assert [d.dim_param for d in graph.input[0].type.tensor_type.shape.dim] == ["batch", "seq"]
+    assert graph.output[0].type.tensor_type.shape.dim[1].dim_param == "seq"
+    assert [r.input_shapes for r in results] == [((1, 5),), ((7, 8),)]
+    assert all(r.passed for r in results)
+    signature, _ = build_signature(names, [example[0].numpy()], outputs, axes)
+    assert signature.inputs.inputs[0].shape == (-1, -1)
+    assert signature.outputs.inputs[0].shape == (-1, -1, 2)
+    default, _ = build_signature(names, [example[0].numpy()], outputs)
+    assert default.inputs.inputs[0].shape == (-1, 5)  # the default stays batch only
+
+
+def test_a_declared_dynamic_axis_that_came_out_fixed_is_rejected(tmp_path):
+    model = Tagger()
+    example = resolve_example(model, torch.randint(0, 16, (3, 5)))
+    names = IONames(("tokens",), ("scores",))
+    with export_mode(model):  # only the batch is dynamic in the file
+        export_onnx(model, example, tmp_path / "m.onnx", names)
+    axes = {"tokens": {0: "batch", 1: "seq"}, "scores": {0: "batch"}}
+    with pytest.raises(ExportError, match="'tokens' has a fixed axis 1 of size 5, declared dynamic"):
+        check_dynamic_batch(tmp_path / "m.onnx", names, axes)
+
+
+@pytest.mark.parametrize(
+    ("axes", "match"),
+    [
+        ({"token": {1: "seq"}}, "names 'token', which is not an input or output"),
+        ({"tokens": {2: "seq"}}, "'tokens' has rank 2"),
+        ({"tokens": {1: ""}}, "must be a non-empty name"),
+        ({"tokens": [1]}, "must map axis numbers to names"),
+    ],
+)
+def test_bad_dynamic_axes_are_named(axes, match):
+    model = Tagger()
+    example = resolve_example(model, torch.randint(0, 16, (3, 5)))
+    names = IONames(("tokens",), ("scores",))
+    with pytest.raises(ValueError, match=match):
+        export_mod.resolve_dynamic_axes(names, example, [model(*example)], axes)
+
+
+def test_fp16_export_is_verified_against_fp32_eager_with_fp16_dtypes(tmp_path):
+    from lightning_callbacks.precision import DEFAULT_TOLERANCES
+
+    model = TinyRegressor()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cb = ExportBestCheckpoint(precision="fp16", output_dir=tmp_path, log_to_mlflow=False)
+    assert (cb.rtol, cb.atol) == DEFAULT_TOLERANCES["fp16"] == (1e-2, 1e-3)
+    with pytest.warns(RuntimeWarning, match="exporting the current weights"):
+        paths = cb.export(model)
+    assert all(r.passed for r in cb.verification) and len(cb.verification) == 4
+    assert max(r.max_abs_diff for r in cb.verification) > 1e-6  # really half precision
+    graph = onnx.load(str(paths["onnx"])).graph
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    scripted = torch.jit.load(str(paths["torchscript"]))
+    assert scripted(torch.randn(2, 8, dtype=torch.float16)).dtype == torch.float16
+    for key, value in model.state_dict().items():  # fp32 weights are restored exactly
+        assert value.dtype == torch.float32 and torch.equal(value, before[key])
+    tight = ExportBestCheckpoint(precision="fp16", rtol=0, atol=1e-7, output_dir=tmp_path / "t", log_to_mlflow=False)
+    with pytest.raises(ExportVerificationError), pytest.warns(RuntimeWarning):
+        tight.export(model)  # overridable tolerances, and they are applied
+
+
+def test_bf16_onnx_is_refused_with_a_hint():
+    with pytest.raises(MisconfigurationException, match='formats=\\("torchscript",\\) for bf16'):
+        ExportBestCheckpoint(precision="bf16")
+    ExportBestCheckpoint(precision="bf16", formats=("torchscript",))
+
+
+@pytest.mark.parametrize("package", ["lightning", "pytorch_lightning"])
+def test_each_lightning_package_gets_its_own_callback_class(package):
+    import lightning_callbacks
+    from lightning_callbacks.packages import lightning_package
+
+    classes = {
+        "lightning": lightning_callbacks.LightningExportBestCheckpoint,
+        "pytorch_lightning": lightning_callbacks.PytorchLightningExportBestCheckpoint,
+    }
+    lightning = lightning_package(package)
+    cb = classes[package](registered_model_name="m")
+    assert isinstance(cb, lightning.Callback)
+    other = lightning_package("pytorch_lightning" if package == "lightning" else "lightning")
+    assert not isinstance(cb, other.Callback)
+    with pytest.raises(lightning.MisconfigurationException, match="`export_on` must be one of"):
+        classes[package](export_on="epoch")
+    # a checkpoint written under one package resumes under the other
+    assert cb.state_key == classes["lightning"](registered_model_name="m").state_key
+
+
+def test_mask_credentials():
+    from lightning_callbacks import mask_credentials
+
+    assert mask_credentials("see https://alice:s3cret@host:5000/x?a=1") == "see https://***@host:5000/x?a=1"
+    assert mask_credentials("databricks://tok@profile") == "databricks://***@profile"
+    assert mask_credentials("http://h/api?token=abc&x=1&sig=zz") == "http://h/api?token=***&x=1&sig=***"
+    assert mask_credentials("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_dynamo_exporter_keeps_the_sequence_axis_and_is_recorded(tmp_path, monkeypatch):
+    from lightning_callbacks.onnx_exporters import recorded_exporter
+
+    monkeypatch.setattr(export_mod, "EXTERNAL_DATA_THRESHOLD_BYTES", 0)  # the >2 GiB path
+    model = Tagger()
+    example = resolve_example(model, torch.randint(0, 16, (3, 5)))
+    axes_given = {"tokens": {1: "seq"}, "scores": {1: "seq"}}
+    with export_mode(model):
+        names = IONames.resolve(model, example, ["tokens"], ["scores"])
+        axes = export_mod.resolve_dynamic_axes(names, example, [model(*example)], axes_given)
+        path = export_onnx(model, example, tmp_path / "model.onnx", names, dynamic_axes=axes_given, exporter="dynamo")
+        results = verify_exports(model, {"onnx": path}, example, names, dynamic_axes=axes)
+    assert recorded_exporter(path) == "dynamo"
+    assert export_mod.onnx_uses_external_data(path) and (tmp_path / "model.onnx.data").is_file()
+    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    assert [bool(d.dim_param) for d in dims] == [True, True]
+    assert [r.input_shapes for r in results] == [((1, 5),), ((7, 8),)] and all(r.passed for r in results)
+
+
+def test_auto_exporter_falls_back_to_torchscript_with_a_logged_reason(tmp_path, caplog):
+    from lightning_callbacks.onnx_exporters import recorded_exporter
+
+    caplog.set_level(logging.WARNING, "lightning_callbacks.onnx_exporters")
+    cb = ExportBestCheckpoint(
+        torchscript_method="script", onnx_exporter="auto", output_dir=tmp_path, log_to_mlflow=False
+    )  # a ScriptModule: torch.export refuses it
+    with pytest.warns(RuntimeWarning, match="current weights"):
+        paths = cb.export(DataDependent())
+    assert recorded_exporter(paths["onnx"]) == "torchscript"
+    assert all(r.passed for r in cb.verification)
+    (record,) = [r for r in caplog.records if "falling back to the TorchScript exporter" in r.getMessage()]
+    assert "TypeError: a ScriptModule cannot be exported by torch.export" in record.getMessage()

@@ -112,3 +112,22 @@ def test_secret_never_appears_in_logs_output_or_errors(stack, unique_name, secre
     for where, text in places.items():
         assert SECRET not in text, f"the AWS secret leaked into {where}"
         assert SECRET[:14] not in text, f"part of the AWS secret leaked into {where}"
+
+
+def test_callback_never_shows_tracking_uri_credentials(tmp_path, caplog, capfd):
+    """The export callback masks credentials of the tracking URI in its errors and log lines."""
+    from examples.tiny_model import TinyRegressor
+    from lightning_callbacks import ExportBestCheckpoint, ExportLoggingError
+
+    caplog.set_level(logging.DEBUG)
+    uri = f"http://alice:{SECRET}@127.0.0.1:{free_port()}"  # nothing listens there
+    callback = ExportBestCheckpoint(formats=("onnx",), tracking_uri=uri, output_dir=tmp_path)
+    with pytest.raises(ExportLoggingError) as err, pytest.warns(RuntimeWarning):
+        callback.export(TinyRegressor())
+    text = every_text(err.value)
+    assert "http://***@127.0.0.1" in str(err.value) and "unreachable" in str(err.value)
+    assert err.value.paths["onnx"].is_file()
+    out, err_text = capfd.readouterr()
+    logs = "\n".join(f"{r.getMessage()} {r.exc_text or ''} {r.args!r}" for r in caplog.records)
+    for where, found in {"error": text, "logs": logs, "caplog": caplog.text, "stdout": out, "stderr": err_text}.items():
+        assert SECRET not in found, f"the tracking URI's secret leaked into {where}"
