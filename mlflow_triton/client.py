@@ -17,12 +17,14 @@ from mlflow.deployments import BaseDeploymentClient, PredictionsResponse
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
-from mlflow_triton.config import DeploymentConfig, parse_target_uri, validate_model_name
+from mlflow_triton.config import DeploymentConfig, parse_target_uri, target_options, validate_model_name
+from mlflow_triton.discovery import resolve_urls
 from mlflow_triton.model_config import as_arrays, tensor_names
 from mlflow_triton.model_source import resolve_model
 from mlflow_triton.publisher import ModelPublisher
 from mlflow_triton.repair import previous_good
 from mlflow_triton.server import TritonCluster
+from mlflow_triton.triton_view import describe_from_triton, list_from_triton, replica_states
 from mlflow_triton.verification import SmokeTest
 
 logger = logging.getLogger(__name__)
@@ -34,7 +36,9 @@ class TritonDeploymentClient(BaseDeploymentClient):
     Args:
         target_uri: ``triton`` (servers from ``TRITON_URL``, default ``http://localhost:8000``)
             or ``triton:/http://host:port[,http://host2:port]`` for several replicas that read
-            the same repository.
+            the same repository; ``dns+http://name:port`` stands for every address of
+            ``name``, looked up at each call (:mod:`mlflow_triton.discovery`). A query
+            ``?repository=s3://bucket/prefix`` gives ``list``/``get`` the repository.
 
     Raises:
         MlflowException: INVALID_PARAMETER_VALUE for a malformed target URI.
@@ -43,13 +47,26 @@ class TritonDeploymentClient(BaseDeploymentClient):
     def __init__(self, target_uri: str) -> None:
         super().__init__(target_uri)
         self.triton_urls = parse_target_uri(target_uri)
+        # The repository of the target URI's query, then of the last create/update/delete:
+        # MLflow's list and get take no config.
+        self._repository: dict[str, str] = target_options(target_uri)
 
     # -- helpers -----------------------------------------------------------------------------
     def _config(self, config: Mapping[str, Any] | None) -> DeploymentConfig:
-        return DeploymentConfig.from_dict(config)
+        parsed = DeploymentConfig.from_dict({**self._repository, **dict(config or {})})
+        if config and parsed.model_repository:
+            self._repository = {
+                "model_repository": parsed.model_repository,
+                **({"s3_endpoint_url": parsed.s3_endpoint_url} if parsed.s3_endpoint_url else {}),
+            }
+        return parsed
+
+    def replica_urls(self) -> list[str]:
+        """The replicas now: the target's URLs, each ``dns+`` name resolved again."""
+        return resolve_urls(self.triton_urls)
 
     def _publisher(self, config: DeploymentConfig) -> ModelPublisher:
-        return ModelPublisher.for_config(config, self.triton_urls)
+        return ModelPublisher.for_config(config, self.replica_urls(), target=self.target_uri)
 
     def _describe(self, publisher: ModelPublisher, name: str) -> dict[str, Any]:
         state = publisher.read_state(name)
@@ -58,16 +75,7 @@ class TritonDeploymentClient(BaseDeploymentClient):
                 f"No deployment named {name!r} in {publisher.store.uri}.",
                 error_code=RESOURCE_DOES_NOT_EXIST,
             )
-        servers: dict[str, Any] = {}
-        for url, index in publisher.cluster.repository_index().items():
-            if isinstance(index, Exception):
-                servers[url] = {"state": "UNREACHABLE", "error": str(index)}
-                continue
-            entries = [e for e in index if e.get("name") == name]
-            servers[url] = {
-                "versions": {str(e.get("version", "")): e.get("state", "UNKNOWN") for e in entries},
-                "reason": "; ".join(e["reason"] for e in entries if e.get("reason")),
-            }
+        servers = replica_states(publisher.cluster.repository_index(), name)
         provenance = dict(state.provenance or {})
         provenance.pop("config_pbtxt", None)
         history = publisher.read_history(name)
@@ -82,6 +90,7 @@ class TritonDeploymentClient(BaseDeploymentClient):
             "servers": servers,
             "rollback_target": previous_good(state, history),
             "history": history.to_list(),
+            "source": "repository",
         }
 
     # -- the plugin contract -----------------------------------------------------------------
@@ -166,6 +175,7 @@ class TritonDeploymentClient(BaseDeploymentClient):
             "model_uri": model_uri,
             "repository": publisher.store.url(f"{name}/"),
             "triton_urls": self.triton_urls,
+            "replicas": publisher.cluster.urls,
             "bytes_uploaded": result.bytes_uploaded,
             "pruned_versions": result.pruned,
             "verified": result.verified,
@@ -179,17 +189,36 @@ class TritonDeploymentClient(BaseDeploymentClient):
         self._publisher(self._config(config)).delete(name)
 
     def list_deployments(self, endpoint: str | None = None) -> list[dict[str, Any]]:
-        """Deployments in the repository (``TRITON_MODEL_REPO``) with their serving version."""
-        publisher = self._publisher(self._config(None))
+        """Deployments with their serving version.
+
+        With a repository (``?repository=`` on the target URI, ``TRITON_MODEL_REPO``, or the
+        one of this client's last create/update): the repository's deployments and the
+        registry version each serves. Without: every model in the replicas' repository index,
+        with its state per replica (``"source": "triton"``).
+        """
+        settings = self._config(None)
+        if not settings.model_repository:
+            return list_from_triton(TritonCluster(self.replica_urls(), settings.protocol))
+        publisher = self._publisher(settings)
         return [
-            {"name": s.name, "serving_version": s.serving_version, "versions": s.versions}
+            {
+                "name": s.name, "serving_version": s.serving_version, "versions": s.versions,
+                "registered_model": (s.provenance or {}).get("registered_model"),
+                "registered_version": (s.provenance or {}).get("registered_version"),
+                "source": "repository",
+            }
             for s in publisher.deployments()
-        ]
+        ]  # fmt: skip
 
     def get_deployment(self, name: str, endpoint: str | None = None) -> dict[str, Any]:
-        """Repository and Triton view of ``name``: versions, state per server, provenance."""
+        """State of ``name`` on each replica (Triton's reason for a failed load), plus, with a
+        repository configured (see :meth:`list_deployments`), its provenance and history;
+        without, the model config a replica serves (``"source": "triton"``)."""
         validate_model_name(name)
-        return self._describe(self._publisher(self._config(None)), name)
+        settings = self._config(None)
+        if not settings.model_repository:
+            return describe_from_triton(TritonCluster(self.replica_urls(), settings.protocol), name)
+        return self._describe(self._publisher(settings), name)
 
     def predict(
         self, deployment_name: str | None = None, inputs: Any = None, endpoint: str | None = None
@@ -205,7 +234,7 @@ class TritonDeploymentClient(BaseDeploymentClient):
             ``PredictionsResponse({"predictions": {output_name: list}})``.
         """
         name = validate_model_name(deployment_name)
-        with TritonCluster(self.triton_urls).server() as server:
+        with TritonCluster(self.replica_urls()).server() as server:
             tensors = tensor_names(server.model_config(name))
             arrays = as_arrays(inputs, tensors["inputs"])
             outputs = server.infer(

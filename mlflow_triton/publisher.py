@@ -110,15 +110,18 @@ class ModelPublisher:
         self.store = store
         self.cluster = cluster
         self.config = config
+        self.target: str | None = None  # see for_config
 
     @classmethod
     def for_config(
-        cls, config: DeploymentConfig, triton_urls: Sequence[str], stores: dict[Any, Any] | None = None
+        cls, config: DeploymentConfig, triton_urls: Sequence[str], stores: dict[Any, Any] | None = None,
+        target: str | None = None,
     ) -> "ModelPublisher":
         """The publisher of ``config``'s repository for the replicas ``triton_urls``.
 
         ``stores`` shares one store (one boto3 client, thread-safe) between the deployments of
-        one reconciliation that use the same repository.
+        one reconciliation that use the same repository. ``target`` (the target URI the
+        replicas were found from) is what the audit tags say the model serves on.
         """
         key = (config.require_repository(), config.s3_endpoint_url)
         store = stores.get(key) if stores is not None else None
@@ -127,7 +130,9 @@ class ModelPublisher:
             if stores is not None:
                 stores[key] = store
         cluster = TritonCluster(list(triton_urls), config.protocol, timeout_s=config.wait_ready_timeout)
-        return cls(store, cluster, config)
+        publisher = cls(store, cluster, config)
+        publisher.target = target
+        return publisher
 
     # -- reading -----------------------------------------------------------------------------
     def read_state(self, name: str) -> DeploymentState:
@@ -157,7 +162,7 @@ class ModelPublisher:
 
     def rollout_for(self, name: str, lease: Lease) -> Rollout:
         """The rollout of ``name`` by the holder of ``lease``, with the deployment's history."""
-        return Rollout(self.store, self.cluster, name, lease, self.read_history(name))
+        return Rollout(self.store, self.cluster, name, lease, self.read_history(name), target=self.target)
 
     # -- publishing --------------------------------------------------------------------------
     def check_servers(self) -> None:

@@ -37,6 +37,7 @@ from mlflow_triton.model_source import resolve_model
 from mlflow_triton.promotion.reports import ModelReport, SyncReport
 from mlflow_triton.promotion.spec import ModelPromotion, PromotionSpec
 from mlflow_triton.deployment_state import DeploymentState
+from mlflow_triton.discovery import resolve_urls
 from mlflow_triton.publisher import ModelPublisher, ServingChanged
 from mlflow_triton.server import TritonCluster
 from mlflow_triton.verification import SmokeTest
@@ -86,15 +87,28 @@ class _Round:
         self.spec = spec
         self.stores: dict[Any, Any] = {}
         self.aliases = _all_aliases(registry, {m.registered_model for m in spec.models})
-        self.ready = TritonCluster(list(spec.triton_urls)).ready_models()
+        # Looked up again every round: a replica added or replaced behind a dns+ name is found.
+        # A name that does not resolve fails this round's models (reported), not the watch.
+        self.discovery_error: MlflowException | None = None
+        self.triton_urls: list[str] = []
+        self.ready: dict[str, set[tuple[str, str]]] = {}
+        try:
+            self.triton_urls = resolve_urls(spec.triton_urls)
+            self.ready = TritonCluster(self.triton_urls).ready_models()
+        except MlflowException as err:
+            self.discovery_error = err
 
     def reconcile(self, model: ModelPromotion) -> ModelReport:
         started = time.monotonic()
         report = ModelReport(model.registered_model, model.alias, model.deployment)
         try:
+            if self.discovery_error is not None:
+                raise self.discovery_error
             target = _alias_version(self.registry, model, self.aliases)
             report.registry_version = target
-            publisher = ModelPublisher.for_config(model.config, self.spec.triton_urls, self.stores)
+            publisher = ModelPublisher.for_config(
+                model.config, self.triton_urls, self.stores, target=self.spec.target_uri
+            )
             for attempt in range(MAX_RECOMPARES):
                 try:
                     self._reconcile_once(publisher, model, target, report)
