@@ -38,9 +38,10 @@ MASK = "***"
 
 # scheme://user:password@host -> scheme://***@host (also inside error text).
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/\s@?#]+@")
-# ?token=...&X-Amz-Signature=... -> values masked, names kept.
+# ?token=...&X-Amz-Signature=..., "password=..." in error text -> values masked, names kept.
 _SECRET_PARAM = re.compile(
-    r"(?P<key>[?&;][^=&\s#]*(?:key|secret|token|password|passwd|signature|credential|auth)[^=&\s#]*=)[^&\s#]*",
+    r"(?P<key>(?<![\w.\-])[\w.\-]*(?:key|secret|token|password|passwd|signature|credential|auth)[\w.\-]*=)"
+    r"[^&\s#),;]*",
     re.IGNORECASE,
 )
 
