@@ -14,6 +14,7 @@ import signal
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -103,8 +104,8 @@ def fleet(stack):
         yield fleet
     finally:
         set_resolver(previous)
-        for process in fleet.replicas:
-            process.stop()
+        with ThreadPoolExecutor(len(fleet.replicas)) as pool:  # each waits for its own exit
+            list(pool.map(lambda process: process.stop(), fleet.replicas))
 
 
 def ready_on(url: str, name: str, version: int) -> bool:
