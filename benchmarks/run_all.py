@@ -30,6 +30,7 @@ BENCHMARKS = {
     "batching": ["batching.py"],
     "sync": ["sync.py"],
     "export": ["export.py"],
+    "fleet": ["fleet.py"],
 }
 
 
