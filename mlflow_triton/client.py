@@ -288,7 +288,10 @@ def target_help() -> str:
 Deploy MLflow models (ONNX or TorchScript) to NVIDIA Triton Inference Server.
 
 Target URI: 'triton' (servers from TRITON_URL, default http://localhost:8000) or
-'triton:/http://host:8000[,http://host2:8000]' (replicas sharing one model repository).
+'triton:/http://host:8000[,http://host2:8000]' (replicas sharing one model repository), or
+'triton:/dns+http://headless-service:8000' (every address of the name, resolved at each call),
+or 'triton:/k8s://namespace/service' (EndpointSlices; needs mlflow-triton[k8s]). Add
+'?repository=s3://bucket/prefix' for list/get; without a repository they read Triton's index.
 Triton must run with --model-control-mode=explicit and --model-repository pointing at the
 same repository as -C model_repository (or TRITON_MODEL_REPO).
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from types import SimpleNamespace as Obj
 
 import pytest
 from mlflow.exceptions import MlflowException
@@ -20,7 +21,7 @@ from mlflow_triton import discovery
 from mlflow_triton.audit import AuditTrail, mask_secrets, tag_key
 from mlflow_triton.client import TritonDeploymentClient
 from mlflow_triton.config import parse_target_uri, target_options
-from mlflow_triton.discovery import resolve_urls, set_resolver
+from mlflow_triton.discovery import resolve_urls, set_endpoint_slice_api, set_resolver
 from mlflow_triton.promotion.reconcile import watch
 from mlflow_triton.promotion.spec import PromotionSpec
 from mlflow_triton.server import ReplicaUnreachable
@@ -255,3 +256,55 @@ def test_a_tag_failure_warns_and_does_not_raise(caplog):
         trail.serving(entry, None)
     assert "Could not tag registered model 'm' version 1" in caplog.text
     trail.serving({**entry, "registered_model": None}, None)  # not from the registry: nothing to tag
+
+
+class EndpointSlices:
+    """A stub of kubernetes.client.DiscoveryV1Api: the slices of one Service, recorded calls."""
+
+    def __init__(self, slices=None, error=None):
+        self.slices, self.error, self.calls = slices or [], error, []
+
+    def list_namespaced_endpoint_slice(self, namespace, label_selector=None):
+        self.calls.append((namespace, label_selector))
+        if self.error:
+            raise self.error
+        return Obj(items=self.slices)
+
+
+def endpoint(address, ready=True):
+    return Obj(addresses=[address], conditions=Obj(ready=ready, serving=ready, terminating=False))
+
+
+@pytest.fixture
+def k8s_api():
+    api = EndpointSlices([
+        Obj(ports=[Obj(name="http", port=8000), Obj(name="grpc", port=8001)],
+            endpoints=[endpoint("10.1.0.4"), endpoint("10.1.0.5", ready=False), endpoint("10.1.0.6", ready=None)]),
+        Obj(ports=[Obj(name="http", port=8000), Obj(name="grpc", port=8001)], endpoints=[endpoint("10.1.1.9")]),
+    ])  # fmt: skip
+    previous = set_endpoint_slice_api(api)
+    yield api
+    set_endpoint_slice_api(previous)
+
+
+def test_k8s_target_reads_the_ready_endpoints_of_every_endpoint_slice(k8s_api):
+    urls = parse_target_uri("triton:/k8s://ml/triton")
+    assert resolve_urls(urls) == ["http://10.1.0.4:8000", "http://10.1.0.6:8000", "http://10.1.1.9:8000"]
+    assert k8s_api.calls == [("ml", "kubernetes.io/service-name=triton")]
+    assert resolve_urls(parse_target_uri("triton:/k8s://ml/triton/grpc"))[0] == "grpc://10.1.0.4:8001"
+    with pytest.raises(MlflowException) as err:
+        resolve_urls(parse_target_uri("triton:/k8s://ml/triton/metrics"))
+    assert code(err.value) == "TEMPORARILY_UNAVAILABLE" and "'metrics'" in err.value.message
+
+
+def test_k8s_api_failure_is_temporarily_unavailable_and_bad_form_is_invalid():
+    previous = set_endpoint_slice_api(EndpointSlices(error=OSError("connection refused")))
+    try:
+        with pytest.raises(MlflowException) as err:
+            resolve_urls(["k8s://ml/triton"])
+        assert code(err.value) == "TEMPORARILY_UNAVAILABLE" and isinstance(err.value.__cause__, OSError)
+    finally:
+        set_endpoint_slice_api(previous)
+    with pytest.raises(MlflowException) as bad:
+        parse_target_uri("triton:/k8s://ml")
+    assert code(bad.value) == "INVALID_PARAMETER_VALUE" and "k8s://NAMESPACE/SERVICE" in bad.value.message
