@@ -99,7 +99,8 @@ def check_discovery_url(url: str) -> None:
 
 def resolve_urls(urls: Sequence[str], resolver: Resolver | None = None) -> list[str]:
     """The replica URLs of ``urls``: plain URLs as they are, each ``dns+`` URL expanded to one
-    URL per address its name has now (duplicates dropped, order kept).
+    URL per address its name has now, each ``k8s://`` URL to one per ready endpoint of the
+    Service's EndpointSlices (duplicates dropped, order kept).
 
     Args:
         urls: URLs from :func:`~mlflow_triton.config.parse_target_uri`.
@@ -110,7 +111,9 @@ def resolve_urls(urls: Sequence[str], resolver: Resolver | None = None) -> list[
 
     Raises:
         MlflowException: TEMPORARILY_UNAVAILABLE when a name does not resolve, or resolves to
-            no address (a Service without ready pods): nothing can be rolled out now.
+            no address (a Service without ready pods), or the Kubernetes API fails: nothing
+            can be rolled out now. INVALID_PARAMETER_VALUE for a malformed discovery URL, or a
+            ``k8s://`` URL without the ``kubernetes`` package.
     """
     resolve = resolver or _resolver
     found: list[str] = []

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from mlflow import MlflowClient
+from mlflow.deployments.cli import commands as deployments_cli
 
 from mlflow_triton.client import TritonDeploymentClient
 from mlflow_triton.discovery import dns_resolver, set_resolver
@@ -144,6 +146,11 @@ def test_discovery_list_get_predict_from_the_target_alone_and_audit_tags(fleet, 
     x = sample(3, seed=5)
     out = alone.predict(name, {"features": x})["predictions"]["scores"]
     np.testing.assert_allclose(np.asarray(out), local(model, x), rtol=1e-4, atol=1e-5)
+    # MLflow's own CLI (in-process, so the injected resolver applies): list/get take no -C.
+    listed_cli = CliRunner().invoke(deployments_cli, ["list", "-t", fleet.target])
+    assert listed_cli.exit_code == 0 and name in listed_cli.output, listed_cli.output
+    got_cli = CliRunner().invoke(deployments_cli, ["get", "-t", fleet.target, "--name", name])
+    assert got_cli.exit_code == 0 and "READY" in got_cli.output and "onnxruntime" in got_cli.output, got_cli.output
     # With ?repository= the same target adds provenance and history.
     queried = TritonDeploymentClient(f"{fleet.target}?repository={fleet.repository}").get_deployment(name)
     assert queried["source"] == "repository" and queried["history"][-1]["event"] == "serving"
