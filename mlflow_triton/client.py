@@ -47,19 +47,22 @@ class TritonDeploymentClient(BaseDeploymentClient):
     def __init__(self, target_uri: str) -> None:
         super().__init__(target_uri)
         self.triton_urls = parse_target_uri(target_uri)
-        # The repository of the target URI's query, then of the last create/update/delete:
-        # MLflow's list and get take no config.
-        self._repository: dict[str, str] = target_options(target_uri)
+        # Options of the target URI's query (?repository=...), defaults of every call.
+        self._target_options: dict[str, str] = target_options(target_uri)
+        # The repository of this client's last successful create/update, for the calls made
+        # without a config (MLflow's list and get take none).
+        self._last_repository: dict[str, str] = {}
 
     # -- helpers -----------------------------------------------------------------------------
     def _config(self, config: Mapping[str, Any] | None) -> DeploymentConfig:
-        parsed = DeploymentConfig.from_dict({**self._repository, **dict(config or {})})
-        if config and parsed.model_repository:
-            self._repository = {
-                "model_repository": parsed.model_repository,
-                **({"s3_endpoint_url": parsed.s3_endpoint_url} if parsed.s3_endpoint_url else {}),
-            }
-        return parsed
+        given = dict(config) if config else dict(self._last_repository)
+        return DeploymentConfig.from_dict({**self._target_options, **given})
+
+    def _remember_repository(self, settings: DeploymentConfig) -> None:
+        self._last_repository = {
+            "model_repository": settings.require_repository(),
+            **({"s3_endpoint_url": settings.s3_endpoint_url} if settings.s3_endpoint_url else {}),
+        }
 
     def replica_urls(self) -> list[str]:
         """The replicas now: the target's URLs, each ``dns+`` name resolved again."""
@@ -166,6 +169,7 @@ class TritonDeploymentClient(BaseDeploymentClient):
         verify = SmokeTest.for_source(publisher.store, publisher.cluster, source) if settings.verify else None
         started = time.monotonic()
         result = publisher.publish(name, source, mode=mode, verify=verify)
+        self._remember_repository(settings)
         return {
             "name": name,
             "version": result.version,

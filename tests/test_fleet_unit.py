@@ -97,12 +97,16 @@ def test_target_query_gives_the_repository_and_is_not_a_url():
     assert "'repo'" in err.value.message and "repository" in err.value.message
 
 
-def test_client_remembers_the_repository_of_create_and_of_the_target(monkeypatch):
+def test_client_remembers_the_repository_of_a_successful_create_and_of_the_target(monkeypatch):
     monkeypatch.delenv("TRITON_MODEL_REPO", raising=False)
     client = TritonDeploymentClient("triton:/http://t1:8000")
     assert client._config(None).model_repository is None
-    client._config({"model_repository": "s3://models/triton", "instance_kind": "cpu"})
+    client._config({"model_repository": "s3://no-such-bucket/x"})  # a call that fails later
+    assert client._config(None).model_repository is None
+    client._remember_repository(client._config({"model_repository": "s3://models/triton", "instance_kind": "cpu"}))
     assert client._config(None).model_repository == "s3://models/triton"
+    monkeypatch.setenv("TRITON_MODEL_REPO", "s3://from-env/p")  # an explicit config still wins
+    assert client._config({"instance_kind": "cpu"}).model_repository == "s3://from-env/p"
     queried = TritonDeploymentClient("triton:/http://t1:8000?repository=s3://other/p")
     assert queried._config(None).model_repository == "s3://other/p"
     assert queried._config({"model_repository": "s3://x/y"}).model_repository == "s3://x/y"
