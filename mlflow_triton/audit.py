@@ -20,13 +20,15 @@ query parameters that look like credentials are masked (:func:`mask_secrets`).
 
 Tags are best effort: the serving history in the repository is the record that rollouts and
 rollbacks rely on. A tag that cannot be written (registry down, no permission, a model not
-from the registry) logs a warning and never fails the rollout.
+from the registry) logs a warning and never fails the rollout, nor delays it more than
+:data:`TAG_TIMEOUT_S`.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
 from typing import Any, Mapping
 
 logger = logging.getLogger(__name__)
@@ -35,6 +37,9 @@ TAG_PREFIX = "triton"
 #: MLflow keeps tag values up to 5000 characters; a refusal reason is cut well below that.
 MAX_REASON_CHARS = 1000
 MASK = "***"
+#: How long a rollout waits for its tags. MLflow's client retries an unreachable tracking
+#: server for minutes; the tags then finish (or fail, with a warning) in the background.
+TAG_TIMEOUT_S = 10.0
 
 # scheme://user:password@host -> scheme://***@host (also inside error text).
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/\s@?#]+@")
@@ -114,6 +119,17 @@ class AuditTrail:
         self._tag(registered, values)
 
     def _tag(self, registered: tuple[str, str], values: Mapping[str, Any]) -> None:
+        writer = threading.Thread(target=self._write, args=(registered, values), daemon=True)
+        writer.start()
+        writer.join(TAG_TIMEOUT_S)
+        if writer.is_alive():
+            logger.warning(
+                "Tagging registered model %r version %s is taking over %.0f s (is the tracking "
+                "server reachable?); the rollout goes on, the tags follow in the background.",
+                *registered, TAG_TIMEOUT_S,
+            )  # fmt: skip
+
+    def _write(self, registered: tuple[str, str], values: Mapping[str, Any]) -> None:
         name, version = registered
         try:
             if self._client is None:

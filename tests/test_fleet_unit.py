@@ -312,3 +312,22 @@ def test_k8s_api_failure_is_temporarily_unavailable_and_bad_form_is_invalid():
     with pytest.raises(MlflowException) as bad:
         parse_target_uri("triton:/k8s://ml")
     assert code(bad.value) == "INVALID_PARAMETER_VALUE" and "k8s://NAMESPACE/SERVICE" in bad.value.message
+
+
+def test_a_hanging_registry_does_not_hold_the_rollout(monkeypatch, caplog):
+    import threading
+
+    from mlflow_triton import audit
+
+    release = threading.Event()
+
+    class Hanging(RecordingRegistry):
+        def set_model_version_tag(self, *args):
+            release.wait(5)
+
+    monkeypatch.setattr(audit, "TAG_TIMEOUT_S", 0.05)
+    entry = {"event": "serving", "version": 1, "via": "publish", "at": "T", "registered_model": "m", "registered_version": "1"}
+    with caplog.at_level(logging.WARNING, logger="mlflow_triton.audit"):
+        AuditTrail("fraud", "triton:/http://t1:8000", "s3://b/p", Hanging()).serving(entry, None)
+    release.set()
+    assert "the rollout goes on" in caplog.text
