@@ -26,7 +26,7 @@ from mlflow.deployments.cli import commands as deployments_cli
 from mlflow_triton.client import TritonDeploymentClient
 from mlflow_triton.discovery import dns_resolver, set_resolver
 from mlflow_triton.local.stack import AWS_TEST_CREDENTIALS, free_port, make_backend_dir, tritonserver
-from mlflow_triton.promotion import rollback, sync, watch
+from mlflow_triton.promotion import sync, watch
 from mlflow_triton.promotion.spec import PromotionSpec
 from mlflow_triton.server import TritonError, TritonServer
 from models import sample
@@ -146,6 +146,9 @@ def test_discovery_list_get_predict_from_the_target_alone_and_audit_tags(fleet, 
     x = sample(3, seed=5)
     out = alone.predict(name, {"features": x})["predictions"]["scores"]
     np.testing.assert_allclose(np.asarray(out), local(model, x), rtol=1e-4, atol=1e-5)
+    over_grpc = TritonDeploymentClient(f"triton:/dns+grpc://{FLEET_NAME}:{fleet.grpc_port}").get_deployment(name)
+    assert sorted(over_grpc["servers"]) == [f"grpc://{host}:{fleet.grpc_port}" for host in HOSTS]
+    assert over_grpc["serving_version"] == 1 and over_grpc["config"]["backend"] == "onnxruntime"
     # MLflow's own CLI (in-process, so the injected resolver applies): list/get take no -C.
     listed_cli = CliRunner().invoke(deployments_cli, ["list", "-t", fleet.target])
     assert listed_cli.exit_code == 0 and name in listed_cli.output, listed_cli.output
@@ -183,24 +186,26 @@ def test_discovery_list_get_predict_from_the_target_alone_and_audit_tags(fleet, 
 
 def test_watch_restores_a_restarted_replica_and_load_model_star_loads_the_pin(fleet, unique_name, record_property):
     name = unique_name
-    v1, v2 = register(name, 21, 22)
-    registry = MlflowClient()
-    spec = fleet.spec(name)
-    registry.set_registered_model_alias(name, ALIAS, "1")
-    assert sync(spec).ok
-    registry.set_registered_model_alias(name, ALIAS, "2")
-    assert sync(spec).ok  # a sync promotion: version 2 serves, version 1 replaced
-    assert tags_of(name, "2")[f"triton.{name}.state"] == "serving"
-    assert tags_of(name, "1")[f"triton.{name}.state"] == "replaced"
-    registry.set_registered_model_alias(name, ALIAS, "1")  # so that watch keeps the rollback
-    rolled = rollback(spec, name)
-    assert rolled.version == 1 and rolled.changed
-    assert tags_of(name, "2")[f"triton.{name}.state"] == "rolled_back"
-    assert tags_of(name, "1")[f"triton.{name}.via"] == "rollback"
+    (v1,) = register(name, 21)
+    MlflowClient().set_registered_model_alias(name, ALIAS, "1")
+    assert sync(spec := fleet.spec(name)).ok  # a sync promotion tags the version too
+    assert tags_of(name, "1")[f"triton.{name}.state"] == "serving"
     assert all(ready_on(url, name, 1) for url in fleet.urls)
+    # A newer version folder that config.pbtxt does not pin (as after a rollback or a refusal).
+    s3, bucket = fleet.stack.s3_client(), fleet.stack.bucket
+    for item in s3.list_objects_v2(Bucket=bucket, Prefix=f"{fleet.prefix}/{name}/1/")["Contents"]:
+        newer = item["Key"].replace(f"/{name}/1/", f"/{name}/2/")
+        s3.copy_object(Bucket=bucket, Key=newer, CopySource={"Bucket": bucket, "Key": item["Key"]})
+    restarted = fleet.urls[2]
+
+    # Without watch: --load-model=* loads what config.pbtxt pins (version 1, not the newer 2).
+    fleet.kill(2)
+    fleet.start(2, "--load-model=*")
+    with TritonServer(restarted) as server:
+        states = {e.get("version"): e.get("state") for e in server.repository_index() if e.get("name") == name}
+    assert states == {"1": "READY"}, states
 
     # A replica crashes and restarts empty (explicit mode): one watch round restores it.
-    restarted = fleet.urls[2]
     fleet.kill(2)
     live_at = fleet.start(2)
     assert not ready_on(restarted, name, 1)
@@ -209,15 +214,9 @@ def test_watch_restores_a_restarted_replica_and_load_model_star_loads_the_pin(fl
     assert report is not None and report.ok, report.to_dict()
     assert report.models[0].action == "unchanged" and report.models[0].reloaded == [restarted]
     assert ready_on(restarted, name, 1)
-    out = TritonDeploymentClient(f"triton:/{restarted}").predict(name, {"features": sample(2, seed=3)})
-    np.testing.assert_allclose(np.asarray(out["predictions"]["scores"]), local(v1, sample(2, seed=3)), rtol=1e-4, atol=1e-5)
+    x = sample(2, seed=3)
+    out = TritonDeploymentClient(f"triton:/{restarted}").predict(name, {"features": x})
+    np.testing.assert_allclose(np.asarray(out["predictions"]["scores"]), local(v1, x), rtol=1e-4, atol=1e-5)
     record_property("replica_live_to_ready_s", round(ready_s, 2))
     logger.warning("Replica live -> READY by one watch round: %.2f s", ready_s)
-
-    # Without watch: --load-model=* loads what config.pbtxt pins (version 1, not the newer 2).
-    fleet.kill(2)
-    fleet.start(2, "--load-model=*")
-    with TritonServer(restarted) as server:
-        states = {e.get("version"): e.get("state") for e in server.repository_index() if e.get("name") == name}
-    assert states == {"1": "READY"}, states
     TritonDeploymentClient(f"{fleet.target}?repository={fleet.repository}").delete_deployment(name)
