@@ -104,13 +104,17 @@ class ModelPublisher:
     Args:
         store / cluster / config: the repository, its replicas and the deployment config
             (``config.lease_ttl`` and ``config.lease_wait`` shape the lease).
+        target: where the replicas were found (a target URI), named by the audit tags.
     """
 
-    def __init__(self, store: ModelRepositoryStore, cluster: TritonCluster, config: DeploymentConfig) -> None:
+    def __init__(
+        self, store: ModelRepositoryStore, cluster: TritonCluster, config: DeploymentConfig,
+        target: str | None = None,
+    ) -> None:  # fmt: skip
         self.store = store
         self.cluster = cluster
         self.config = config
-        self.target: str | None = None  # see for_config
+        self.target = target
 
     @classmethod
     def for_config(
@@ -130,9 +134,7 @@ class ModelPublisher:
             if stores is not None:
                 stores[key] = store
         cluster = TritonCluster(list(triton_urls), config.protocol, timeout_s=config.wait_ready_timeout)
-        publisher = cls(store, cluster, config)
-        publisher.target = target
-        return publisher
+        return cls(store, cluster, config, target)
 
     # -- reading -----------------------------------------------------------------------------
     def read_state(self, name: str) -> DeploymentState:
