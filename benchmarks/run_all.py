@@ -34,6 +34,7 @@ BENCHMARKS = {
     "publish_overhead": ["publish_overhead.py"],
     "copy_strategy": ["copy_strategy.py"],
     "warmup": ["warmup.py"],
+    "fleet": ["fleet.py"],
 }
 
 

@@ -17,7 +17,8 @@ from mlflow.deployments import BaseDeploymentClient, PredictionsResponse
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
-from mlflow_triton.config import DeploymentConfig, parse_target_uri, validate_model_name
+from mlflow_triton.config import DeploymentConfig, parse_target_uri, target_options, validate_model_name
+from mlflow_triton.discovery import resolve_urls
 from mlflow_triton.model_config import as_arrays, tensor_names
 from mlflow_triton.model_source import resolve_model
 from mlflow_triton.publisher import ModelPublisher
@@ -25,6 +26,7 @@ from mlflow_triton.repair import previous_good
 from mlflow_triton.lease import LeaseLost
 from mlflow_triton.server import ReplicaUnreachable, TritonCluster
 from mlflow_triton.triton_source import publish_composing_models, restore_composing_models
+from mlflow_triton.triton_view import describe_from_triton, list_from_triton, replica_states
 from mlflow_triton.verification import SmokeTest
 
 logger = logging.getLogger(__name__)
@@ -36,7 +38,9 @@ class TritonDeploymentClient(BaseDeploymentClient):
     Args:
         target_uri: ``triton`` (servers from ``TRITON_URL``, default ``http://localhost:8000``)
             or ``triton:/http://host:port[,http://host2:port]`` for several replicas that read
-            the same repository.
+            the same repository; ``dns+http://name:port`` stands for every address of
+            ``name``, looked up at each call (:mod:`mlflow_triton.discovery`). A query
+            ``?repository=s3://bucket/prefix`` gives ``list``/``get`` the repository.
 
     Raises:
         MlflowException: INVALID_PARAMETER_VALUE for a malformed target URI.
@@ -45,13 +49,29 @@ class TritonDeploymentClient(BaseDeploymentClient):
     def __init__(self, target_uri: str) -> None:
         super().__init__(target_uri)
         self.triton_urls = parse_target_uri(target_uri)
+        # Options of the target URI's query (?repository=...), defaults of every call.
+        self._target_options: dict[str, str] = target_options(target_uri)
+        # The repository of this client's last successful create/update, for the calls made
+        # without a config (MLflow's list and get take none).
+        self._last_repository: dict[str, str] = {}
 
     # -- helpers -----------------------------------------------------------------------------
     def _config(self, config: Mapping[str, Any] | None) -> DeploymentConfig:
-        return DeploymentConfig.from_dict(config)
+        given = dict(config) if config else dict(self._last_repository)
+        return DeploymentConfig.from_dict({**self._target_options, **given})
+
+    def _remember_repository(self, settings: DeploymentConfig) -> None:
+        self._last_repository = {
+            "model_repository": settings.require_repository(),
+            **({"s3_endpoint_url": settings.s3_endpoint_url} if settings.s3_endpoint_url else {}),
+        }
+
+    def replica_urls(self) -> list[str]:
+        """The replicas now: the target's URLs, each ``dns+`` name resolved again."""
+        return resolve_urls(self.triton_urls)
 
     def _publisher(self, config: DeploymentConfig) -> ModelPublisher:
-        return ModelPublisher.for_config(config, self.triton_urls)
+        return ModelPublisher.for_config(config, self.replica_urls(), target=self.target_uri)
 
     def _describe(self, publisher: ModelPublisher, name: str) -> dict[str, Any]:
         state = publisher.read_state(name)
@@ -60,16 +80,7 @@ class TritonDeploymentClient(BaseDeploymentClient):
                 f"No deployment named {name!r} in {publisher.store.uri}.",
                 error_code=RESOURCE_DOES_NOT_EXIST,
             )
-        servers: dict[str, Any] = {}
-        for url, index in publisher.cluster.repository_index().items():
-            if isinstance(index, Exception):
-                servers[url] = {"state": "UNREACHABLE", "error": str(index)}
-                continue
-            entries = [e for e in index if e.get("name") == name]
-            servers[url] = {
-                "versions": {str(e.get("version", "")): e.get("state", "UNKNOWN") for e in entries},
-                "reason": "; ".join(e["reason"] for e in entries if e.get("reason")),
-            }
+        servers = replica_states(publisher.cluster.repository_index(), name)
         provenance = dict(state.provenance or {})
         provenance.pop("config_pbtxt", None)
         history = publisher.read_history(name)
@@ -84,6 +95,7 @@ class TritonDeploymentClient(BaseDeploymentClient):
             "servers": servers,
             "rollback_target": previous_good(state, history),
             "history": history.to_list(),
+            "source": "repository",
         }
 
     # -- the plugin contract -----------------------------------------------------------------
@@ -179,6 +191,7 @@ class TritonDeploymentClient(BaseDeploymentClient):
                 f"{', '.join(restored)}.",
                 error_code=err.error_code,
             ) from err
+        self._remember_repository(settings)
         return {
             "name": name,
             "version": result.version,
@@ -188,6 +201,7 @@ class TritonDeploymentClient(BaseDeploymentClient):
             "model_uri": model_uri,
             "repository": publisher.store.url(f"{name}/"),
             "triton_urls": self.triton_urls,
+            "replicas": publisher.cluster.urls,
             "bytes_uploaded": result.bytes_uploaded,
             "pruned_versions": result.pruned,
             "verified": result.verified,
@@ -202,17 +216,36 @@ class TritonDeploymentClient(BaseDeploymentClient):
         self._publisher(self._config(config)).delete(name)
 
     def list_deployments(self, endpoint: str | None = None) -> list[dict[str, Any]]:
-        """Deployments in the repository (``TRITON_MODEL_REPO``) with their serving version."""
-        publisher = self._publisher(self._config(None))
+        """Deployments with their serving version.
+
+        With a repository (``?repository=`` on the target URI, ``TRITON_MODEL_REPO``, or the
+        one of this client's last create/update): the repository's deployments and the
+        registry version each serves. Without: every model in the replicas' repository index,
+        with its state per replica (``"source": "triton"``).
+        """
+        settings = self._config(None)
+        if not settings.model_repository:
+            return list_from_triton(TritonCluster(self.replica_urls(), settings.protocol))
+        publisher = self._publisher(settings)
         return [
-            {"name": s.name, "serving_version": s.serving_version, "versions": s.versions}
+            {
+                "name": s.name, "serving_version": s.serving_version, "versions": s.versions,
+                "registered_model": (s.provenance or {}).get("registered_model"),
+                "registered_version": (s.provenance or {}).get("registered_version"),
+                "source": "repository",
+            }
             for s in publisher.deployments()
-        ]
+        ]  # fmt: skip
 
     def get_deployment(self, name: str, endpoint: str | None = None) -> dict[str, Any]:
-        """Repository and Triton view of ``name``: versions, state per server, provenance."""
+        """State of ``name`` on each replica (Triton's reason for a failed load), plus, with a
+        repository configured (see :meth:`list_deployments`), its provenance and history;
+        without, the model config a replica serves (``"source": "triton"``)."""
         validate_model_name(name)
-        return self._describe(self._publisher(self._config(None)), name)
+        settings = self._config(None)
+        if not settings.model_repository:
+            return describe_from_triton(TritonCluster(self.replica_urls(), settings.protocol), name)
+        return self._describe(self._publisher(settings), name)
 
     def predict(
         self, deployment_name: str | None = None, inputs: Any = None, endpoint: str | None = None
@@ -228,7 +261,7 @@ class TritonDeploymentClient(BaseDeploymentClient):
             ``PredictionsResponse({"predictions": {output_name: list}})``.
         """
         name = validate_model_name(deployment_name)
-        with TritonCluster(self.triton_urls).server() as server:
+        with TritonCluster(self.replica_urls()).server() as server:
             config = server.model_config(name)
             tensors = tensor_names(config)
             arrays = as_arrays(inputs, tensors["inputs"])
@@ -291,7 +324,10 @@ def target_help() -> str:
 Deploy MLflow models (ONNX or TorchScript) to NVIDIA Triton Inference Server.
 
 Target URI: 'triton' (servers from TRITON_URL, default http://localhost:8000) or
-'triton:/http://host:8000[,http://host2:8000]' (replicas sharing one model repository).
+'triton:/http://host:8000[,http://host2:8000]' (replicas sharing one model repository), or
+'triton:/dns+http://headless-service:8000' (every address of the name, resolved at each call),
+or 'triton:/k8s://namespace/service' (EndpointSlices; needs mlflow-triton[k8s]). Add
+'?repository=s3://bucket/prefix' for list/get; without a repository they read Triton's index.
 Triton must run with --model-control-mode=explicit and --model-repository pointing at the
 same repository as -C model_repository (or TRITON_MODEL_REPO).
 

@@ -97,21 +97,28 @@ class ModelPublisher:
     Args:
         store / cluster / config: the repository, its replicas and the deployment config
             (``config.lease_ttl`` and ``config.lease_wait`` shape the lease).
+        target: where the replicas were found (a target URI), named by the audit tags.
     """
 
-    def __init__(self, store: ModelRepositoryStore, cluster: TritonCluster, config: DeploymentConfig) -> None:
+    def __init__(
+        self, store: ModelRepositoryStore, cluster: TritonCluster, config: DeploymentConfig,
+        target: str | None = None,
+    ) -> None:  # fmt: skip
         self.store = store
         self.cluster = cluster
         self.config = config
+        self.target = target
 
     @classmethod
     def for_config(
-        cls, config: DeploymentConfig, triton_urls: Sequence[str], stores: dict[Any, Any] | None = None
+        cls, config: DeploymentConfig, triton_urls: Sequence[str], stores: dict[Any, Any] | None = None,
+        target: str | None = None,
     ) -> "ModelPublisher":
         """The publisher of ``config``'s repository for the replicas ``triton_urls``.
 
         ``stores`` shares one store (one boto3 client, thread-safe) between the deployments of
-        one reconciliation that use the same repository.
+        one reconciliation that use the same repository. ``target`` (the target URI the
+        replicas were found from) is what the audit tags say the model serves on.
         """
         key = (config.require_repository(), config.s3_endpoint_url)
         store = stores.get(key) if stores is not None else None
@@ -120,7 +127,7 @@ class ModelPublisher:
             if stores is not None:
                 stores[key] = store
         cluster = TritonCluster(list(triton_urls), config.protocol, timeout_s=config.wait_ready_timeout)
-        return cls(store, cluster, config)
+        return cls(store, cluster, config, target)
 
     # -- reading -----------------------------------------------------------------------------
     def read_state(self, name: str) -> DeploymentState:
@@ -150,7 +157,7 @@ class ModelPublisher:
 
     def rollout_for(self, name: str, lease: Lease) -> Rollout:
         """The rollout of ``name`` by the holder of ``lease``, with the deployment's history."""
-        return Rollout(self.store, self.cluster, name, lease, self.read_history(name))
+        return Rollout(self.store, self.cluster, name, lease, self.read_history(name), target=self.target)
 
     # -- publishing --------------------------------------------------------------------------
     def check_servers(self) -> None:

@@ -34,6 +34,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 
 from mlflow_triton import model_config as mcfg
+from mlflow_triton.audit import AuditTrail
 from mlflow_triton.deployment_state import CONFIG_FILE
 from mlflow_triton.history import ServingHistory, Via
 from mlflow_triton.lease import Lease, LeaseLost
@@ -68,6 +69,8 @@ class Rollout:
         name: the deployment.
         lease: held for the whole rollout; checked before every write that changes serving.
         history: the deployment's serving history (recorded and saved here).
+        target: where the replicas were found (a target URI), for the audit tags; default:
+            the replica URLs.
     """
 
     store: ModelRepositoryStore
@@ -75,6 +78,7 @@ class Rollout:
     name: str
     lease: Lease
     history: ServingHistory
+    target: str | None = None
 
     # -- staging -----------------------------------------------------------------------------
     def staging_left_over(self) -> bool:
@@ -188,11 +192,22 @@ class Rollout:
     def record_serving(self, version: int, via: Via, verified: bool | None, **details: Any) -> None:
         """Record that ``version`` serves (after a fencing check)."""
         self.lease.check("recording the serving version")
-        self.history.record("serving", version, via, verified=verified, **details)
+        replaced = self._last_serving()
+        entry = self.history.record("serving", version, via, verified=verified, **details)
         self.history.save(self.store)
+        self.audit_trail().serving(entry, replaced)
 
     def refuse(self, version: int, via: Via, reason: str, **details: Any) -> None:
         """Record a refused candidate (after a fencing check)."""
         self.lease.check("recording the refusal")
-        self.history.record("refused", version, via, reason=reason, **details)
+        entry = self.history.record("refused", version, via, reason=reason, **details)
         self.history.save(self.store)
+        self.audit_trail().refused(entry, self._last_serving())
+
+    def audit_trail(self) -> AuditTrail:
+        """The MLflow tags of this deployment (best effort, see :mod:`mlflow_triton.audit`)."""
+        target = self.target or f"triton:/{','.join(self.cluster.urls)}"
+        return AuditTrail(self.name, target, self.store.uri)
+
+    def _last_serving(self) -> dict[str, Any] | None:
+        return next((e for e in reversed(self.history.events) if e.get("event") == "serving"), None)

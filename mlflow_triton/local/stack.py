@@ -46,11 +46,19 @@ MLFLOW_ARTIFACTS_BUCKET = "mlflow-artifacts"
 RESPONSE_CACHE_BYTES = 8 * 1024 * 1024
 
 
-def free_port() -> int:
-    """Return a TCP port that is free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_port(host: str = "127.0.0.1", *also_free_on: str) -> int:
+    """Return a TCP port that is free on ``host`` (and on each of ``also_free_on``) right now."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+        try:
+            for other in also_free_on:
+                with socket.socket() as probe:
+                    probe.bind((other, port))
+            return port
+        except OSError:
+            continue
 
 
 class ManagedProcess:
@@ -198,17 +206,25 @@ def tritonserver(
     env: Mapping[str, str],
     http_port: int | None = None,
     grpc_port: int | None = None,
+    host: str = "127.0.0.1",
+    extra_args: Sequence[str] = (),
 ) -> ManagedProcess:
-    """``tritonserver`` in explicit model-control mode on free loopback ports."""
-    http_port = http_port or free_port()
-    grpc_port = grpc_port or free_port()
+    """``tritonserver`` in explicit model-control mode on free loopback ports.
+
+    Args:
+        host: the loopback address HTTP and gRPC bind to (127.0.0.2, 127.0.0.3... give several
+            replicas the same ports behind one name, as pods behind a headless Service).
+        extra_args: more tritonserver flags, e.g. ``--load-model=*``.
+    """
+    http_port = http_port or free_port(host)
+    grpc_port = grpc_port or free_port(host)
     argv = [
         str(pytriton_root() / "tritonserver" / "bin" / "tritonserver"),
         f"--model-repository={model_repository}",
         "--model-control-mode=explicit",
         f"--backend-directory={backend_dir}",
-        "--http-address=127.0.0.1", f"--http-port={http_port}",
-        "--grpc-address=127.0.0.1", f"--grpc-port={grpc_port}",
+        f"--http-address={host}", f"--http-port={http_port}",
+        f"--grpc-address={host}", f"--grpc-port={grpc_port}",
         "--allow-metrics=false",
         "--exit-timeout-secs=5",
         "--log-verbose=0",
@@ -216,13 +232,14 @@ def tritonserver(
         # (-C response_cache=true); the wheel ships the `local` cache implementation.
         f"--cache-directory={pytriton_root() / 'tritonserver' / 'caches'}",
         f"--cache-config=local,size={RESPONSE_CACHE_BYTES}",
+        *extra_args,
     ]  # fmt: skip
     process = ManagedProcess(
-        "tritonserver", argv, f"http://127.0.0.1:{http_port}/v2/health/ready", log_path,
+        "tritonserver", argv, f"http://{host}:{http_port}/v2/health/ready", log_path,
         triton_environment(env),
     )  # fmt: skip
-    process.http_url = f"http://127.0.0.1:{http_port}"  # type: ignore[attr-defined]
-    process.grpc_url = f"127.0.0.1:{grpc_port}"  # type: ignore[attr-defined]
+    process.http_url = f"http://{host}:{http_port}"  # type: ignore[attr-defined]
+    process.grpc_url = f"{host}:{grpc_port}"  # type: ignore[attr-defined]
     return process
 
 

@@ -37,6 +37,7 @@ from mlflow_triton.model_source import resolve_model
 from mlflow_triton.promotion.reports import ModelReport, SyncReport
 from mlflow_triton.promotion.spec import ModelPromotion, PromotionSpec
 from mlflow_triton.deployment_state import DeploymentState
+from mlflow_triton.discovery import resolve_urls
 from mlflow_triton.publisher import ModelPublisher, ServingChanged
 from mlflow_triton.repository_snapshot import RepositoryCache, RepositorySnapshot
 from mlflow_triton.rollout import VersionRefused
@@ -98,21 +99,41 @@ class _Round:
         self.snapshots: dict[str, RepositorySnapshot | None] = {}
         self._snapshot_lock = threading.Lock()
         self._stores_lock = threading.Lock()
+        # Looked up again every round: a replica added or replaced behind a dns+ name is found.
+        # A name that does not resolve fails this round's models (reported), not the watch.
+        self.discovery_error: MlflowException | None = None
+        self.triton_urls: list[str] = []
+        self.ready: dict[str, set[tuple[str, str]]] = {}
+        try:
+            self.triton_urls = resolve_urls(spec.triton_urls)
+        except MlflowException as err:
+            self.discovery_error = err
         # The three round-wide reads are independent: overlap them.
         with ThreadPoolExecutor(max_workers=3) as pool:
             aliases = pool.submit(_all_aliases, registry, {m.registered_model for m in spec.models})
-            ready = pool.submit(lambda: TritonCluster(list(spec.triton_urls)).ready_models())
-            if len(spec.models) >= 2:
+            ready = pool.submit(TritonCluster(self.triton_urls).ready_models) if self.triton_urls else None
+            if len(spec.models) >= 2 and self.discovery_error is None:
                 list(pool.map(self._prelist, {m.config.model_repository: m for m in spec.models}.values()))
-            self.aliases, self.ready = aliases.result(), ready.result()
+            self.aliases = aliases.result()
+            if ready is not None:
+                try:
+                    self.ready = ready.result()
+                except MlflowException as err:
+                    self.discovery_error = err
+
+    def _publisher(self, model: ModelPromotion) -> ModelPublisher:
+        """``model``'s publisher for this round's replicas; one store (one boto3 client and
+        pool) per repository."""
+        with self._stores_lock:
+            return ModelPublisher.for_config(
+                model.config, self.triton_urls, self.stores, target=self.spec.target_uri
+            )
 
     def _prelist(self, model: ModelPromotion) -> None:
         """List ``model``'s repository ahead of the workers; a failure is left for the
         workers to meet again and report per model."""
         try:
-            with self._stores_lock:
-                publisher = ModelPublisher.for_config(model.config, self.spec.triton_urls, self.stores)
-            self._snapshot(publisher.store)
+            self._snapshot(self._publisher(model).store)
         except Exception as err:
             logger.debug("Listing the repository of %s ahead of the round failed: %s", model.deployment, err)
 
@@ -139,10 +160,11 @@ class _Round:
         started = time.monotonic()
         report = ModelReport(model.registered_model, model.alias, model.deployment)
         try:
+            if self.discovery_error is not None:
+                raise self.discovery_error
             target = _alias_version(self.registry, model, self.aliases)
             report.registry_version = target
-            with self._stores_lock:  # one store (one boto3 client and pool) per repository
-                publisher = ModelPublisher.for_config(model.config, self.spec.triton_urls, self.stores)
+            publisher = self._publisher(model)
             listed = self._listed_state(publisher, model.deployment)
             for attempt in range(MAX_RECOMPARES):
                 try:

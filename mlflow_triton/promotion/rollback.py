@@ -9,6 +9,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
 from mlflow_triton.config import validate_model_name
+from mlflow_triton.discovery import resolve_urls
 from mlflow_triton.promotion.reports import RollbackResult
 from mlflow_triton.promotion.spec import PromotionSpec
 from mlflow_triton.model_config import parse_pbtxt
@@ -58,7 +59,9 @@ def rollback(
     """
     validate_model_name(deployment)
     started = time.monotonic()
-    publisher = ModelPublisher.for_config(spec.config_for(deployment), spec.triton_urls)
+    publisher = ModelPublisher.for_config(
+        spec.config_for(deployment), resolve_urls(spec.triton_urls), target=spec.target_uri
+    )
     state = publisher.read_state(deployment)
     if not state.exists or state.serving_version is None:
         raise MlflowException(
@@ -165,7 +168,10 @@ def activate(
                 registered_version=provenance.get("registered_version"),
             )  # fmt: skip
         except VersionRefused as err:
-            rollout.refuse(version, "rollback", err.message)
+            rollout.refuse(
+                version, "rollback", err.message, registered_model=provenance.get("registered_model"),
+                registered_version=provenance.get("registered_version"),
+            )  # fmt: skip
             raise MlflowException(
                 f"Rollback of {name!r} to version {version} was refused; version "
                 f"{state.serving_version} still serves. {err.message}",

@@ -115,6 +115,11 @@ class PromotionSpec:
         """Read and validate a YAML spec file (format in the module docstring)."""
         return cls.from_dict(_read_yaml(path), require_models)
 
+    @property
+    def target_uri(self) -> str:
+        """The replicas as a target URI (``dns+`` names unresolved), for the audit tags."""
+        return f"triton:/{','.join(self.triton_urls)}"
+
     def select(self, registered_model: str | None = None, alias: str | None = None) -> "PromotionSpec":
         """The same spec restricted to one registered model (and alias), e.g. for a webhook."""
         models = tuple(

@@ -1,0 +1,152 @@
+"""The audit trail in MLflow: tags on the registered model version that say where it serves.
+
+Each rollout that records an outcome in the serving history (a publish, a ``sync``/``watch``
+promotion, a rollback, a repair that finds a version serving) also tags the registered model
+version it concerns, so the MLflow UI shows which version serves where, since when, and
+whether it was verified or refused. Keys are per deployment (``triton.<deployment>.<field>``)::
+
+    triton.fraud.state           serving | refused | replaced | rolled_back
+    triton.fraud.since           2026-11-25T12:00:00Z (UTC, when the state began)
+    triton.fraud.verified        true | false (smoke test before it served)
+    triton.fraud.triton_version  3 (the version folder in the Triton repository)
+    triton.fraud.via             publish | rollback | repair
+    triton.fraud.target          triton:/dns+http://triton-headless:8000 (credentials masked)
+    triton.fraud.repository      s3://models/triton
+    triton.fraud.refused_at / refused_reason    the last refusal (Triton's or the smoke test's)
+    triton.fraud.replaced_by     the registry version that serves instead
+
+Tags never hold secrets: userinfo in every URI (``http://user:pass@host``) and the values of
+query parameters that look like credentials are masked (:func:`mask_secrets`).
+
+Tags are best effort: the serving history in the repository is the record that rollouts and
+rollbacks rely on. A tag that cannot be written (registry down, no permission, a model not
+from the registry) logs a warning and never fails the rollout, nor delays it more than
+:data:`TAG_TIMEOUT_S`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from typing import Any, Mapping
+
+logger = logging.getLogger(__name__)
+
+TAG_PREFIX = "triton"
+#: MLflow keeps tag values up to 5000 characters; a refusal reason is cut well below that.
+MAX_REASON_CHARS = 1000
+MASK = "***"
+#: How long a rollout waits for its tags. MLflow's client retries an unreachable tracking
+#: server for minutes; the tags then finish (or fail, with a warning) in the background.
+TAG_TIMEOUT_S = 10.0
+
+# scheme://user:password@host -> scheme://***@host (also inside error text).
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/\s@?#]+@")
+# ?token=...&X-Amz-Signature=..., "password=..." in error text -> values masked, names kept.
+_SECRET_PARAM = re.compile(
+    r"(?P<key>(?<![\w.\-])[\w.\-]*(?:key|secret|token|password|passwd|signature|credential|auth)[\w.\-]*=)"
+    r"[^&\s#),;]*",
+    re.IGNORECASE,
+)
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with credentials in URIs masked: userinfo and credential-like query values."""
+    return _SECRET_PARAM.sub(rf"\g<key>{MASK}", _USERINFO.sub(rf"\g<scheme>{MASK}@", text))
+
+
+def tag_key(deployment: str, field: str) -> str:
+    return f"{TAG_PREFIX}.{deployment}.{field}"
+
+
+class AuditTrail:
+    """Writes the audit tags of one deployment.
+
+    Args:
+        deployment: the Triton model name.
+        target: where it serves (a target URI or the replica URLs); masked before use.
+        repository: the repository URI; masked before use.
+        client: an ``MlflowClient`` (default: one for the current tracking URI, made when
+            first needed).
+    """
+
+    def __init__(self, deployment: str, target: str, repository: str, client: Any = None) -> None:
+        self.deployment = deployment
+        self.target = mask_secrets(target)
+        self.repository = mask_secrets(repository)
+        self._client = client
+
+    def serving(self, entry: Mapping[str, Any], replaced: Mapping[str, Any] | None) -> None:
+        """Tag the registry version of history ``entry`` (a ``serving`` event) as serving, and
+        the registry version of ``replaced`` (the serving event before it) as replaced."""
+        registered = _registered(entry)
+        if registered is None:
+            return
+        verified = entry.get("verified")
+        self._tag(registered, {
+            "state": "serving", "since": entry.get("at"), "via": entry.get("via"),
+            "verified": "unknown" if verified is None else str(bool(verified)).lower(),
+            "triton_version": entry.get("version"), "target": self.target,
+            "repository": self.repository,
+        })  # fmt: skip
+        before = _registered(replaced) if replaced is not None else None
+        if before is None or before == registered:
+            return
+        rolled_back = entry.get("via") == "rollback" and entry.get("rolled_back_from") == replaced.get("version")  # type: ignore[union-attr]
+        self._tag(before, {
+            "state": "rolled_back" if rolled_back else "replaced", "since": entry.get("at"),
+            "replaced_by": f"registry version {registered[1]} (Triton version {entry.get('version')})",
+        })  # fmt: skip
+
+    def refused(self, entry: Mapping[str, Any], serving: Mapping[str, Any] | None) -> None:
+        """Tag the registry version of history ``entry`` (a ``refused`` event). If that
+        registry version still serves (``serving``, the last serving event, names it: a
+        republish with other settings was refused), only the refusal is recorded."""
+        registered = _registered(entry)
+        if registered is None:
+            return
+        values: dict[str, Any] = {
+            "refused_at": entry.get("at"),
+            "refused_reason": mask_secrets(str(entry.get("reason", "")))[:MAX_REASON_CHARS],
+        }
+        if serving is None or _registered(serving) != registered:
+            values.update({
+                "state": "refused", "since": entry.get("at"), "via": entry.get("via"),
+                "verified": "false", "triton_version": entry.get("version"),
+                "target": self.target, "repository": self.repository,
+            })  # fmt: skip
+        self._tag(registered, values)
+
+    def _tag(self, registered: tuple[str, str], values: Mapping[str, Any]) -> None:
+        writer = threading.Thread(target=self._write, args=(registered, values), daemon=True)
+        writer.start()
+        writer.join(TAG_TIMEOUT_S)
+        if writer.is_alive():
+            logger.warning(
+                "Tagging registered model %r version %s is taking over %.0f s (is the tracking "
+                "server reachable?); the rollout goes on, the tags follow in the background.",
+                *registered, TAG_TIMEOUT_S,
+            )  # fmt: skip
+
+    def _write(self, registered: tuple[str, str], values: Mapping[str, Any]) -> None:
+        name, version = registered
+        try:
+            if self._client is None:
+                from mlflow import MlflowClient
+
+                self._client = MlflowClient()
+            for field, value in values.items():
+                if value is not None:
+                    self._client.set_model_version_tag(name, version, tag_key(self.deployment, field), str(value))
+        except Exception as err:  # best effort: the serving history is the record
+            logger.warning(
+                "Could not tag registered model %r version %s with where it serves (%s): %s. "
+                "The rollout itself is not affected.", name, version, self.deployment, err,
+            )  # fmt: skip
+
+
+def _registered(entry: Mapping[str, Any] | None) -> tuple[str, str] | None:
+    if not entry or not entry.get("registered_model") or entry.get("registered_version") in (None, ""):
+        return None
+    return str(entry["registered_model"]), str(entry["registered_version"])
