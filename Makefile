@@ -20,8 +20,10 @@ demo: $(STAMP)
 dev: $(STAMP)
 	$(VENV)/bin/mlflow-triton dev
 
+# Two workers, one test file each at a time: the suite waits on servers (loads, lease TTLs,
+# timeouts) as much as it computes, so two workers overlap the waits on this 2-core machine.
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
