@@ -174,7 +174,8 @@ def transfer(
                 Path(origin), prefix + target, progress_bar(entry["size"], f"upload {prefix}{target}")
             )
     verb = {"copy": "Copied", "stream": "Streamed", "download": "Uploaded"}[located.kind]
-    logger.info("%s %d bytes to %s", verb, copied or uploaded, store.url(prefix))
+    name, _, version = prefix.rstrip("/").rpartition("/")
+    logger.info("%s %s version %s (%d bytes) to %s", verb, name, version, copied or uploaded, store.url(prefix))
     return uploaded, copied
 
 

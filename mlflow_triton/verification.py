@@ -148,12 +148,6 @@ class SmokeTest:
                 "--no-smoke-test)."
             )
         self.compare = available if compare is None else compare
-        if not self.compare and flavor in LOCAL_REFERENCE_FLAVORS:
-            logger.warning(
-                "Verification of %s models checks that Triton answers; install %s to also compare "
-                "the answers with the model run locally.", flavor,
-                "onnxruntime" if flavor == "onnx" else "torch",
-            )  # fmt: skip
 
     @classmethod
     def for_source(
@@ -244,6 +238,12 @@ class SmokeTest:
         if self.golden is not None:
             self._verify_golden(candidate, tensors)
             return
+        if not self.compare and self.flavor in LOCAL_REFERENCE_FLAVORS:
+            logger.warning(
+                "Verification of %s models checks that Triton answers; install %s to also compare "
+                "the answers with the model run locally (or log golden outputs with the model).",
+                self.flavor, "onnxruntime" if self.flavor == "onnx" else "torch",
+            )  # fmt: skip
         with tempfile.TemporaryDirectory(prefix="mlflow-triton-verify-") as tmp:
             model_file = candidate.model_file
             if model_file is None and (self.compare or self.flavor == "onnx"):

@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from pathlib import Path
 
 import mlflow.onnx
@@ -245,6 +246,19 @@ def test_s3_dies_mid_upload_then_the_retry_completes(own_stack, aws_env, tmp_pat
     proxy.cut()
 
 
+def restart(process, attempts: int = 5) -> None:
+    """Start a killed server again on its own ports. They were free while it was down, so a
+    stack of another test worker may hold one for a moment: retry briefly."""
+    for attempt in range(attempts):
+        try:
+            process.start()
+            return
+        except RuntimeError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(2)
+
+
 def test_triton_dies_before_the_reload_then_update_finishes_without_upload(
     own_stack, aws_env, tmp_path, monkeypatch
 ):
@@ -256,7 +270,7 @@ def test_triton_dies_before_the_reload_then_update_finishes_without_upload(
     client.create_deployment(name, save_scorer(Scorer(seed=51), tmp_path / "v1"), config=config)
     new_model = Scorer(seed=52)
     new_uri = save_scorer(new_model, tmp_path / "v2")
-    upload = S3Store.upload_stream  # local artifacts are streamed into the repository
+    upload = S3Store.upload_file  # a local model is uploaded from where it is
 
     def upload_then_kill_triton(self, *args, **kwargs):
         sent = upload(self, *args, **kwargs)
@@ -264,13 +278,13 @@ def test_triton_dies_before_the_reload_then_update_finishes_without_upload(
         triton_process.process.wait(30)  # before the staged load and verification
         return sent
 
-    monkeypatch.setattr(S3Store, "upload_stream", upload_then_kill_triton)
+    monkeypatch.setattr(S3Store, "upload_file", upload_then_kill_triton)
     try:
         with pytest.raises(MlflowException) as err:
             client.update_deployment(name, new_uri, config=config)
     finally:
-        monkeypatch.setattr(S3Store, "upload_stream", upload)
-        triton_process.start()
+        monkeypatch.setattr(S3Store, "upload_file", upload)
+        restart(triton_process)
 
     assert err.value.error_code == "TEMPORARILY_UNAVAILABLE"
     message = err.value.message
