@@ -39,9 +39,9 @@ MAX_POOL_EXTRA = 22
 PROGRESS_MIN_BYTES = 64 * MB
 RANGE_READ_BYTES = 1 * MB
 #: A streamed upload (a source that cannot seek) holds its parts in memory until sent: at most
-#: STREAM_CHUNKS_IN_MEMORY x STREAM_CHUNKSIZE (64 MB), so a 20 GB publish stays flat.
+#: STREAM_CHUNKS_IN_MEMORY x STREAM_CHUNKSIZE (32 MB), so a 20 GB publish stays flat.
 STREAM_CHUNKSIZE = 8 * MB
-STREAM_CHUNKS_IN_MEMORY = 8
+STREAM_CHUNKS_IN_MEMORY = 4
 
 ProgressCallback = Callable[[int], None]
 
