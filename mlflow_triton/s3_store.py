@@ -30,6 +30,7 @@ from mlflow_triton.store import (
     ProgressCallback,
     StoredObject,
     check_key,
+    download_transfer_config,
     stream_transfer_config,
     transfer_config,
 )
@@ -59,6 +60,7 @@ class S3Store(ModelRepositoryStore):
         self.client = client
         self.transfer_config = transfer_config()
         self.stream_config = stream_transfer_config()
+        self.download_config = download_transfer_config()
 
     @property
     def resolved_endpoint(self) -> str:
@@ -201,7 +203,7 @@ class S3Store(ModelRepositoryStore):
 
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.client.download_file(self.bucket, self._key(key), str(path), Config=self.transfer_config)
+            self.client.download_file(self.bucket, self._key(key), str(path), Config=self.download_config)
         except (BotoCoreError, ClientError, S3TransferFailedError) as err:
             raise self._fail("download", key, err) from err
         return path.stat().st_size
