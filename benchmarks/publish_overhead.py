@@ -76,6 +76,23 @@ def counted_download(*a, **k):
     downloaded[0] += sum(_os.path.getsize(f) for f in files)
     return path
 mlflow.artifacts.download_artifacts = counted_download
+from mlflow_triton import publisher as _publisher, rollout as _rollout, verification as _verification
+from mlflow_triton.s3_store import S3Store
+phases = {}
+def timed(owner, attribute, label):
+    original = getattr(owner, attribute)
+    def wrapper(*a, **k):
+        started = time.perf_counter()
+        try:
+            return original(*a, **k)
+        finally:
+            phases[label] = phases.get(label, 0.0) + time.perf_counter() - started
+    setattr(owner, attribute, wrapper)
+timed(_publisher, "transfer", "transfer (copy / stream / upload)")
+timed(S3Store, "copy_prefix", "staging copy in the repository")
+timed(S3Store, "download_file", "verification: fetch the version")
+timed(_rollout.Rollout, "verify", "staged load + verification")
+timed(_verification, "run_reference", "verification: local reference run")
 traffic = S3Traffic()
 client = get_deploy_client(args["target"])
 print("IMPORTED", flush=True)
@@ -92,7 +109,7 @@ seconds = time.perf_counter() - started
 print("RESULT " + json.dumps({
     "seconds": seconds, "load_seconds": sum(loads), "loads": len(loads), "streamed_bytes": streamed[0], "downloaded_bytes": downloaded[0],
     "changed": result.get("changed"), "version": result.get("version"),
-    "bytes_uploaded": result.get("bytes_uploaded"), **traffic.snapshot(),
+    "bytes_uploaded": result.get("bytes_uploaded"), "phases": phases, **traffic.snapshot(),
 }), flush=True)
 """
 
@@ -264,6 +281,7 @@ def main() -> None:
               f"publish streamed {human_bytes(r['publish']['streamed_bytes'])}, S3 sent {human_bytes(r['publish']['sent'])}, "
               f"received {human_bytes(r['publish']['received'])}, copy calls {r['publish']['copy_calls']}; "
               f"RSS after imports {mib(r['publish']['rss_after_imports'])}; rollback {r['rollback']['seconds']:.2f} s")  # fmt: skip
+        print(f"    publish phases: {json.dumps({k: round(v, 2) for k, v in r['publish']['phases'].items()})}")
     write_json(args.json, {"benchmark": "publish_overhead", "machine": machine, "results": results})
 
 
