@@ -74,14 +74,19 @@ class ListedObject:
     size: int
 
 
-def transfer_config():
+def transfer_config(chunksize: int | None = None, max_concurrency: int | None = None, **extra: Any):
+    """The shared ``TransferConfig`` (:data:`MULTIPART_CHUNKSIZE` parts,
+    :data:`MAX_CONCURRENCY` at a time), or with other part size and concurrency; ``extra`` are
+    further ``TransferConfig`` settings (``max_io_queue``...). The module's settings are read
+    at each call."""
     from boto3.s3.transfer import TransferConfig
 
     return TransferConfig(
-        multipart_threshold=MULTIPART_THRESHOLD,
-        multipart_chunksize=MULTIPART_CHUNKSIZE,
-        max_concurrency=MAX_CONCURRENCY,
+        multipart_threshold=chunksize or MULTIPART_THRESHOLD,
+        multipart_chunksize=chunksize or MULTIPART_CHUNKSIZE,
+        max_concurrency=max_concurrency or MAX_CONCURRENCY,
         use_threads=True,
+        **extra,
     )
 
 
@@ -94,27 +99,12 @@ DOWNLOAD_IO_QUEUE = 16
 
 def download_transfer_config():
     """:func:`transfer_config` for downloads, with their memory bound."""
-    from boto3.s3.transfer import TransferConfig
-
-    return TransferConfig(
-        multipart_threshold=MULTIPART_THRESHOLD,
-        multipart_chunksize=MULTIPART_CHUNKSIZE,
-        max_concurrency=DOWNLOAD_CONCURRENCY,
-        max_io_queue=DOWNLOAD_IO_QUEUE,
-        use_threads=True,
-    )
+    return transfer_config(max_concurrency=DOWNLOAD_CONCURRENCY, max_io_queue=DOWNLOAD_IO_QUEUE)
 
 
 def stream_transfer_config():
     """:func:`transfer_config` for a forward-only source, with its memory bound."""
-    from boto3.s3.transfer import TransferConfig
-
-    config = TransferConfig(
-        multipart_threshold=STREAM_CHUNKSIZE,
-        multipart_chunksize=STREAM_CHUNKSIZE,
-        max_concurrency=MAX_CONCURRENCY,
-        use_threads=True,
-    )
+    config = transfer_config(chunksize=STREAM_CHUNKSIZE)
     # s3transfer's setting; boto3's constructor does not take it.
     config.max_in_memory_upload_chunks = STREAM_CHUNKS_IN_MEMORY
     return config
