@@ -200,7 +200,7 @@ def main() -> None:
     arguments = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     arguments.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS))
     arguments.add_argument("--write", type=Path, help="write a Markdown results file")
-    arguments.add_argument("--timeout", type=float, default=900.0, help="seconds per benchmark")
+    arguments.add_argument("--timeout", type=float, default=1800.0, help="seconds per benchmark")
     args = arguments.parse_args()
     machine = machine_info()
     results: dict[str, Any] = {}
