@@ -227,8 +227,9 @@ class ModelPublisher:
         prepare = getattr(verify, "prepare", None)
         if prepare is not None:  # the model changed: read what verification needs, before any write
             prepare()
+        example = None  # the warmup's input example, read once
         if located.io is not None:  # refuse a bad config before any claim (a stream: after it)
-            self._generate(name, source, located, version=0)
+            example = self._generate(name, source, located, 0)[2]
         pending = self._pending_upload(state, rollout, located, source, settings)
         version = pending or self._claim_version(
             name, max(state.versions + [state.serving_version or 0, rollout.history.highest_version()]) + 1
@@ -250,7 +251,7 @@ class ModelPublisher:
                 # Same bytes under another URI: found out while streaming, so the copy goes.
                 self._discard(name, version)
                 return self._unchanged(state, source, rollout, verify)
-            message, warmup = self._generate(name, source, located, version)
+            message, warmup, _ = self._generate(name, source, located, version, example)
             for filename, data in (warmup.files if warmup else {}).items():
                 self.store.write_bytes(f"{name}/{WARMUP_FOLDER}/{filename}", data)
             provenance = self._provenance(name, version, source, located, message, settings)
@@ -344,17 +345,21 @@ class ModelPublisher:
         provenance = self.read_provenance(name, version) or {}
         return [provenance["artifact"]] + list(provenance.get("external_data", []))
 
-    def _generate(self, name: str, source: ModelSource, located: Located, version: int) -> tuple[Any, WarmupPlan | None]:
-        """The config.pbtxt message of ``version`` and its warmup files (:mod:`mlflow_triton.warmup`);
-        a directory flavor builds its own config (without generated warmup)."""
+    def _generate(
+        self, name: str, source: ModelSource, located: Located, version: int, example: Any = None
+    ) -> tuple[Any, WarmupPlan | None, Any]:
+        """The config.pbtxt message of ``version``, its warmup files (:mod:`mlflow_triton.warmup`)
+        and the input example they were made from (pass it back to skip reading it again); a
+        directory flavor builds its own config (without generated warmup)."""
         if located.build_config is not None:
-            return located.build_config(name, version), None
+            return located.build_config(name, version), None, None
         assert located.io is not None
-        example = warmup_example(source, located.io, self.config.warmup, self.config.instance_kind)
+        if example is None:
+            example = warmup_example(source, located.io, self.config.warmup, self.config.instance_kind)
         enabled = warmup_enabled(self.config.warmup, self.config.instance_kind)
         count = warmup_count(source.flavor)
         warmup = plan_warmup(located.io, self.config.max_batch_size, example, version, count) if enabled else None
-        return mcfg.build_model_config(name, source.flavor, located.io, self.config, version, warmup), warmup
+        return mcfg.build_model_config(name, source.flavor, located.io, self.config, version, warmup), warmup, example
 
     def _claim_version(self, name: str, first: int) -> int:
         """Reserve the next free version number with a conditional create of a marker in its
