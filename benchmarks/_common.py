@@ -118,7 +118,7 @@ class DownloadTraffic:
     """Bytes of model files the plugin downloads (MLflow's proxied HTTP artifacts included)."""
 
     def __init__(self) -> None:
-        from mlflow_triton.model_source import ModelSource
+        from mlflow_triton.flavors.model_source import ModelSource
 
         self.bytes = 0
         original = ModelSource.download

@@ -52,8 +52,8 @@ class Contention:
     """Counts what shows workers getting in each other's way, between two :meth:`take` calls."""
 
     def __init__(self) -> None:
-        from mlflow_triton import lease as lease_module
-        from mlflow_triton import s3_store
+        from mlflow_triton.repository import lease as lease_module
+        from mlflow_triton.repository import s3_store
 
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
@@ -160,7 +160,7 @@ def main() -> None:
     quiet_logs()
     machine = machine_info()
     from mlflow_triton.local.stack import LocalStack
-    from mlflow_triton.server import TritonServer
+    from mlflow_triton.fleet.server import TritonServer
 
     contention = Contention()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-concurrent-"))

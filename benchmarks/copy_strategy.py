@@ -1,7 +1,7 @@
 """Server-side copy strategy: one ``CopyObject`` vs parallel ``UploadPartCopy``, by size.
 
 The repository store copies an object with one ``CopyObject`` up to
-``mlflow_triton.s3_store.SINGLE_COPY_MAX_BYTES`` and with the transfer manager's parallel
+``mlflow_triton.repository.s3_store.SINGLE_COPY_MAX_BYTES`` and with the transfer manager's parallel
 ``UploadPartCopy`` (16 MiB parts, 10 at a time) above it. This measures both, side by side and
 alternating, on a moto S3 server of its own, at 16 MiB to 1 GiB, and prints the ratio.
 
@@ -29,7 +29,7 @@ def main() -> None:
     import boto3
 
     from mlflow_triton.local.stack import free_port, moto_s3
-    from mlflow_triton.store import transfer_config
+    from mlflow_triton.repository.store import transfer_config
 
     arguments = parser(__doc__.splitlines()[0])
     arguments.add_argument("--sizes", nargs="+", type=int, default=[16, 64, 256, 1024], help="MiB")

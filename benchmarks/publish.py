@@ -98,7 +98,7 @@ def time_copies(stack, s3, artifact_uri: str) -> dict[str, float]:
     """Seconds of the store's multipart copy (what the plugin does) and of one CopyObject."""
     from urllib.parse import urlparse
 
-    from mlflow_triton.s3_store import S3Store
+    from mlflow_triton.repository.s3_store import S3Store
 
     store = S3Store(stack.model_repository, client=s3)
     started = time.perf_counter()
@@ -118,11 +118,11 @@ def run_mode(mode: str, repeats: int, workdir: Path, s3_traffic: S3Traffic, down
     import mlflow
     from mlflow.deployments import get_deploy_client
 
-    from mlflow_triton.config import DeploymentConfig
+    from mlflow_triton.settings.deployment import DeploymentConfig
     from mlflow_triton.local.stack import LocalStack
-    from mlflow_triton.model_config import build_model_config, io_from_onnx, to_pbtxt
-    from mlflow_triton.model_source import resolve_model
-    from mlflow_triton.server import TritonServer
+    from mlflow_triton.triton_config.model_config import build_model_config, io_from_onnx, to_pbtxt
+    from mlflow_triton.flavors.model_source import resolve_model
+    from mlflow_triton.fleet.server import TritonServer
 
     stack = LocalStack(workdir / mode, replicas=1, mlflow_artifacts=mode).start()
     try:

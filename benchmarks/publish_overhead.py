@@ -47,8 +47,8 @@ sys.path[:0] = [%(root)r, %(benchmarks)r]
 from _common import S3Traffic, quiet_logs
 quiet_logs()
 from mlflow.deployments import get_deploy_client
-from mlflow_triton import artifact_stream
-from mlflow_triton.server import TritonCluster
+from mlflow_triton.repository import artifacts as artifact_stream
+from mlflow_triton.fleet.server import TritonCluster
 from mlflow_triton.promotion import load_spec, rollback
 
 args = json.loads(sys.argv[1])
@@ -76,8 +76,10 @@ def counted_download(*a, **k):
     downloaded[0] += sum(_os.path.getsize(f) for f in files)
     return path
 mlflow.artifacts.download_artifacts = counted_download
-from mlflow_triton import publisher as _publisher, rollout as _rollout, verification as _verification
-from mlflow_triton.s3_store import S3Store
+from mlflow_triton.rollout import publisher as _publisher
+from mlflow_triton.rollout import switch as _rollout
+from mlflow_triton.rollout import verification as _verification
+from mlflow_triton.repository.s3_store import S3Store
 phases = {}
 def timed(owner, attribute, label):
     original = getattr(owner, attribute)
@@ -218,7 +220,7 @@ def raw_transfer(mode: str, stack, source, workdir: Path) -> dict[str, float]:
 
 def run(mode: str, size_mib: int, workdir: Path) -> dict[str, Any]:
     from mlflow_triton.local.stack import LocalStack
-    from mlflow_triton.model_source import resolve_model
+    from mlflow_triton.flavors.model_source import resolve_model
 
     rows = int((size_mib * MB / 4) ** 0.5)
     stack = LocalStack(workdir / f"{mode}-{size_mib}", replicas=1, mlflow_artifacts=mode).start()

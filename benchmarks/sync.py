@@ -221,7 +221,7 @@ class CallCounts:
 
 def ready_check_latency(url: str, name: str, calls: int = 200) -> float:
     """Median seconds of one ``is_model_ready`` as the sync makes it (new client per server)."""
-    from mlflow_triton.server import TritonServer
+    from mlflow_triton.fleet.server import TritonServer
 
     times = []
     for _ in range(calls):
@@ -235,7 +235,7 @@ def ready_check_latency(url: str, name: str, calls: int = 200) -> float:
 def index_latency(url: str, calls: int = 5) -> tuple[float, int, Counter, float, int]:
     """Median seconds of one repository index on ``url``, its length and its states; then
     the median seconds of one statistics call (loaded models) and how many it lists."""
-    from mlflow_triton.server import TritonServer
+    from mlflow_triton.fleet.server import TritonServer
 
     times, index, stats_times, loaded = [], [], [], set()
     for _ in range(calls):
@@ -266,9 +266,9 @@ PHASES = {  # label: (object, attribute) wrapped with a timer; missing ones are 
 def time_phases(run) -> tuple[dict[str, float], float]:
     """Seconds spent in each phase during ``run()``, summed over the worker threads."""
     from mlflow_triton.promotion import reconcile as promotion
-    from mlflow_triton.publisher import ModelPublisher
-    from mlflow_triton.repository_snapshot import RepositoryCache
-    from mlflow_triton.server import TritonCluster
+    from mlflow_triton.rollout.publisher import ModelPublisher
+    from mlflow_triton.repository.snapshot import RepositoryCache
+    from mlflow_triton.fleet.server import TritonCluster
 
     owners = {"promotion": promotion, "ModelPublisher": ModelPublisher, "TritonCluster": TritonCluster,
               "RepositoryCache": RepositoryCache, "_Round": promotion._Round}  # fmt: skip
@@ -336,9 +336,9 @@ def main() -> None:
     from mlflow_triton.local.stack import LocalStack
     from mlflow_triton.promotion import load_spec, sync
     from mlflow_triton.promotion import reconcile as promotion
-    from mlflow_triton.repository_snapshot import RepositoryCache
-    from mlflow_triton.s3_store import S3Store
-    from mlflow_triton.server import TritonServer
+    from mlflow_triton.repository.snapshot import RepositoryCache
+    from mlflow_triton.repository.s3_store import S3Store
+    from mlflow_triton.fleet.server import TritonServer
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-sync-"))
     stack = LocalStack(workdir / "stack", replicas=1).start()

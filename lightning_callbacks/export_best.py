@@ -12,7 +12,7 @@ import torch
 from lightning_utilities.core.rank_zero import rank_zero_warn
 from typing_extensions import override
 
-from mlflow_triton.golden import GoldenCases
+from mlflow_triton.core.golden import GoldenCases
 
 from lightning_callbacks.export import (
     DynamicAxes,
@@ -90,7 +90,7 @@ class ExportBestCheckpointMixin:
     4. logs ONE MLflow model holding both the ``onnx`` and the ``pytorch`` (TorchScript) flavor,
        with a signature whose tensor names are the ONNX names and whose dynamic axes are -1,
        the verification inputs and eager outputs as golden outputs (``golden/``, see
-       :mod:`mlflow_triton.golden`), which ONNX exporter and opset made the file (the model's
+       :mod:`mlflow_triton.core.golden`), which ONNX exporter and opset made the file (the model's
        ``metadata``), verification metrics and the checkpoint's score and path as tags;
        registers it and sets ``alias``.
 

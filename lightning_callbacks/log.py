@@ -38,7 +38,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from mlflow_triton.golden import GOLDEN_DIR, GoldenCases
+from mlflow_triton.core.golden import GOLDEN_DIR, GoldenCases
 
 from lightning_callbacks.export import (
     ONNX_EXTERNAL_DATA_FILE,

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from mlflow_triton.golden import GoldenCases
+from mlflow_triton.core.golden import GoldenCases
 
 from lightning_callbacks.export import DynamicAxes, IONames
 from lightning_callbacks.log import (

@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from mlflow.deployments import get_deploy_client
 from mlflow.models import Model
 
-from mlflow_triton.golden import GoldenCases
+from mlflow_triton.core.golden import GoldenCases
 from text_model import VOCAB, best_eager, train_tagger
 
 pytestmark = [

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from mlflow_triton.cli import cli
 from mlflow_triton.promotion import load_spec, sync
-from mlflow_triton.publisher import ModelPublisher
+from mlflow_triton.rollout.publisher import ModelPublisher
 from test_promotion_support import ALIAS, CPU, assert_every_replica_serves, deployment, register  # noqa: F401
 
 

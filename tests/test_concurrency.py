@@ -20,7 +20,7 @@ import torch
 from mlflow.deployments import get_deploy_client
 from mlflow.models import infer_signature
 
-from mlflow_triton.server import TritonServer
+from mlflow_triton.fleet.server import TritonServer
 from models import Scorer, export_onnx, sample
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from mlflow.exceptions import MlflowException
 
-from mlflow_triton.config import DeploymentConfig, parse_target_uri, validate_model_name
+from mlflow_triton.settings.deployment import DeploymentConfig, parse_target_uri, validate_model_name
 
 
 def test_defaults_cover_every_documented_key():

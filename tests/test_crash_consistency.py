@@ -31,14 +31,14 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from mlflow_triton.config import DeploymentConfig
-from mlflow_triton.history import ServingHistory
-from mlflow_triton.lease import LEASE_FILE
+from mlflow_triton.settings.deployment import DeploymentConfig
+from mlflow_triton.repository.history import ServingHistory
+from mlflow_triton.repository.lease import LEASE_FILE
 from mlflow_triton.promotion import load_spec, sync
-from mlflow_triton.deployment_state import PROVENANCE_FILE
-from mlflow_triton.publisher import ModelPublisher
-from mlflow_triton.rollout import staging_name
-from mlflow_triton.server import TritonServer
+from mlflow_triton.repository.state import PROVENANCE_FILE
+from mlflow_triton.rollout.publisher import ModelPublisher
+from mlflow_triton.rollout.switch import staging_name
+from mlflow_triton.fleet.server import TritonServer
 from models import sample
 from test_promotion_support import ALIAS, CPU, local, logged_model
 
@@ -52,9 +52,10 @@ SEEDS = (31, 32, 33)
 CHILD = textwrap.dedent(
     """
     import os, signal, sys
-    from mlflow_triton import lease, s3_store
+    from mlflow_triton.repository import lease
+    from mlflow_triton.repository import s3_store
     from mlflow_triton.promotion import load_spec, sync
-    from mlflow_triton.server import TritonCluster
+    from mlflow_triton.fleet.server import TritonCluster
 
     registered, deployment, point, ttl = sys.argv[1:5]
 
@@ -79,7 +80,7 @@ CHILD = textwrap.dedent(
     elif point == "mid_upload":
         after(s3_store.S3Store, "copy_from")
     elif point == "after_staged_record":  # history says "staged", config.pbtxt not yet written
-        from mlflow_triton import history
+        from mlflow_triton.repository import history
         save = history.ServingHistory.save
         def save_then_die(self, store_):
             save(self, store_)

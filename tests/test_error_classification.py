@@ -36,7 +36,7 @@ from mlflow_triton.local.stack import (
     moto_s3,
     tritonserver,
 )
-from mlflow_triton.server import (
+from mlflow_triton.fleet.server import (
     ModelNotFound,
     ReplicaUnreachable,
     TritonCluster,
@@ -46,7 +46,7 @@ from mlflow_triton.server import (
     is_unreachable,
     raise_failures,
 )
-from mlflow_triton.s3_store import S3Store
+from mlflow_triton.repository.s3_store import S3Store
 
 CONFIG = (
     'name: "{name}" backend: "onnxruntime" max_batch_size: 4 '

@@ -3,7 +3,7 @@
 The replicas bind to 127.0.0.2, 127.0.0.3 and 127.0.0.4 on the same ports, as pods behind a
 Kubernetes headless Service, and read their own prefix of the shared stack's S3 server. The
 name ``triton-fleet.test`` resolves to them through the injectable resolver
-(:func:`mlflow_triton.discovery.set_resolver`): the machine's DNS configuration is untouched.
+(:func:`mlflow_triton.fleet.discovery.set_resolver`): the machine's DNS configuration is untouched.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 from mlflow.deployments.cli import commands as deployments_cli
 
-from mlflow_triton.client import TritonDeploymentClient
-from mlflow_triton.discovery import dns_resolver, set_resolver
+from mlflow_triton.plugin.client import TritonDeploymentClient
+from mlflow_triton.fleet.discovery import dns_resolver, set_resolver
 from mlflow_triton.local.stack import AWS_TEST_CREDENTIALS, free_port, make_backend_dir, tritonserver
 from mlflow_triton.promotion import sync, watch
 from mlflow_triton.promotion.spec import PromotionSpec
-from mlflow_triton.server import TritonError, TritonServer
+from mlflow_triton.fleet.server import TritonError, TritonServer
 from models import sample
 from test_promotion_support import ALIAS, CPU, local, register
 

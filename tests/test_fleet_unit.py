@@ -17,15 +17,15 @@ from mlflow.protos.databricks_pb2 import (
     TEMPORARILY_UNAVAILABLE,
 )
 
-from mlflow_triton import discovery
-from mlflow_triton.audit import AuditTrail, mask_secrets, tag_key
-from mlflow_triton.client import TritonDeploymentClient
-from mlflow_triton.config import parse_target_uri, target_options
-from mlflow_triton.discovery import resolve_urls, set_endpoint_slice_api, set_resolver
+from mlflow_triton.fleet import discovery
+from mlflow_triton.rollout.audit import AuditTrail, mask_secrets, tag_key
+from mlflow_triton.plugin.client import TritonDeploymentClient
+from mlflow_triton.settings.deployment import parse_target_uri, target_options
+from mlflow_triton.fleet.discovery import resolve_urls, set_endpoint_slice_api, set_resolver
 from mlflow_triton.promotion.reconcile import watch
 from mlflow_triton.promotion.spec import PromotionSpec
-from mlflow_triton.server import ReplicaUnreachable
-from mlflow_triton.triton_view import describe_from_triton, list_from_triton, replica_states
+from mlflow_triton.fleet.server import ReplicaUnreachable
+from mlflow_triton.plugin.triton_view import describe_from_triton, list_from_triton, replica_states
 
 
 def code(err: MlflowException) -> str:
@@ -256,7 +256,7 @@ def test_tags_never_hold_secrets():
 def test_a_tag_failure_warns_and_does_not_raise(caplog):
     trail = AuditTrail("fraud", "triton:/http://t1:8000", "s3://b/p", RecordingRegistry(fail=True))
     entry = {"event": "serving", "version": 1, "via": "publish", "at": "T", "registered_model": "m", "registered_version": "1"}
-    with caplog.at_level(logging.WARNING, logger="mlflow_triton.audit"):
+    with caplog.at_level(logging.WARNING, logger="mlflow_triton.rollout.audit"):
         trail.serving(entry, None)
     assert "Could not tag registered model 'm' version 1" in caplog.text
     trail.serving({**entry, "registered_model": None}, None)  # not from the registry: nothing to tag
@@ -317,7 +317,7 @@ def test_k8s_api_failure_is_temporarily_unavailable_and_bad_form_is_invalid():
 def test_a_hanging_registry_does_not_hold_the_rollout(monkeypatch, caplog):
     import threading
 
-    from mlflow_triton import audit
+    from mlflow_triton.rollout import audit
 
     release = threading.Event()
 
@@ -327,7 +327,7 @@ def test_a_hanging_registry_does_not_hold_the_rollout(monkeypatch, caplog):
 
     monkeypatch.setattr(audit, "TAG_TIMEOUT_S", 0.05)
     entry = {"event": "serving", "version": 1, "via": "publish", "at": "T", "registered_model": "m", "registered_version": "1"}
-    with caplog.at_level(logging.WARNING, logger="mlflow_triton.audit"):
+    with caplog.at_level(logging.WARNING, logger="mlflow_triton.rollout.audit"):
         AuditTrail("fraud", "triton:/http://t1:8000", "s3://b/p", Hanging()).serving(entry, None)
     release.set()
     assert "the rollout goes on" in caplog.text

@@ -16,12 +16,12 @@ from mlflow.models import infer_signature
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import deserialize_bytes_tensor
 
-from mlflow_triton.acceleration import TRT_ENGINE_CACHE_ROOT
-from mlflow_triton.config import DeploymentConfig
-from mlflow_triton.model_config import (
+from mlflow_triton.triton_config.acceleration import TRT_ENGINE_CACHE_ROOT
+from mlflow_triton.settings.deployment import DeploymentConfig
+from mlflow_triton.triton_config.model_config import (
     TENSOR_NAMES_PARAMETER, build_model_config, io_from_signature, parse_pbtxt, serving_versions, to_pbtxt,
 )  # fmt: skip
-from mlflow_triton.warmup import plan_warmup, warmup_enabled
+from mlflow_triton.triton_config.warmup import plan_warmup, warmup_enabled
 
 SIGNATURE = infer_signature(
     {"x": np.zeros((2, 4), np.float32), "ids": np.zeros((2, 3), np.int64)}, {"y": np.zeros((2, 3), np.float32)}
@@ -64,7 +64,7 @@ def test_tensorrt_accelerator_round_trip():
 
 def test_engine_cache_path_is_the_deployment_s_not_the_staging_name():
     """The staging load and the serving load share the engine built while verifying."""
-    from mlflow_triton.model_config import pin_version
+    from mlflow_triton.triton_config.model_config import pin_version
 
     parsed = generate({"accelerator": "tensorrt"})
     staged = pin_version(parsed, 4)
@@ -204,7 +204,7 @@ def test_warmup_from_the_input_example_is_cut_to_max_batch_size():
 
 def test_warmup_zeros_set_dynamic_dims_to_one_and_string_files_are_serialized():
     signature = infer_signature({"tokens": np.zeros((2, 5), np.int64)}, {"y": np.zeros((2, 3), np.float32)})
-    from mlflow_triton.model_config import ModelIO, TensorSpec
+    from mlflow_triton.triton_config.model_config import ModelIO, TensorSpec
 
     io = ModelIO((TensorSpec("tokens", "TYPE_INT64", (-1, -1), "tokens"),), io_from_signature(signature, "onnx").outputs)
     [zeros] = plan_warmup(io, 32, None, 1).entries
@@ -227,7 +227,7 @@ def test_warmup_example_that_contradicts_the_model_is_refused():
 def test_torchscript_warms_up_twice_for_the_profiling_executor():
     import torch
 
-    from mlflow_triton.warmup import warmup_count
+    from mlflow_triton.triton_config.warmup import warmup_count
 
     assert warmup_count("torchscript") == torch._C._jit_get_num_profiled_runs() + 1 == 2
     assert warmup_count("onnx") == 1
@@ -305,13 +305,13 @@ def test_publisher_refuses_a_bad_merged_config_before_claiming_a_version(tmp_pat
     import mlflow.onnx
     import onnx
 
-    from mlflow_triton.deployment_state import read_state
-    from mlflow_triton.history import ServingHistory
-    from mlflow_triton.model_source import resolve_model
-    from mlflow_triton.publisher import ModelPublisher
-    from mlflow_triton.rollout import Rollout
-    from mlflow_triton.server import TritonCluster
-    from mlflow_triton.store import LocalStore
+    from mlflow_triton.repository.state import read_state
+    from mlflow_triton.repository.history import ServingHistory
+    from mlflow_triton.flavors.model_source import resolve_model
+    from mlflow_triton.rollout.publisher import ModelPublisher
+    from mlflow_triton.rollout.switch import Rollout
+    from mlflow_triton.fleet.server import TritonCluster
+    from mlflow_triton.repository.store import LocalStore
     from models import Scorer, export_onnx, sample
 
     model_dir = tmp_path / "mlflow-model"

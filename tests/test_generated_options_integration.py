@@ -20,11 +20,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from mlflow.deployments import get_deploy_client
 
-from mlflow_triton.config import DeploymentConfig
-from mlflow_triton.model_config import build_model_config, io_from_onnx, parse_pbtxt, to_pbtxt
-from mlflow_triton.server import TritonServer
-from mlflow_triton.store import open_store
-from mlflow_triton.warmup import WARMUP_FOLDER, plan_warmup
+from mlflow_triton.settings.deployment import DeploymentConfig
+from mlflow_triton.triton_config.model_config import build_model_config, io_from_onnx, parse_pbtxt, to_pbtxt
+from mlflow_triton.fleet.server import TritonServer
+from mlflow_triton.repository.store import open_store
+from mlflow_triton.triton_config.warmup import WARMUP_FOLDER, plan_warmup
 from models import Scorer, export_onnx, sample
 from test_promotion_support import logged_model
 

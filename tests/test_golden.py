@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from mlflow.exceptions import MlflowException
 
-from mlflow_triton.golden import GOLDEN_DIR, MANIFEST_FILE, GoldenCases, check_case
-from mlflow_triton.verification import Candidate, SmokeTest
+from mlflow_triton.core.golden import GOLDEN_DIR, MANIFEST_FILE, GoldenCases, check_case
+from mlflow_triton.rollout.verification import Candidate, SmokeTest
 
 
 def cases(scale: float = 1.0) -> GoldenCases:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mlflow_triton.history import ServingHistory
-from mlflow_triton.store import LocalStore
+from mlflow_triton.repository.history import ServingHistory
+from mlflow_triton.repository.store import LocalStore
 
 
 def history(*events: tuple) -> ServingHistory:

@@ -1,4 +1,4 @@
-"""The deployment lease (mlflow_triton.lease): exclusion, takeover, heartbeat, fencing.
+"""The deployment lease (mlflow_triton.repository.lease): exclusion, takeover, heartbeat, fencing.
 
 Races are never left to timing: moto checks ``If-None-Match`` / ``If-Match`` and then writes
 without a lock, so two truly concurrent writers could both "win" on it. Every race below is
@@ -7,7 +7,7 @@ other publisher's step between this one's read and its conditional write. What i
 what the store decides once the interleaving is fixed.
 
 Stores: the session stack's moto S3 (a fresh model name per test, under
-``stack.model_repository``) and a :class:`~mlflow_triton.store.LocalStore`. AWS's own answer
+``stack.model_repository``) and a :class:`~mlflow_triton.repository.store.LocalStore`. AWS's own answer
 to racing conditional writes (409 ``ConditionalRequestConflict``) is replayed with botocore's
 ``Stubber``. A loopback HTTP proxy that drops the conditional headers stands for a store (or a
 gateway) that ignores them.
@@ -37,8 +37,8 @@ from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
 from mlflow.exceptions import MlflowException
 
-from mlflow_triton.config import DeploymentConfig
-from mlflow_triton.lease import (
+from mlflow_triton.settings.deployment import DeploymentConfig
+from mlflow_triton.repository.lease import (
     LEASE_FILE,
     ConditionalWritesUnsupported,
     Lease,
@@ -46,11 +46,11 @@ from mlflow_triton.lease import (
     LeaseLost,
 )
 from mlflow_triton.local.stack import free_port
-from mlflow_triton.model_source import resolve_model
-from mlflow_triton.publisher import ModelPublisher
-from mlflow_triton.rollout import CONFIG_FILE, Rollout
-from mlflow_triton.s3_store import S3Store
-from mlflow_triton.store import LocalStore, StoredObject
+from mlflow_triton.flavors.model_source import resolve_model
+from mlflow_triton.rollout.publisher import ModelPublisher
+from mlflow_triton.rollout.switch import CONFIG_FILE, Rollout
+from mlflow_triton.repository.s3_store import S3Store
+from mlflow_triton.repository.store import LocalStore, StoredObject
 from models import Scorer, log_onnx
 
 integration = pytest.mark.integration

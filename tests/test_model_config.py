@@ -10,8 +10,8 @@ from mlflow.types import Schema, ColSpec
 from mlflow.models.signature import ModelSignature
 from tritonclient.grpc import model_config_pb2 as mc
 
-from mlflow_triton.config import DeploymentConfig
-from mlflow_triton.model_config import (
+from mlflow_triton.settings.deployment import DeploymentConfig
+from mlflow_triton.triton_config.model_config import (
     build_model_config, io_from_onnx, io_from_signature, parse_pbtxt, serving_versions, to_pbtxt,
 )
 from models import Scorer, export_onnx
@@ -99,7 +99,7 @@ def test_corrupt_onnx_is_rejected(tmp_path):
 
 
 def test_dtype_tables_come_from_tritonclient():
-    from mlflow_triton.model_config import NUMPY_DTYPES, config_dtype, protocol_dtype, triton_type
+    from mlflow_triton.triton_config.model_config import NUMPY_DTYPES, config_dtype, protocol_dtype, triton_type
 
     assert set(NUMPY_DTYPES) == {
         "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",

@@ -26,12 +26,12 @@ from mlflow.exceptions import MlflowException
 from prometheus_client.parser import text_string_to_metric_families
 
 from mlflow_triton.local.stack import free_port
-from mlflow_triton.log_format import JsonFormatter
-from mlflow_triton.metrics import RolloutMetrics, rollout_outcome
+from mlflow_triton.daemons.log_format import JsonFormatter
+from mlflow_triton.daemons.metrics import RolloutMetrics, rollout_outcome
 from mlflow_triton.promotion import ModelReport, SyncReport, load_spec
 from mlflow_triton.promotion.reconcile import _is_refusal
-from mlflow_triton.rollout import VersionRefused
-from mlflow_triton.webhooks import SECRET_ENV, WebhookReceiver
+from mlflow_triton.rollout.switch import VersionRefused
+from mlflow_triton.daemons.webhooks import SECRET_ENV, WebhookReceiver
 from test_promotion_support import ALIAS, CPU, deployment, register  # noqa: F401
 from test_webhooks import SECRET, event, post, signed_headers
 
@@ -169,7 +169,7 @@ def self_signed(tmp_path) -> tuple[str, str]:
 
 
 def test_receiver_serves_https_with_the_given_certificate(spec, tmp_path):
-    from mlflow_triton.ops_server import TLSFiles
+    from mlflow_triton.daemons.ops_server import TLSFiles
 
     cert, key = self_signed(tmp_path)
     with WebhookReceiver(spec, port=0, reconcile=publishes, tls=TLSFiles(cert, key)) as receiver:
@@ -245,7 +245,7 @@ def test_watch_serves_metrics_and_healthz_and_logs_json(stack, deployment):
 
 
 def test_watch_health_turns_unhealthy_when_rounds_stop():
-    from mlflow_triton.ops_server import Heartbeat
+    from mlflow_triton.daemons.ops_server import Heartbeat
 
     heartbeat = Heartbeat(stale_after_s=0.2)
     assert heartbeat.check()[0]

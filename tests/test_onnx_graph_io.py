@@ -24,8 +24,8 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, ErrorCode
 from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import set_external_data, uses_external_data
 
-from mlflow_triton.config import DeploymentConfig
-from mlflow_triton.model_config import (
+from mlflow_triton.settings.deployment import DeploymentConfig
+from mlflow_triton.triton_config.model_config import (
     ModelIO,
     TensorSpec,
     build_model_config,
@@ -33,7 +33,7 @@ from mlflow_triton.model_config import (
     onnx_external_data,
     onnx_graph_summary,
 )
-from mlflow_triton.store import RANGE_READ_BYTES
+from mlflow_triton.repository.store import RANGE_READ_BYTES
 from models import Scorer, TwoHeads, export_onnx, sample
 
 INVALID = ErrorCode.Name(INVALID_PARAMETER_VALUE)

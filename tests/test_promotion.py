@@ -10,11 +10,13 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from mlflow_triton import promotion, verification
-from mlflow_triton.publisher import ModelPublisher
+from mlflow_triton import promotion
+
+from mlflow_triton.rollout import verification
+from mlflow_triton.rollout.publisher import ModelPublisher
 from mlflow_triton.cli import cli
 from mlflow_triton.promotion import load_spec, sync
-from mlflow_triton.server import TritonServer
+from mlflow_triton.fleet.server import TritonServer
 from models import Scorer, log_onnx, sample
 from test_promotion_support import ALIAS, CPU, deployment, local, register  # noqa: F401 (fixture)
 from test_promotion_support import assert_every_replica_serves as _assert_serves

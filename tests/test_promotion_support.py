@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from mlflow_triton.client import TritonDeploymentClient
+from mlflow_triton.plugin.client import TritonDeploymentClient
 from models import Scorer, log_onnx, sample
 
 CPU = {"instance_kind": "cpu"}
@@ -53,7 +53,7 @@ def assert_every_replica_serves(urls: list[str], name: str, model: Scorer) -> No
 def deployment(stack, unique_name):
     """A fresh deployment (and registered model) name; unloaded and deleted afterwards."""
     yield unique_name
-    from mlflow_triton.config import DeploymentConfig
-    from mlflow_triton.publisher import ModelPublisher
+    from mlflow_triton.settings.deployment import DeploymentConfig
+    from mlflow_triton.rollout.publisher import ModelPublisher
 
     ModelPublisher.for_config(DeploymentConfig.from_dict(CPU), stack.triton_urls).delete(unique_name)

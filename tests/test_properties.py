@@ -26,17 +26,17 @@ from mlflow.types.schema import Schema, TensorSpec
 from onnx import helper
 from tritonclient.grpc import model_config_pb2 as mc
 
-from mlflow_triton.config import DeploymentConfig, parse_target_uri, validate_model_name
-from mlflow_triton.model_config import (
+from mlflow_triton.settings.deployment import DeploymentConfig, parse_target_uri, validate_model_name
+from mlflow_triton.triton_config.model_config import (
     build_model_config,
     io_from_signature,
     parse_pbtxt,
     serving_versions,
     to_pbtxt,
 )
-from mlflow_triton.server import TritonServer
-from mlflow_triton.s3_store import S3Store
-from mlflow_triton.store import LocalStore, check_key, open_store
+from mlflow_triton.fleet.server import TritonServer
+from mlflow_triton.repository.s3_store import S3Store
+from mlflow_triton.repository.store import LocalStore, check_key, open_store
 
 TRITON_TYPES = {
     np.bool_: "TYPE_BOOL", np.uint8: "TYPE_UINT8", np.uint16: "TYPE_UINT16",

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from mlflow_triton.config import DeploymentConfig
-from mlflow_triton.deployment_state import read_state
-from mlflow_triton.history import ServingHistory
-from mlflow_triton.publisher import CLAIM_FILE, ModelPublisher
-from mlflow_triton.repair import never_served, previous_good
-from mlflow_triton.server import TritonCluster
-from mlflow_triton.store import LocalStore
+from mlflow_triton.settings.deployment import DeploymentConfig
+from mlflow_triton.repository.state import read_state
+from mlflow_triton.repository.history import ServingHistory
+from mlflow_triton.rollout.publisher import CLAIM_FILE, ModelPublisher
+from mlflow_triton.rollout.repair import never_served, previous_good
+from mlflow_triton.fleet.server import TritonCluster
+from mlflow_triton.repository.store import LocalStore
 
 
 def publisher(tmp_path) -> ModelPublisher:

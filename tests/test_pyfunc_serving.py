@@ -21,12 +21,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from sklearn.linear_model import LogisticRegression
 
-from mlflow_triton import triton_flavor
-from mlflow_triton.config import DeploymentConfig
-from mlflow_triton.model_config import parse_pbtxt, to_pbtxt
-from mlflow_triton.model_source import resolve_model
-from mlflow_triton.pyfunc_serving import EXECUTION_ENV_PARAMETER, PYFUNC_IO_PARAMETER, locate_pyfunc, pyfunc_io
-from mlflow_triton.store import open_store
+from mlflow_triton.flavors import triton as triton_flavor
+from mlflow_triton.settings.deployment import DeploymentConfig
+from mlflow_triton.triton_config.model_config import parse_pbtxt, to_pbtxt
+from mlflow_triton.flavors.model_source import resolve_model
+from mlflow_triton.flavors.pyfunc import EXECUTION_ENV_PARAMETER, PYFUNC_IO_PARAMETER, locate_pyfunc, pyfunc_io
+from mlflow_triton.repository.store import open_store
 
 CPU = {"instance_kind": "cpu"}
 # Given, not inferred (that loads the model in a subprocess), and cloudpickle rather than the
@@ -175,7 +175,7 @@ def test_flavor_selection_order_and_names(tmp_path):
     (folder / "1" / "model.py").write_text("")
     # A triton flavor beside a pyfunc: triton is preferred (ONNX > TorchScript > triton > pyfunc).
     model_info = mlflow.models.Model()
-    model_info.add_flavor("python_function", loader_module="mlflow_triton.triton_flavor")
+    model_info.add_flavor("python_function", loader_module="mlflow_triton.flavors.triton")
     triton_flavor.save_model(folder, tmp_path / "both", mlflow_model=model_info)
     assert resolve_model(str(tmp_path / "both")).flavor == "triton"
     assert resolve_model(str(tmp_path / "both"), "python_function").flavor == "python_function"

@@ -8,7 +8,7 @@ import pytest
 from mlflow import MlflowClient
 
 from mlflow_triton.promotion import load_spec, sync
-from mlflow_triton.server import TritonCluster, TritonServer
+from mlflow_triton.fleet.server import TritonCluster, TritonServer
 from test_promotion_support import ALIAS, CPU, deployment, register  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlflow_triton.reference_run import ReferenceRunFailed, run_reference
+from mlflow_triton.rollout.reference_run import ReferenceRunFailed, run_reference
 from models import Scorer, export_onnx, sample
 
 

@@ -1,4 +1,4 @@
-"""Unit tests: deployment states read from one repository listing (mlflow_triton.repository_snapshot)
+"""Unit tests: deployment states read from one repository listing (mlflow_triton.repository.snapshot)
 agree with the per-model reader, on a local directory and on S3 (moto, in process), and the
 cache reads an object again exactly when its ETag changed."""
 
@@ -12,12 +12,12 @@ from unittest import mock
 
 import pytest
 
-from mlflow_triton.deployment_state import list_deployments, read_state
-from mlflow_triton.lease import LEASE_FILE
+from mlflow_triton.repository.state import list_deployments, read_state
+from mlflow_triton.repository.lease import LEASE_FILE
 from mlflow_triton.local.stack import AWS_TEST_CREDENTIALS
-from mlflow_triton.repository_snapshot import RepositoryCache
-from mlflow_triton.rollout import staging_name
-from mlflow_triton.store import LocalStore
+from mlflow_triton.repository.snapshot import RepositoryCache
+from mlflow_triton.rollout.switch import staging_name
+from mlflow_triton.repository.store import LocalStore
 
 
 def _config(name: str, *versions: int) -> bytes:
@@ -76,7 +76,7 @@ def s3_store():
     moto = pytest.importorskip("moto")
     import boto3
 
-    from mlflow_triton.s3_store import S3Store
+    from mlflow_triton.repository.s3_store import S3Store
 
     bucket = f"snapshot-{uuid.uuid4().hex[:12]}"
     with mock.patch.dict(os.environ, AWS_TEST_CREDENTIALS), moto.mock_aws():

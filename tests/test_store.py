@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from mlflow.exceptions import MlflowException
 
-from mlflow_triton.s3_store import S3Store
-from mlflow_triton.store import LocalStore, check_key, open_store
+from mlflow_triton.repository.s3_store import S3Store
+from mlflow_triton.repository.store import LocalStore, check_key, open_store
 
 
 def test_local_store_roundtrip_and_listing(tmp_path):

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mlflow_triton.artifact_stream import HashingReader, _IterReader, open_artifact, streamable
-from mlflow_triton.s3_store import S3Store
-from mlflow_triton.store import STREAM_CHUNKSIZE, LocalStore
+from mlflow_triton.repository.artifacts import HashingReader, _IterReader, open_artifact, streamable
+from mlflow_triton.repository.s3_store import S3Store
+from mlflow_triton.repository.store import STREAM_CHUNKSIZE, LocalStore
 
 
 class Broken(io.RawIOBase):
@@ -112,8 +112,8 @@ def test_open_artifact_streams_through_an_http_artifact_server(tmp_path):
 def test_a_stream_is_uploaded_hashed_inspected_and_spooled_in_one_pass(tmp_path):
     """The download path for a remote artifact store: HTTP in, repository out, the graph read
     back from the uploaded copy, a local copy for the reference run made on the way."""
-    from mlflow_triton.model_source import ModelSource
-    from mlflow_triton.transfer import Located, transfer
+    from mlflow_triton.flavors.model_source import ModelSource
+    from mlflow_triton.repository.transfer import Located, transfer
     from models import Scorer, export_onnx
 
     folder = tmp_path / "site" / "api" / "2.0" / "mlflow-artifacts" / "artifacts" / "exp" / "model"
@@ -153,7 +153,7 @@ def test_a_local_model_is_published_in_place_not_downloaded(stack, unique_name, 
     from mlflow.deployments import get_deploy_client
     from mlflow.models import infer_signature
 
-    from mlflow_triton.model_source import ModelSource
+    from mlflow_triton.flavors.model_source import ModelSource
     from models import Scorer, export_onnx, sample
 
     x = sample(2, seed=3)

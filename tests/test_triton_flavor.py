@@ -1,7 +1,7 @@
 """The ``triton`` flavor on the real stack: a logged Triton model directory deploys and answers.
 
 * an ONNX model directory for the (stand-in) ``onnxruntime`` backend, logged with
-  :func:`mlflow_triton.triton_flavor.log_model`, two version folders: the highest serves;
+  :func:`mlflow_triton.flavors.triton.log_model`, two version folders: the highest serves;
 * a Python-backend directory logged exactly as NVIDIA's ``mlflow-triton-plugin`` logs it
   (an MLmodel with only ``flavors: triton: data: <folder>``), deployed unchanged; then an
   ensemble whose steps are that deployed model and a sibling folder logged beside it.
@@ -22,10 +22,10 @@ import yaml
 from mlflow.deployments import get_deploy_client
 from tritonclient.grpc import model_config_pb2 as mc
 
-from mlflow_triton import triton_flavor
-from mlflow_triton.model_config import parse_pbtxt
-from mlflow_triton.store import open_store
-from mlflow_triton.triton_source import LOGGED_CONFIG_FILE
+from mlflow_triton.flavors import triton as triton_flavor
+from mlflow_triton.triton_config.model_config import parse_pbtxt
+from mlflow_triton.repository.store import open_store
+from mlflow_triton.flavors.triton_source import LOGGED_CONFIG_FILE
 from models import Scorer, export_onnx, sample
 
 CPU = {"instance_kind": "cpu"}

@@ -18,9 +18,9 @@ from mlflow import MlflowClient
 from mlflow.deployments import get_deploy_client
 from mlflow.exceptions import MlflowException
 
-from mlflow_triton import verification
+from mlflow_triton.rollout import verification
 from mlflow_triton.promotion import load_spec, rollback, sync
-from mlflow_triton.server import TritonServer
+from mlflow_triton.fleet.server import TritonServer
 from models import sample
 from test_promotion_support import ALIAS, CPU, deployment, local, register  # noqa: F401 (fixture)
 from test_promotion_support import assert_every_replica_serves

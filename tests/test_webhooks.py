@@ -18,8 +18,8 @@ from mlflow.webhooks.delivery import _generate_hmac_signature  # how MLflow sign
 
 from mlflow_triton.local.stack import free_port, mlflow_server
 from mlflow_triton.promotion import SyncReport, load_spec
-from mlflow_triton.publisher import ModelPublisher
-from mlflow_triton.webhooks import (
+from mlflow_triton.rollout.publisher import ModelPublisher
+from mlflow_triton.daemons.webhooks import (
     SECRET_ENV,
     WebhookReceiver,
     register_webhook,

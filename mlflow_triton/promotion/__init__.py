@@ -4,7 +4,7 @@ A :class:`PromotionSpec` (:mod:`.spec`) names registered models, the alias each 
 (``production``, ``champion``...), the Triton deployment it feeds and that deployment's config.
 :func:`sync` reconciles once and :func:`watch` in a loop (:mod:`.reconcile`), :func:`rollback`
 serves the previous known-good version again (:mod:`.rollback`), and
-:mod:`mlflow_triton.webhooks` reconciles when MLflow reports an alias move. The CLI
+:mod:`mlflow_triton.daemons.webhooks` reconciles when MLflow reports an alias move. The CLI
 (``mlflow-triton sync|watch|rollback|serve-webhooks``) calls exactly these.
 
 Python::

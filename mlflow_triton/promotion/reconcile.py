@@ -10,14 +10,14 @@ How one model is reconciled (:func:`sync`; :func:`watch` repeats it, webhooks tr
    deployment is repaired under the lease: leftovers are removed and the missing replicas
    load the version, verified under a staging name first.
 3. Different: ``models:/NAME/VERSION`` is published through
-   :meth:`~mlflow_triton.publisher.ModelPublisher.publish`, the code path of
+   :meth:`~mlflow_triton.rollout.publisher.ModelPublisher.publish`, the code path of
    ``mlflow deployments update``: staged, verified by a
-   :class:`~mlflow_triton.verification.SmokeTest` on every replica, then switched in. A
+   :class:`~mlflow_triton.rollout.verification.SmokeTest` on every replica, then switched in. A
    refusal leaves the previous version serving, untouched, and the model is ``failed``.
 
 Concurrency: two reconcilers (two ``watch`` processes, a webhook receiver and a cron ``sync``)
 may race on one model. The publisher holds the deployment's lease
-(:mod:`mlflow_triton.lease`) for the whole publish; the other waits up to ``lease_wait_s``,
+(:mod:`mlflow_triton.repository.lease`) for the whole publish; the other waits up to ``lease_wait_s``,
 then compares provenance again, normally finds the alias version serving and reports
 ``unchanged``. The repository is never written by two publishers at once.
 """
@@ -33,16 +33,16 @@ from typing import Any, Callable
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_STATE, RESOURCE_DOES_NOT_EXIST
 
-from mlflow_triton.model_source import resolve_model
+from mlflow_triton.flavors.model_source import resolve_model
 from mlflow_triton.promotion.reports import ModelReport, SyncReport
 from mlflow_triton.promotion.spec import ModelPromotion, PromotionSpec
-from mlflow_triton.deployment_state import DeploymentState
-from mlflow_triton.discovery import resolve_urls
-from mlflow_triton.publisher import ModelPublisher, ServingChanged
-from mlflow_triton.repository_snapshot import RepositoryCache, RepositorySnapshot
-from mlflow_triton.rollout import VersionRefused
-from mlflow_triton.server import TritonCluster
-from mlflow_triton.verification import SmokeTest
+from mlflow_triton.repository.state import DeploymentState
+from mlflow_triton.fleet.discovery import resolve_urls
+from mlflow_triton.rollout.publisher import ModelPublisher, ServingChanged
+from mlflow_triton.repository.snapshot import RepositoryCache, RepositorySnapshot
+from mlflow_triton.rollout.switch import VersionRefused
+from mlflow_triton.fleet.server import TritonCluster
+from mlflow_triton.rollout.verification import SmokeTest
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class _Round:
     """What one reconciliation reads once for all models: every alias (one paginated registry
     search instead of one call per model), the model versions each replica has loaded (one
     statistics call per replica), shared stores, and each repository's listing
-    (:mod:`mlflow_triton.repository_snapshot`: one paginated listing instead of three
+    (:mod:`mlflow_triton.repository.snapshot`: one paginated listing instead of three
     requests per model)."""
 
     def __init__(self, registry: Any, spec: PromotionSpec, cache: RepositoryCache | None = None) -> None:

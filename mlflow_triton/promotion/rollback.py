@@ -8,15 +8,15 @@ import time
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
-from mlflow_triton.config import validate_model_name
-from mlflow_triton.discovery import resolve_urls
+from mlflow_triton.settings.deployment import validate_model_name
+from mlflow_triton.fleet.discovery import resolve_urls
 from mlflow_triton.promotion.reports import RollbackResult
 from mlflow_triton.promotion.spec import PromotionSpec
-from mlflow_triton.model_config import parse_pbtxt
-from mlflow_triton.publisher import ModelPublisher, PublishResult, ServingChanged
-from mlflow_triton.repair import remove_leftovers
-from mlflow_triton.rollout import VersionRefused
-from mlflow_triton.verification import SmokeTest, Verifier
+from mlflow_triton.triton_config.model_config import parse_pbtxt
+from mlflow_triton.rollout.publisher import ModelPublisher, PublishResult, ServingChanged
+from mlflow_triton.rollout.repair import remove_leftovers
+from mlflow_triton.rollout.switch import VersionRefused
+from mlflow_triton.rollout.verification import SmokeTest, Verifier
 
 logger = logging.getLogger(__name__)
 

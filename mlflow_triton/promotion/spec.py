@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 
 from mlflow.exceptions import MlflowException
 
-from mlflow_triton.config import DeploymentConfig, parse_target_uri, validate_model_name
+from mlflow_triton.settings.deployment import DeploymentConfig, parse_target_uri, validate_model_name
 
 DEFAULT_ALIAS = "production"
 #: Seconds a reconciler waits for another publisher's lease before reporting the conflict.

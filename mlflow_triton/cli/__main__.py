@@ -1,0 +1,3 @@
+from mlflow_triton.cli.commands import cli
+
+cli()

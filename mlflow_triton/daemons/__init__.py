@@ -1,0 +1,3 @@
+"""Long-running processes (top layer beside the CLI): the webhook receiver, the ``/healthz`` and
+``/metrics`` endpoint, Prometheus metrics and log formatting for ``watch`` and ``serve-webhooks``.
+"""

@@ -1,0 +1,129 @@
+"""Every deployment's state from one listing of the repository, for reconciling many models.
+
+:func:`~mlflow_triton.repository.state.read_state` costs three requests per deployment
+(``config.pbtxt``, the folder listing, the provenance). A reconciliation of 1,000 models would
+make 3,000. Here one paginated listing of the whole repository (no delimiter: S3 answers
+1,000 keys a request, with their ETags) gives every deployment's folders and files; the
+contents of ``config.pbtxt`` and of the serving version's provenance are then read only when
+their ETag differs from the one this process read last (:class:`RepositoryCache`, kept across
+rounds by :func:`~mlflow_triton.promotion.watch`). A no-op ``watch`` round therefore costs
+about ``objects / 1000`` list requests and no GET; a one-shot ``sync`` starts with an empty
+cache and still reads two small objects per deployment (S3 has no batch GET)::
+
+    cache = RepositoryCache()
+    snapshot = cache.snapshot(store)          # one paginated listing
+    state = snapshot.state("fraud")           # GETs only what changed since the last round
+
+A snapshot is a point-in-time view, good for the cheap "already serving?" comparison.
+Anything that writes re-reads under the deployment's lease, as before.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import defaultdict
+from typing import Any
+
+from mlflow_triton.triton_config import model_config as mcfg
+from mlflow_triton.repository.state import (
+    CONFIG_FILE,
+    PROVENANCE_FILE,
+    DeploymentState,
+    _is_deployment_name,
+)
+from mlflow_triton.settings.deployment import validate_model_name
+from mlflow_triton.repository.lease import LEASE_FILE
+from mlflow_triton.repository.store import ListedObject, ModelRepositoryStore
+
+
+class RepositoryCache:
+    """Contents of small repository objects by ``(repository, key, ETag)``, across rounds.
+
+    Thread-safe: the workers of one round read through it concurrently. Entries of objects
+    that are gone or changed are dropped at the next :meth:`snapshot`, so the cache holds at
+    most one ``config.pbtxt`` and one provenance per deployment.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[str, str], tuple[str, bytes]] = {}
+        #: GETs made (a changed or new object) and avoided (ETag unchanged), for reports.
+        self.reads = 0
+        self.hits = 0
+
+    def snapshot(self, store: ModelRepositoryStore) -> "RepositorySnapshot":
+        """List ``store`` once and forget cached contents whose ETag no longer matches.
+
+        Raises:
+            NotImplementedError: the store has no recursive listing (read per deployment).
+            MlflowException: the listing failed (from the store).
+        """
+        by_name: dict[str, dict[str, ListedObject]] = defaultdict(dict)
+        for listed in store.list_objects(""):
+            name, _, rest = listed.key.partition("/")
+            if rest:
+                by_name[name][rest] = listed
+        current = {(store.uri, f"{n}/{r}"): o.etag for n, objects in by_name.items() for r, o in objects.items()}
+        with self._lock:
+            for key in [k for k in self._entries if k[0] == store.uri and current.get(k) != self._entries[k][0]]:
+                del self._entries[key]
+        return RepositorySnapshot(store, self, dict(by_name))
+
+    def read(self, store: ModelRepositoryStore, listed: ListedObject) -> bytes | None:
+        """The content of ``listed``, from the cache while its ETag is the one cached; None if
+        it was deleted since the listing."""
+        key = listed.key
+        with self._lock:
+            cached = self._entries.get((store.uri, key))
+            if cached is not None and cached[0] == listed.etag:
+                self.hits += 1
+                return cached[1]
+            self.reads += 1
+        data = store.read_bytes(key)
+        if data is not None:  # read after the listing: never older than the ETag it is kept under
+            with self._lock:
+                self._entries[(store.uri, key)] = (listed.etag, data)
+        return data
+
+
+class RepositorySnapshot:
+    """One listing of a repository: the state of any deployment in it, on demand."""
+
+    def __init__(
+        self, store: ModelRepositoryStore, cache: RepositoryCache, objects: dict[str, dict[str, ListedObject]]
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self._objects = objects
+
+    @property
+    def names(self) -> list[str]:
+        """Top-level folders that are deployment names (staging models are skipped)."""
+        return sorted(n for n in self._objects if _is_deployment_name(n))
+
+    def state(self, name: str) -> DeploymentState:
+        """What :func:`~mlflow_triton.repository.state.read_state` returns for ``name``, read
+        from the listing and the cache (a missing deployment reads as not existing)."""
+        validate_model_name(name)
+        objects = self._objects.get(name, {})
+        folders = {rest.split("/", 1)[0] for rest in objects if "/" in rest}
+        files = {rest for rest in objects if "/" not in rest}
+        versions = sorted(int(f) for f in folders if f.isdigit())
+        config_bytes = self._read(name, objects.get(CONFIG_FILE))
+        config = mcfg.parse_pbtxt(config_bytes) if config_bytes is not None else None
+        serving = mcfg.serving_versions(config) if config is not None else []
+        serving_version = serving[-1] if serving else (versions[-1] if versions and config else None)
+        provenance: dict[str, Any] | None = None
+        if serving_version:
+            raw = self._read(name, objects.get(f"{serving_version}/{PROVENANCE_FILE}"))
+            provenance = json.loads(raw) if raw else None
+        return DeploymentState(name, config, config_bytes, versions, serving_version, provenance, LEASE_FILE in files)
+
+    def deployments(self) -> list[DeploymentState]:
+        """Like :func:`~mlflow_triton.repository.state.list_deployments`, from the snapshot."""
+        states = (self.state(name) for name in self.names)
+        return [state for state in states if state.exists]
+
+    def _read(self, name: str, listed: ListedObject | None) -> bytes | None:
+        return None if listed is None else self.cache.read(self.store, listed)

@@ -1,0 +1,213 @@
+"""Make one published version serve on every replica: verified first, or nothing changes.
+
+Triton answers a request that names no version with the highest loaded version, so loading a
+candidate beside the serving version would expose it at once. A rollout therefore never loads
+an unverified version under the deployment's own name:
+
+1. **stage**: the version's files are copied inside the repository (server-side on S3, hard
+   links on a local disk) to a staging model, ``_mlflow-triton-staging.NAME/<version>/``, with
+   the same config under that name. Names starting with ``_`` are never deployments
+   (:func:`~mlflow_triton.settings.deployment.validate_model_name`), so no client asks for it.
+2. **verify**: every replica loads the staging model; it must become READY and pass the
+   :data:`~mlflow_triton.rollout.verification.Verifier` (a smoke inference by default). A failure is
+   recorded as ``refused`` in the serving history and the candidate is removed: clients never
+   saw it. The staging model is unloaded and deleted in every case.
+3. **switch**: after a fencing check of the lease, the history records the version as
+   ``staged``, ``config.pbtxt`` is rewritten to pin it, each replica reloads (Triton does it
+   without failing in-flight requests: the old version serves until the new one is READY),
+   and the history records it as ``serving``.
+
+What the switch loads is the same bytes with the same config as what was verified, only under
+the deployment's name. If a replica still refuses it there (it crashed, ran out of memory),
+the previous config is restored and every replica that did not refuse it (it switched, or
+its load timed out and may still finish) is reloaded on the previous version.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
+
+from mlflow_triton.triton_config import model_config as mcfg
+from mlflow_triton.rollout.audit import AuditTrail
+from mlflow_triton.repository.state import CONFIG_FILE
+from mlflow_triton.repository.history import ServingHistory, Via
+from mlflow_triton.repository.lease import Lease, LeaseLost
+from mlflow_triton.fleet.server import ReplicaUnreachable, TritonCluster, describe_failures, is_unreachable, raise_failures
+from mlflow_triton.repository.store import ModelRepositoryStore
+from mlflow_triton.rollout.verification import Candidate, VerificationUnavailable, Verifier
+from mlflow_triton.triton_config.warmup import warmup_prefix
+
+logger = logging.getLogger(__name__)
+
+STAGING_PREFIX = "_mlflow-triton-staging."
+
+
+def staging_name(name: str) -> str:
+    """The Triton model name a candidate of ``name`` is verified under."""
+    return f"{STAGING_PREFIX}{name}"
+
+
+class VersionRefused(MlflowException):
+    """A replica refused the candidate or it failed verification; nothing serves it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, error_code=INTERNAL_ERROR)
+
+
+@dataclass
+class Rollout:
+    """One deployment's rollouts, done by the holder of its lease.
+
+    Attributes:
+        store / cluster: the repository and its replicas.
+        name: the deployment.
+        lease: held for the whole rollout; checked before every write that changes serving.
+        history: the deployment's serving history (recorded and saved here).
+        target: where the replicas were found (a target URI), for the audit tags; default:
+            the replica URLs.
+    """
+
+    store: ModelRepositoryStore
+    cluster: TritonCluster
+    name: str
+    lease: Lease
+    history: ServingHistory
+    target: str | None = None
+
+    # -- staging -----------------------------------------------------------------------------
+    def staging_left_over(self) -> bool:
+        """A staging model is in the repository or loaded on a replica (a dead publisher's,
+        or one whose unload failed): it must go before the next rollout."""
+        staging = staging_name(self.name)
+        folders, files = self.store.list_dir(f"{staging}/")
+        if folders or files:
+            return True
+        for index in self.cluster.repository_index().values():
+            if not isinstance(index, Exception) and any(e.get("name") == staging for e in index):
+                return True
+        return False
+
+    def clean_staging(self, urls: Sequence[str] | None = None) -> None:
+        """Unload and delete the staging model (a leftover of a dead publisher, or ours)."""
+        self.lease.check("cleaning the staging model")  # never another holder's staging
+        staging = staging_name(self.name)
+        try:
+            self.cluster.unload_model(staging, ignore_missing=True, urls=urls)
+        except MlflowException as err:  # the next rollout sees it in the index and retries
+            logger.warning("Could not unload %s: %s", staging, err.message)
+        self.store.delete_prefix(f"{staging}/")
+
+    def verify(
+        self, version: int, message: Any, provenance: Mapping[str, Any], verify: Verifier | None,
+        urls: Sequence[str] | None = None, model_file: Path | None = None,
+    ) -> None:  # fmt: skip
+        """Load ``version`` under the staging name on ``urls`` (default: all) and verify it.
+
+        Raises:
+            VersionRefused: a replica refused it or it failed verification (Triton's verdict).
+            ReplicaUnreachable: a replica could not be reached; nothing is recorded.
+            VerificationUnavailable: verification itself could not run (S3, local runtime);
+                nothing is recorded.
+        """
+        urls = list(urls or self.cluster.urls)
+        staging = staging_name(self.name)
+        # No staging model is left here: every caller ran repair.remove_leftovers first.
+        self.lease.check("staging the candidate")
+        self.store.copy_prefix(f"{self.name}/{version}/", f"{staging}/{version}/")
+        self.store.copy_prefix(warmup_prefix(self.name, version), warmup_prefix(staging, version))
+        staged = mcfg.pin_version(message, version)
+        staged.name = staging
+        self.store.write_bytes(f"{staging}/{CONFIG_FILE}", mcfg.to_pbtxt(staged).encode())
+        try:
+            try:
+                raise_failures(f"load {self.name!r} version {version}", self.cluster.load_model(staging, version, urls))
+                if verify is not None:
+                    verify(Candidate(self.name, staging, version, tuple(urls), provenance, model_file))
+            except (ReplicaUnreachable, VerificationUnavailable, LeaseLost):
+                raise
+            except MlflowException as err:
+                raise VersionRefused(f"{self.name!r} version {version} failed verification: {err.message}") from err
+        finally:
+            try:
+                self.clean_staging(urls)
+            except Exception as err:  # the next rollout removes it; the outcome stands
+                logger.warning("Could not remove the staging model %s: %s", staging, err)
+
+    # -- switching ---------------------------------------------------------------------------
+    def switch(
+        self, version: int, message: Any, previous_config: bytes | None, previous_version: int | None,
+        via: Via, verified: bool, **details: Any,
+    ) -> None:  # fmt: skip
+        """Pin ``version`` in config.pbtxt and load it everywhere; the history records it as
+        ``staged`` before the config write and ``serving`` after.
+
+        Raises:
+            LeaseLost: before writing anything, if this publisher lost its lease.
+            ReplicaUnreachable: a replica is unreachable; the config pins ``version`` and the
+                next ``update``/``sync`` finishes the rollout without uploading again.
+            VersionRefused: a replica refused it; the previous config is back (the caller
+                records the refusal, with what it knows of the version).
+        """
+        self.lease.check("the config swap")
+        self.history.record("staged", version, via, verified=verified)
+        self.history.save(self.store)
+        config_key = f"{self.name}/{CONFIG_FILE}"
+        self.store.write_bytes(config_key, mcfg.to_pbtxt(mcfg.pin_version(message, version)).encode())
+        errors = self.cluster.load_model(self.name, version)
+        failed = {url: err for url, err in errors.items() if err is not None}
+        if not failed:
+            self.record_serving(version, via, verified, previous=previous_version, **details)
+            return
+        if all(is_unreachable(err) for err in failed.values()):
+            raise ReplicaUnreachable(
+                f"{self.name!r} version {version} is published in {self.store.uri} but Triton at "
+                f"{', '.join(sorted(failed))} did not reload it (unreachable). Rerun the same "
+                "`mlflow deployments update` (or `mlflow-triton sync`) when it is back: nothing "
+                "will be uploaded again.",
+                ", ".join(sorted(failed)),
+            )
+        # A replica refused it. Every replica that did not refuse (loaded it, or timed out and
+        # may still be loading it) goes back to the previous version.
+        self.lease.check("restoring the previous config")
+        if previous_config is not None:
+            self.store.write_bytes(config_key, previous_config)
+        else:
+            self.store.delete(config_key)
+        reason = describe_failures(f"load {self.name!r} version {version}", failed)
+        back = [url for url, err in errors.items() if err is None or is_unreachable(err)]
+        if back and previous_version is not None:
+            for url, err in self.cluster.load_model(self.name, previous_version, back).items():
+                if err is not None:
+                    logger.error("Could not reload %s version %s on %s: %s", self.name, previous_version, url, err)
+        elif back:
+            self.cluster.unload_model(self.name, urls=back)
+        raise VersionRefused(f"{self.name!r} version {version} was refused at the switch: {reason}")
+
+    def record_serving(self, version: int, via: Via, verified: bool | None, **details: Any) -> None:
+        """Record that ``version`` serves (after a fencing check)."""
+        self.lease.check("recording the serving version")
+        replaced = self._last_serving()
+        entry = self.history.record("serving", version, via, verified=verified, **details)
+        self.history.save(self.store)
+        self.audit_trail().serving(entry, replaced)
+
+    def refuse(self, version: int, via: Via, reason: str, **details: Any) -> None:
+        """Record a refused candidate (after a fencing check)."""
+        self.lease.check("recording the refusal")
+        entry = self.history.record("refused", version, via, reason=reason, **details)
+        self.history.save(self.store)
+        self.audit_trail().refused(entry, self._last_serving())
+
+    def audit_trail(self) -> AuditTrail:
+        """The MLflow tags of this deployment (best effort, see :mod:`mlflow_triton.rollout.audit`)."""
+        target = self.target or f"triton:/{','.join(self.cluster.urls)}"
+        return AuditTrail(self.name, target, self.store.uri)
+
+    def _last_serving(self) -> dict[str, Any] | None:
+        return next((e for e in reversed(self.history.events) if e.get("event") == "serving"), None)

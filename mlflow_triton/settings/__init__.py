@@ -1,0 +1,2 @@
+"""The deployment configuration: every ``-C`` key with its default and validation, and target URIs.
+"""
