@@ -118,18 +118,18 @@ class DownloadTraffic:
     """Bytes of model files the plugin downloads (MLflow's proxied HTTP artifacts included)."""
 
     def __init__(self) -> None:
-        from mlflow_triton.flavors.model_source import ModelSource
+        from mlflow_triton.repository import transfer
 
         self.bytes = 0
-        original = ModelSource.download
+        original = transfer.download_artifact
         counter = self
 
-        def download(source, destination):
-            path = original(source, destination)
-            counter.bytes += path.stat().st_size
+        def download(uri, destination, model_uri=None):
+            path = original(uri, destination, model_uri)
+            counter.bytes += sum(p.stat().st_size for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file())
             return path
 
-        ModelSource.download = download  # type: ignore[method-assign]
+        transfer.download_artifact = download  # the transport's one download call
 
 
 @contextlib.contextmanager

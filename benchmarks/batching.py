@@ -130,7 +130,7 @@ def main() -> None:
 
     from mlflow_triton.local.stack import LocalStack
     from mlflow_triton.triton_config.model_config import parse_pbtxt
-    from mlflow_triton.repository.store import open_store
+    from mlflow_triton.repository.stores import open_store
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-batching-"))
     stack = LocalStack(workdir / "stack", replicas=1, with_mlflow=False).start()

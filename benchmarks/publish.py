@@ -120,16 +120,18 @@ def run_mode(mode: str, repeats: int, workdir: Path, s3_traffic: S3Traffic, down
 
     from mlflow_triton.settings.deployment import DeploymentConfig
     from mlflow_triton.local.stack import LocalStack
-    from mlflow_triton.triton_config.model_config import build_model_config, io_from_onnx, to_pbtxt
-    from mlflow_triton.flavors.model_source import resolve_model
+    from mlflow_triton.triton_config.model_config import build_model_config, to_pbtxt
+    from mlflow_triton.flavors.onnx import io_from_onnx
+    from mlflow_triton.flavors.registry import resolve_model
     from mlflow_triton.fleet.server import TritonServer
+    from mlflow_triton.repository.artifacts import download_artifact
 
     stack = LocalStack(workdir / mode, replicas=1, mlflow_artifacts=mode).start()
     try:
         with stack.exported_env():
             model_uri = log_model()
             source = resolve_model(model_uri)
-            model_file = source.download(workdir / f"floor-{mode}")  # the very same bytes
+            model_file = download_artifact(source.artifact_uri, workdir / f"floor-{mode}")  # the very same bytes
             size = model_file.stat().st_size
             s3 = boto3.client("s3", endpoint_url=stack.s3_endpoint)  # default TransferConfig
             triton = TritonServer(stack.triton_urls[0])
@@ -138,7 +140,7 @@ def run_mode(mode: str, repeats: int, workdir: Path, s3_traffic: S3Traffic, down
             for repeat in range(repeats):
                 floor_name, plugin_name = f"floor-{repeat}", f"plugin-{repeat}"
                 config_text = to_pbtxt(build_model_config(
-                    floor_name, "onnx", io_from_onnx(model_file), DeploymentConfig(**CPU), 1
+                    floor_name, io_from_onnx(model_file), DeploymentConfig(**CPU), 1, "onnxruntime", "model.onnx"
                 ))  # fmt: skip
 
                 def run_floor():

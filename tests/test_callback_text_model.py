@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from mlflow.deployments import get_deploy_client
 from mlflow.models import Model
 
-from mlflow_triton.core.golden import GoldenCases
+from mlflow_triton.flavors.source import read_logged_model
 from text_model import VOCAB, best_eager, train_tagger
 
 pytestmark = [
@@ -58,8 +58,7 @@ def test_callback_of_each_lightning_package_registers_a_variable_length_model(tr
     assert mlmodel.signature.outputs.inputs[0].shape == (-1, -1, 2)
     assert mlmodel.metadata["onnx_exporter"] == "torchscript"
     assert mlmodel.metadata["onnx_opset"] >= 17 and mlmodel.metadata["export_precision"] == "fp32"
-    download_uri = MlflowClient().get_model_version_download_uri(name, version.version)
-    golden = GoldenCases.download(download_uri, tmp_path)
+    golden = read_logged_model(f"models:/{name}/{version.version}").golden_cases(tmp_path)
     assert golden is not None and [x["tokens"].shape for x, _ in golden] == [(1, 6), (7, 9)]
     eager = best_eager(package, export.last_exported_checkpoint)
     for inputs, outputs in golden:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 from mlflow.exceptions import MlflowException
 
-from mlflow_triton.settings.deployment import DeploymentConfig, parse_target_uri, validate_model_name
+from mlflow_triton.settings.deployment import DeploymentConfig
+from mlflow_triton.settings.target import parse_target_uri
+from mlflow_triton.repository.layout import validate_model_name
 
 
 def test_defaults_cover_every_documented_key():
@@ -29,7 +31,7 @@ def test_cli_strings_are_converted():
     "config, message",
     [
         ({"flavour": "onnx"}, "Unknown config key"),
-        ({"flavor": "tensorflow"}, "must be one of onnx, torchscript"),
+        ({"flavor": "tensorflow"}, "serves onnx, torchscript, triton, python_function"),
         ({"instance_kind": "tpu"}, "must be one of gpu, cpu, auto"),
         ({"max_batch_size": "many"}, "expects int"),
         ({"max_batch_size": -1}, "must be >= 0"),

@@ -27,7 +27,7 @@ from mlflow.models import infer_signature
 from tritonclient.grpc import model_config_pb2 as mc
 
 from mlflow_triton.triton_config.model_config import parse_pbtxt
-from mlflow_triton.repository.store import open_store
+from mlflow_triton.repository.stores import open_store
 from test_promotion_support import assert_every_replica_serves, local, register
 
 pytestmark = pytest.mark.integration

@@ -33,11 +33,11 @@ from mlflow import MlflowClient
 
 from mlflow_triton.settings.deployment import DeploymentConfig
 from mlflow_triton.repository.history import ServingHistory
-from mlflow_triton.repository.lease import LEASE_FILE
+from mlflow_triton.repository.layout import LEASE_FILE
 from mlflow_triton.promotion import load_spec, sync
-from mlflow_triton.repository.state import PROVENANCE_FILE
+from mlflow_triton.repository.layout import PROVENANCE_FILE
 from mlflow_triton.rollout.publisher import ModelPublisher
-from mlflow_triton.rollout.switch import staging_name
+from mlflow_triton.repository.layout import staging_name
 from mlflow_triton.fleet.server import TritonServer
 from models import sample
 from test_promotion_support import ALIAS, CPU, local, logged_model
@@ -161,7 +161,7 @@ def assert_consistent(stack, publisher: ModelPublisher, name: str, expected_regi
     state = publisher.read_state(name)
     serving = state.serving_version
     # One verified version serves, the alias's.
-    assert state.provenance["registered_version"] == expected_registry_version, state.provenance
+    assert state.provenance.registered_version == expected_registry_version, state.provenance
     history = ServingHistory.load(publisher.store, name)
     last = [e for e in history.events if e["event"] == "serving"][-1]
     assert (last["version"], last["verified"]) == (serving, True), history.events

@@ -29,7 +29,7 @@ from mlflow.models import infer_signature
 from mlflow_triton.local.stack import LocalStack, free_port
 from mlflow_triton.triton_config.model_config import parse_pbtxt, serving_versions
 from mlflow_triton.fleet.server import TritonServer
-from mlflow_triton.repository.store import open_store
+from mlflow_triton.repository.stores import open_store
 from models import Scorer, export_onnx, sample
 
 pytestmark = pytest.mark.integration

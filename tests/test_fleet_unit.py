@@ -20,7 +20,7 @@ from mlflow.protos.databricks_pb2 import (
 from mlflow_triton.fleet import discovery
 from mlflow_triton.rollout.audit import AuditTrail, mask_secrets, tag_key
 from mlflow_triton.plugin.client import TritonDeploymentClient
-from mlflow_triton.settings.deployment import parse_target_uri, target_options
+from mlflow_triton.settings.target import parse_target_uri, target_options
 from mlflow_triton.fleet.discovery import resolve_urls, set_endpoint_slice_api, set_resolver
 from mlflow_triton.promotion.reconcile import watch
 from mlflow_triton.promotion.spec import PromotionSpec

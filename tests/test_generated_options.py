@@ -18,23 +18,24 @@ from tritonclient.utils import deserialize_bytes_tensor
 
 from mlflow_triton.triton_config.acceleration import TRT_ENGINE_CACHE_ROOT
 from mlflow_triton.settings.deployment import DeploymentConfig
-from mlflow_triton.triton_config.model_config import (
-    TENSOR_NAMES_PARAMETER, build_model_config, io_from_signature, parse_pbtxt, serving_versions, to_pbtxt,
-)  # fmt: skip
+
+from mlflow_triton.triton_config.tensors import TENSOR_NAMES_PARAMETER
+from mlflow_triton.triton_config.model_config import parse_pbtxt, serving_versions, to_pbtxt
 from mlflow_triton.triton_config.warmup import plan_warmup, warmup_enabled
+from configs import generated_config, signature_io
 
 SIGNATURE = infer_signature(
     {"x": np.zeros((2, 4), np.float32), "ids": np.zeros((2, 3), np.int64)}, {"y": np.zeros((2, 3), np.float32)}
 )
-ONNX_IO = io_from_signature(SIGNATURE, "onnx")
-TORCH_IO = io_from_signature(SIGNATURE, "torchscript")
+ONNX_IO = signature_io(SIGNATURE, "onnx")
+TORCH_IO = signature_io(SIGNATURE, "torchscript")
 GPU = mc.ModelInstanceGroup.KIND_GPU
 
 
 def generate(options: dict, flavor: str = "onnx", warmup=None, version: int = 4) -> mc.ModelConfig:
     """Build from -C strings, print as config.pbtxt, parse back: what Triton would read."""
     config = DeploymentConfig.from_dict(options)
-    message = build_model_config("fraud", flavor, ONNX_IO if flavor == "onnx" else TORCH_IO, config, version, warmup)
+    message = generated_config("fraud", flavor, ONNX_IO if flavor == "onnx" else TORCH_IO, config, version, warmup)
     parsed = parse_pbtxt(to_pbtxt(message))
     assert parsed == message
     return parsed
@@ -91,7 +92,6 @@ def test_cuda_accelerator_gpus_and_response_cache_round_trip():
         ({"accelerator": "tensorrt", "instance_kind": "cpu"}, "onnx", "needs instance_kind=gpu"),
         ({"accelerator": "cuda", "instance_kind": "auto"}, "onnx", "needs instance_kind=gpu"),
         ({"accelerator": "cuda"}, "torchscript", "backend pytorch"),
-        ({"accelerator": "tensorrt", "flavor": "torchscript"}, "torchscript", "not available for TorchScript"),
         ({"precision": "fp16"}, "onnx", "only apply to the TensorRT"),
         ({"accelerator": "cuda", "trt_workspace_bytes": "1024"}, "onnx", "only apply to the TensorRT"),
         ({"accelerator": "tensorrt", "trt_workspace_bytes": "0"}, "onnx", ">= 1"),
@@ -204,9 +204,9 @@ def test_warmup_from_the_input_example_is_cut_to_max_batch_size():
 
 def test_warmup_zeros_set_dynamic_dims_to_one_and_string_files_are_serialized():
     signature = infer_signature({"tokens": np.zeros((2, 5), np.int64)}, {"y": np.zeros((2, 3), np.float32)})
-    from mlflow_triton.triton_config.model_config import ModelIO, TensorSpec
+    from mlflow_triton.triton_config.tensors import ModelIO, TensorSpec
 
-    io = ModelIO((TensorSpec("tokens", "TYPE_INT64", (-1, -1), "tokens"),), io_from_signature(signature, "onnx").outputs)
+    io = ModelIO((TensorSpec("tokens", "TYPE_INT64", (-1, -1), "tokens"),), signature_io(signature, "onnx").outputs)
     [zeros] = plan_warmup(io, 32, None, 1).entries
     assert zeros.batch_size == 1 and list(zeros.inputs["tokens"].dims) == [1] and zeros.inputs["tokens"].zero_data
     [unbatched] = plan_warmup(io, 0, None, 1).entries
@@ -227,10 +227,9 @@ def test_warmup_example_that_contradicts_the_model_is_refused():
 def test_torchscript_warms_up_twice_for_the_profiling_executor():
     import torch
 
-    from mlflow_triton.triton_config.warmup import warmup_count
+    from mlflow_triton.flavors.torchscript import WARMUP_REQUESTS
 
-    assert warmup_count("torchscript") == torch._C._jit_get_num_profiled_runs() + 1 == 2
-    assert warmup_count("onnx") == 1
+    assert WARMUP_REQUESTS == torch._C._jit_get_num_profiled_runs() + 1 == 2
     [entry] = plan_warmup(TORCH_IO, 32, None, 1, count=2).entries
     assert entry.count == 2
 
@@ -276,7 +275,7 @@ def test_every_generated_config_parses_back_or_is_refused(
         config = DeploymentConfig.from_dict(options)
         sample = {"x": np.ones((3, 4), np.float32), "ids": np.ones((3, 3), np.int64)} if example else None
         plan = plan_warmup(io, max_batch_size, sample, 9) if warmup_enabled(config.warmup, device) else None
-        message = build_model_config("m", flavor, io, config, 9, plan)
+        message = generated_config("m", flavor, io, config, 9, plan)
     except MlflowException as err:
         assert err.error_code == "INVALID_PARAMETER_VALUE", err.message
         event("refused")
@@ -288,7 +287,9 @@ def test_every_generated_config_parses_back_or_is_refused(
     assert parsed.response_cache.enable == (response_cache or override == "response_cache { enable: true }")
     gpu_accelerators = parsed.optimization.execution_accelerators.gpu_execution_accelerator
     if accelerator != "none":
-        assert flavor == "onnx" and device == "gpu" and [a.name for a in gpu_accelerators] == [accelerator]
+        assert device == "gpu"
+        if "execution_accelerators" not in (override or ""):  # else the override's list replaces ours
+            assert [a.name for a in gpu_accelerators] == [accelerator]
     for group in parsed.instance_group:
         assert not group.gpus or group.kind == GPU
         assert not gpu_accelerators or group.kind == GPU
@@ -300,6 +301,20 @@ def test_every_generated_config_parses_back_or_is_refused(
         assert not parsed.model_warmup
 
 
+@pytest.mark.parametrize("flavor", ["torchscript", "triton", "python_function"])
+def test_flavors_without_execution_accelerators_refuse_them_in_their_plan(tmp_path, flavor):
+    from mlflow_triton.flavors.registry import get
+    from mlflow_triton.flavors.source import LoggedModel, ModelSource
+
+    chosen = get(flavor)
+    model = LoggedModel("models:/m/1", str(tmp_path), {"pytorch": {}, "triton": {"data": "m"}, "python_function": {}})
+    config = DeploymentConfig.from_dict({"accelerator": "tensorrt", "flavor": flavor})
+    with pytest.raises(MlflowException, match=f"accelerator=tensorrt is not available for {flavor} models") as err:
+        chosen.plan(ModelSource(model, chosen, "m"), config, tmp_path)  # refused before any download
+    assert err.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- the publisher refuses before anything is claimed or uploaded -------------------------------
 def test_publisher_refuses_a_bad_merged_config_before_claiming_a_version(tmp_path):
     import mlflow.onnx
@@ -307,11 +322,12 @@ def test_publisher_refuses_a_bad_merged_config_before_claiming_a_version(tmp_pat
 
     from mlflow_triton.repository.state import read_state
     from mlflow_triton.repository.history import ServingHistory
-    from mlflow_triton.flavors.model_source import resolve_model
+    from mlflow_triton.flavors.registry import resolve_model
     from mlflow_triton.rollout.publisher import ModelPublisher
     from mlflow_triton.rollout.switch import Rollout
+    from mlflow_triton.rollout.transaction import PublishTransaction
     from mlflow_triton.fleet.server import TritonCluster
-    from mlflow_triton.repository.store import LocalStore
+    from mlflow_triton.repository.local_store import LocalStore
     from models import Scorer, export_onnx, sample
 
     model_dir = tmp_path / "mlflow-model"
@@ -328,7 +344,10 @@ def test_publisher_refuses_a_bad_merged_config_before_claiming_a_version(tmp_pat
     })  # fmt: skip
     publisher = ModelPublisher(repository, TritonCluster(["http://127.0.0.1:9"]), config)
     rollout = Rollout(repository, publisher.cluster, "fraud", lease=None, history=ServingHistory("fraud"))
+    transaction = PublishTransaction(
+        publisher, read_state(repository, "fraud"), resolve_model(str(model_dir)), rollout, True, tmp_path
+    )
     with pytest.raises(MlflowException, match="KIND_GPU instances only") as err:
-        publisher._publish_locked(read_state(repository, "fraud"), resolve_model(str(model_dir)), tmp_path, None, rollout)
+        transaction.publish(*transaction.plan())
     assert err.value.error_code == "INVALID_PARAMETER_VALUE"
     assert repository.list_dir("fraud/") == ([], [])  # no version claimed, nothing written

@@ -21,10 +21,13 @@ from hypothesis import strategies as st
 from mlflow.deployments import get_deploy_client
 
 from mlflow_triton.settings.deployment import DeploymentConfig
-from mlflow_triton.triton_config.model_config import build_model_config, io_from_onnx, parse_pbtxt, to_pbtxt
+from mlflow_triton.triton_config.model_config import parse_pbtxt, to_pbtxt
+from mlflow_triton.flavors.onnx import io_from_onnx
 from mlflow_triton.fleet.server import TritonServer
-from mlflow_triton.repository.store import open_store
-from mlflow_triton.triton_config.warmup import WARMUP_FOLDER, plan_warmup
+from mlflow_triton.repository.stores import open_store
+from mlflow_triton.repository.layout import WARMUP_FOLDER
+from mlflow_triton.triton_config.warmup import plan_warmup
+from configs import generated_config
 from models import Scorer, export_onnx, sample
 from test_promotion_support import logged_model
 
@@ -117,7 +120,7 @@ def test_tritonserver_loads_cpu_valid_generated_configs(stack, scorer_onnx, over
     io_spec = io_from_onnx(io.BytesIO(model_bytes))
     x = sample(3, seed=4)
     plan = plan_warmup(io_spec, max_batch_size, {"features": x} if example else None, 1) if warmup else None
-    message = build_model_config(name, "onnx", io_spec, config, 1, plan)
+    message = generated_config(name, "onnx", io_spec, config, 1, plan)
     store = open_store(stack.model_repository, stack.s3_endpoint)
     store.write_bytes(f"{name}/1/model.onnx", model_bytes)
     for filename, data in (plan.files if plan else {}).items():

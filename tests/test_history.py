@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mlflow_triton.repository.history import ServingHistory
-from mlflow_triton.repository.store import LocalStore
+from mlflow_triton.repository.local_store import LocalStore
 
 
 def history(*events: tuple) -> ServingHistory:

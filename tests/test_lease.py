@@ -38,19 +38,16 @@ from botocore.stub import ANY, Stubber
 from mlflow.exceptions import MlflowException
 
 from mlflow_triton.settings.deployment import DeploymentConfig
-from mlflow_triton.repository.lease import (
-    LEASE_FILE,
-    ConditionalWritesUnsupported,
-    Lease,
-    LeaseHeld,
-    LeaseLost,
-)
+from mlflow_triton.repository.layout import LEASE_FILE
+from mlflow_triton.repository.lease import ConditionalWritesUnsupported, Lease, LeaseHeld, LeaseLost
 from mlflow_triton.local.stack import free_port
-from mlflow_triton.flavors.model_source import resolve_model
+from mlflow_triton.flavors.registry import resolve_model
 from mlflow_triton.rollout.publisher import ModelPublisher
-from mlflow_triton.rollout.switch import CONFIG_FILE, Rollout
+from mlflow_triton.repository.layout import CONFIG_FILE
+from mlflow_triton.rollout.switch import Rollout
 from mlflow_triton.repository.s3_store import S3Store
-from mlflow_triton.repository.store import LocalStore, StoredObject
+from mlflow_triton.repository.local_store import LocalStore
+from mlflow_triton.repository.store import StoredObject
 from models import Scorer, log_onnx
 
 integration = pytest.mark.integration

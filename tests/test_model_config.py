@@ -11,9 +11,9 @@ from mlflow.models.signature import ModelSignature
 from tritonclient.grpc import model_config_pb2 as mc
 
 from mlflow_triton.settings.deployment import DeploymentConfig
-from mlflow_triton.triton_config.model_config import (
-    build_model_config, io_from_onnx, io_from_signature, parse_pbtxt, serving_versions, to_pbtxt,
-)
+from mlflow_triton.triton_config.model_config import parse_pbtxt, serving_versions, to_pbtxt
+from mlflow_triton.flavors.onnx import io_from_onnx
+from configs import generated_config, signature_io
 from models import Scorer, export_onnx
 
 
@@ -22,7 +22,7 @@ def test_onnx_graph_gives_names_types_and_batch_axis(tmp_path):
     assert [(t.name, t.data_type, t.shape) for t in io.inputs] == [("features", "TYPE_FP32", (-1, 4))]
     assert [(t.name, t.shape) for t in io.outputs] == [("scores", (-1, 3))]
 
-    message = build_model_config("scorer", "onnx", io, DeploymentConfig.from_dict({"instance_kind": "cpu"}), 7)
+    message = generated_config("scorer", "onnx", io, DeploymentConfig.from_dict({"instance_kind": "cpu"}), 7)
     parsed = parse_pbtxt(to_pbtxt(message))
     assert parsed == message
     assert parsed.backend == "onnxruntime" and parsed.max_batch_size == 32
@@ -37,27 +37,27 @@ def test_torchscript_names_follow_libtorch_convention():
         {"x": np.zeros((2, 4), np.float32), "ids": np.zeros((2, 3), np.int64)},
         {"y": np.zeros((2, 1), np.float64)},
     )
-    io = io_from_signature(signature, "torchscript")
+    io = signature_io(signature, "torchscript")
     assert [(t.name, t.source_name, t.data_type) for t in io.inputs] == [
         ("INPUT__0", "x", "TYPE_FP32"), ("INPUT__1", "ids", "TYPE_INT64"),
     ]
     assert [(t.name, t.source_name, t.data_type) for t in io.outputs] == [("OUTPUT__0", "y", "TYPE_FP64")]
-    message = build_model_config("m", "torchscript", io, DeploymentConfig(), 1)
+    message = generated_config("m", "torchscript", io, DeploymentConfig(), 1)
     assert message.backend == "pytorch" and message.default_model_filename == "model.pt"
     assert message.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
 
 
 def test_no_batching_keeps_full_shapes_and_no_batcher():
     signature = infer_signature(np.zeros((2, 4), np.float32), np.zeros((2, 3), np.float32))
-    io = io_from_signature(signature, "onnx")
-    message = build_model_config("m", "onnx", io, DeploymentConfig(max_batch_size=0), 1)
+    io = signature_io(signature, "onnx")
+    message = generated_config("m", "onnx", io, DeploymentConfig(max_batch_size=0), 1)
     assert list(message.input[0].dims) == [-1, 4] and not message.HasField("dynamic_batching")
 
 
 def test_preferred_batch_sizes_and_instances():
     signature = infer_signature(np.zeros((2, 4), np.float32), np.zeros((2, 3), np.float32))
     config = DeploymentConfig.from_dict({"preferred_batch_size": "8,16", "instance_count": 3, "instance_kind": "auto"})
-    message = build_model_config("m", "onnx", io_from_signature(signature, "onnx"), config, 1)
+    message = generated_config("m", "onnx", signature_io(signature, "onnx"), config, 1)
     assert list(message.dynamic_batching.preferred_batch_size) == [8, 16]
     assert message.instance_group[0].count == 3
     assert message.instance_group[0].kind == mc.ModelInstanceGroup.KIND_AUTO
@@ -72,22 +72,22 @@ def test_fixed_batch_dimension_is_a_clear_error():
         outputs=S([TensorSpec(np.dtype(np.float32), (1, 3), "y")]),
     )
     with pytest.raises(MlflowException, match="max_batch_size=0"):
-        build_model_config("m", "onnx", io_from_signature(signature, "onnx"), DeploymentConfig(), 1)
+        generated_config("m", "onnx", signature_io(signature, "onnx"), DeploymentConfig(), 1)
 
 
 def test_missing_signature_and_mixed_columns():
     with pytest.raises(MlflowException, match="no MLflow signature"):
-        io_from_signature(None, "torchscript")
+        signature_io(None, "torchscript")
     mixed = ModelSignature(inputs=Schema([ColSpec("double", "a"), ColSpec("string", "b")]),
                            outputs=Schema([ColSpec("double", "y")]))
     with pytest.raises(MlflowException, match="mixed types"):
-        io_from_signature(mixed, "torchscript")
+        signature_io(mixed, "torchscript")
 
 
 def test_column_signature_becomes_one_matrix_input():
     columns = ModelSignature(inputs=Schema([ColSpec("float", "a"), ColSpec("float", "b")]),
                              outputs=Schema([ColSpec("float", "y")]))
-    io = io_from_signature(columns, "torchscript")
+    io = signature_io(columns, "torchscript")
     assert [(t.name, t.shape) for t in io.inputs] == [("INPUT__0", (-1, 2))]
 
 
@@ -99,7 +99,7 @@ def test_corrupt_onnx_is_rejected(tmp_path):
 
 
 def test_dtype_tables_come_from_tritonclient():
-    from mlflow_triton.triton_config.model_config import NUMPY_DTYPES, config_dtype, protocol_dtype, triton_type
+    from mlflow_triton.triton_config.tensors import NUMPY_DTYPES, config_dtype, protocol_dtype, triton_type
 
     assert set(NUMPY_DTYPES) == {
         "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",

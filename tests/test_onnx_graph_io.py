@@ -25,15 +25,11 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import set_external_data, uses_external_data
 
 from mlflow_triton.settings.deployment import DeploymentConfig
-from mlflow_triton.triton_config.model_config import (
-    ModelIO,
-    TensorSpec,
-    build_model_config,
-    io_from_onnx,
-    onnx_external_data,
-    onnx_graph_summary,
-)
+from mlflow_triton.triton_config.tensors import ModelIO, TensorSpec
+from mlflow_triton.flavors.onnx import io_from_onnx, onnx_external_data
+from mlflow_triton.flavors.onnx_graph import onnx_graph_summary
 from mlflow_triton.repository.store import RANGE_READ_BYTES
+from configs import generated_config
 from models import Scorer, TwoHeads, export_onnx, sample
 
 INVALID = ErrorCode.Name(INVALID_PARAMETER_VALUE)
@@ -127,7 +123,7 @@ def test_dynamic_sequence_axis_stays_dynamic(tmp_path):
     io_ = assert_parity(path)
     assert [(t.name, t.data_type, t.shape) for t in io_.inputs] == [("tokens", "TYPE_INT64", (-1, -1))]
     assert [(t.name, t.shape) for t in io_.outputs] == [("scores", (-1, -1, 3))]
-    message = build_model_config("tagger", "onnx", io_from_onnx(path), DeploymentConfig(), 1)
+    message = generated_config("tagger", "onnx", io_from_onnx(path), DeploymentConfig(), 1)
     assert list(message.input[0].dims) == [-1] and list(message.output[0].dims) == [-1, 3]
 
 

@@ -9,7 +9,7 @@ from mlflow.deployments import get_deploy_client
 from mlflow.exceptions import MlflowException
 
 from mlflow_triton.triton_config.model_config import parse_pbtxt, serving_versions
-from mlflow_triton.repository.store import open_store
+from mlflow_triton.repository.stores import open_store
 from models import Scorer, TwoHeads, log_onnx, log_torchscript, sample
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ import torch
 from mlflow.deployments import get_deploy_client
 
 from mlflow_triton.local.stack import make_backend_dir, tritonserver
-from mlflow_triton.repository.store import open_store
+from mlflow_triton.repository.stores import open_store
 from models import Scorer, log_onnx, sample
 
 pytestmark = pytest.mark.integration

@@ -62,7 +62,7 @@ def test_alias_flip_reaches_every_replica_and_resync_is_a_noop(stack, deployment
     assert (report.action, report.bytes_uploaded, report.bytes_copied) == ("unchanged", 0, 0)
     assert report.triton_version == 2 and report.reloaded == []
     state = publisher(stack, spec).read_state(deployment)
-    assert state.serving_version == 2 and state.provenance["registered_version"] == "2"
+    assert state.serving_version == 2 and state.provenance.registered_version == "2"
 
 
 def test_alias_flip_has_zero_downtime(stack, deployment, tmp_path, record_property):
@@ -176,7 +176,7 @@ def test_refused_version_exits_nonzero_and_previous_keeps_serving(stack, deploym
     after = publisher(stack, spec).read_state(deployment)
     assert after.serving_version == before.serving_version
     assert after.versions == before.versions
-    assert after.provenance["registered_version"] == "2"
+    assert after.provenance.registered_version == "2"
     assert after.config_bytes == before.config_bytes
     assert_every_replica_serves(stack, deployment, v2)
 

@@ -26,17 +26,16 @@ from mlflow.types.schema import Schema, TensorSpec
 from onnx import helper
 from tritonclient.grpc import model_config_pb2 as mc
 
-from mlflow_triton.settings.deployment import DeploymentConfig, parse_target_uri, validate_model_name
-from mlflow_triton.triton_config.model_config import (
-    build_model_config,
-    io_from_signature,
-    parse_pbtxt,
-    serving_versions,
-    to_pbtxt,
-)
+from mlflow_triton.settings.deployment import DeploymentConfig
+from mlflow_triton.settings.target import parse_target_uri
+from mlflow_triton.repository.layout import validate_model_name
+from mlflow_triton.triton_config.model_config import parse_pbtxt, serving_versions, to_pbtxt
 from mlflow_triton.fleet.server import TritonServer
 from mlflow_triton.repository.s3_store import S3Store
-from mlflow_triton.repository.store import LocalStore, check_key, open_store
+from mlflow_triton.repository.local_store import LocalStore
+from mlflow_triton.repository.store import check_key
+from mlflow_triton.repository.stores import open_store
+from configs import generated_config, signature_io
 
 TRITON_TYPES = {
     np.bool_: "TYPE_BOOL", np.uint8: "TYPE_UINT8", np.uint16: "TYPE_UINT16",
@@ -114,8 +113,8 @@ def refusal_is_justified(schema_list: list[Schema], flavor: str, config: Deploym
 def test_signature_gives_a_config_that_round_trips_or_a_clear_error(inputs, outputs, flavor, config, version):
     signature = ModelSignature(inputs=inputs, outputs=outputs)
     try:
-        io = io_from_signature(signature, flavor)
-        message = build_model_config("model", flavor, io, config, version)
+        io = signature_io(signature, flavor)
+        message = generated_config("model", flavor, io, config, version)
     except MlflowException as err:
         assert err.error_code == "INVALID_PARAMETER_VALUE" and err.message
         assert refusal_is_justified([inputs, outputs], flavor, config), err.message
@@ -147,7 +146,7 @@ def test_batched_rank_one_tensor_gets_an_empty_reshape():
         inputs=Schema([TensorSpec(np.dtype(np.int64), (-1,), "ids")]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1,), "score")]),
     )
-    message = build_model_config("m", "onnx", io_from_signature(signature, "onnx"), DeploymentConfig(), 1)
+    message = generated_config("m", "onnx", signature_io(signature, "onnx"), DeploymentConfig(), 1)
     assert [list(t.dims) for t in (*message.input, *message.output)] == [[1], [1]]
     assert all(t.HasField("reshape") and not t.reshape.shape for t in (*message.input, *message.output))
     assert "reshape {" in to_pbtxt(message)

@@ -24,9 +24,9 @@ from sklearn.linear_model import LogisticRegression
 from mlflow_triton.flavors import triton as triton_flavor
 from mlflow_triton.settings.deployment import DeploymentConfig
 from mlflow_triton.triton_config.model_config import parse_pbtxt, to_pbtxt
-from mlflow_triton.flavors.model_source import resolve_model
-from mlflow_triton.flavors.pyfunc import EXECUTION_ENV_PARAMETER, PYFUNC_IO_PARAMETER, locate_pyfunc, pyfunc_io
-from mlflow_triton.repository.store import open_store
+from mlflow_triton.flavors.registry import resolve_model
+from mlflow_triton.flavors.pyfunc import EXECUTION_ENV_PARAMETER, PYFUNC_IO_PARAMETER, pyfunc_io
+from mlflow_triton.repository.stores import open_store
 
 CPU = {"instance_kind": "cpu"}
 # Given, not inferred (that loads the model in a subprocess), and cloudpickle rather than the
@@ -140,14 +140,14 @@ def test_python_env_ships_the_archive_and_sets_execution_env_path(tmp_path):
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(tmp_path / "sk" / "MLmodel", arcname="bin/placeholder")
     source = resolve_model(str(tmp_path / "sk"))
-    assert source.flavor == "python_function"
+    assert source.flavor.name == "python_function"
     config = DeploymentConfig.from_dict({"python_env": str(archive), **CPU})
     work = tmp_path / "work"
     work.mkdir()
-    files, _, build = locate_pyfunc(source, work, config)
-    targets = [target for _, target in files]
+    plan = source.flavor.plan(source, config, work)
+    targets = [f.target for f in plan.files]
     assert targets[0] == "model.py" and "mlflow_model/MLmodel" in targets and "python_env.tar.gz" in targets
-    message = build("sk", 7)
+    message = plan.config("sk", 7, plan.io, None)
     assert message.parameters[EXECUTION_ENV_PARAMETER].string_value == "$$TRITON_MODEL_DIRECTORY/7/python_env.tar.gz"
     assert message.backend == "python" and PYFUNC_IO_PARAMETER in message.parameters
     assert parse_pbtxt(to_pbtxt(message)) == message
@@ -160,8 +160,8 @@ def test_python_env_ships_the_archive_and_sets_execution_env_path(tmp_path):
 def test_flavor_selection_order_and_names(tmp_path):
     model, x = sklearn_model()
     mlflow.sklearn.save_model(model, tmp_path / "sk", signature=infer_signature(x, model.predict(x)), pip_requirements=REQS, serialization_format="cloudpickle")
-    assert resolve_model(str(tmp_path / "sk")).flavor == "python_function"
-    assert resolve_model(str(tmp_path / "sk"), "pyfunc").flavor == "python_function"
+    assert resolve_model(str(tmp_path / "sk")).flavor.name == "python_function"
+    assert resolve_model(str(tmp_path / "sk"), "pyfunc").flavor.name == "python_function"
     with pytest.raises(MlflowException) as caught:
         resolve_model(str(tmp_path / "sk"), "triton")
     assert caught.value.error_code == "INVALID_PARAMETER_VALUE" and "python_function" in caught.value.message
@@ -177,8 +177,8 @@ def test_flavor_selection_order_and_names(tmp_path):
     model_info = mlflow.models.Model()
     model_info.add_flavor("python_function", loader_module="mlflow_triton.flavors.triton")
     triton_flavor.save_model(folder, tmp_path / "both", mlflow_model=model_info)
-    assert resolve_model(str(tmp_path / "both")).flavor == "triton"
-    assert resolve_model(str(tmp_path / "both"), "python_function").flavor == "python_function"
+    assert resolve_model(str(tmp_path / "both")).flavor.name == "triton"
+    assert resolve_model(str(tmp_path / "both"), "python_function").flavor.name == "python_function"
     with pytest.raises(MlflowException, match="python_function"):
         DeploymentConfig.from_dict({"flavor": "sklearn"})
     assert DeploymentConfig.from_dict({"flavor": "pyfunc"}).flavor == "python_function"

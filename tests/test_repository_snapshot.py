@@ -13,11 +13,11 @@ from unittest import mock
 import pytest
 
 from mlflow_triton.repository.state import list_deployments, read_state
-from mlflow_triton.repository.lease import LEASE_FILE
+from mlflow_triton.repository.layout import LEASE_FILE
 from mlflow_triton.local.stack import AWS_TEST_CREDENTIALS
 from mlflow_triton.repository.snapshot import RepositoryCache
-from mlflow_triton.rollout.switch import staging_name
-from mlflow_triton.repository.store import LocalStore
+from mlflow_triton.repository.layout import staging_name
+from mlflow_triton.repository.local_store import LocalStore
 
 
 def _config(name: str, *versions: int) -> bytes:
@@ -118,9 +118,9 @@ def test_unchanged_objects_are_not_read_again_and_a_changed_etag_is(tmp_path):
     store.write_bytes("alpha/2/mlflow-triton.json", _provenance("alpha", 7))
     store.write_bytes("beta/config.pbtxt", _config("beta", 1))
     snapshot = cache.snapshot(store)
-    assert snapshot.state("alpha").provenance["registered_version"] == "7"
+    assert snapshot.state("alpha").provenance.registered_version == "7"
     beta = snapshot.state("beta")
-    assert beta.serving_version == 1 and beta.provenance["registered_version"] == "1"
+    assert beta.serving_version == 1 and beta.provenance.registered_version == "1"
     assert snapshot.state("gamma").config_bytes == _config("gamma")
     assert dict(store.reads) == {
         "alpha/2/mlflow-triton.json": 1, "beta/config.pbtxt": 1, "beta/1/mlflow-triton.json": 1,
@@ -147,7 +147,7 @@ def test_a_no_op_round_on_s3_is_one_listing_and_no_get(s3_store):
     calls.clear()
     snapshot = cache.snapshot(s3_store)
     assert not snapshot.state("m1").exists
-    assert snapshot.state("m2").provenance["registered_version"] == "5"
+    assert snapshot.state("m2").provenance.registered_version == "5"
     assert calls == {"ListObjectsV2": 1, "GetObject": 1}
     assert all("m1/" not in key for _, key in cache._entries)
 

@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow_triton.rollout import verification
 from mlflow_triton.cli import cli
 from mlflow_triton.promotion import load_spec, rollback
-from mlflow_triton.repository.store import open_store
+from mlflow_triton.repository.stores import open_store
 from test_promotion_support import CPU, assert_every_replica_serves, register
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,9 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from mlflow_triton.repository.s3_store import S3Store
-from mlflow_triton.repository.store import LocalStore, check_key, open_store
+from mlflow_triton.repository.local_store import LocalStore
+from mlflow_triton.repository.store import check_key
+from mlflow_triton.repository.stores import open_store
 
 
 def test_local_store_roundtrip_and_listing(tmp_path):

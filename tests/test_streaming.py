@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 
 from mlflow_triton.repository.artifacts import HashingReader, _IterReader, open_artifact, streamable
 from mlflow_triton.repository.s3_store import S3Store
-from mlflow_triton.repository.store import STREAM_CHUNKSIZE, LocalStore
+from mlflow_triton.repository.store import STREAM_CHUNKSIZE
+from mlflow_triton.repository.local_store import LocalStore
+from mlflow_triton.settings.deployment import DeploymentConfig
 
 
 class Broken(io.RawIOBase):
@@ -112,8 +114,9 @@ def test_open_artifact_streams_through_an_http_artifact_server(tmp_path):
 def test_a_stream_is_uploaded_hashed_inspected_and_spooled_in_one_pass(tmp_path):
     """The download path for a remote artifact store: HTTP in, repository out, the graph read
     back from the uploaded copy, a local copy for the reference run made on the way."""
-    from mlflow_triton.flavors.model_source import ModelSource
-    from mlflow_triton.repository.transfer import Located, transfer
+    from mlflow_triton.flavors.onnx import ONNX
+    from mlflow_triton.flavors.source import LoggedModel, ModelSource
+    from mlflow_triton.repository.transfer import locate, transfer
     from models import Scorer, export_onnx
 
     folder = tmp_path / "site" / "api" / "2.0" / "mlflow-artifacts" / "artifacts" / "exp" / "model"
@@ -124,17 +127,20 @@ def test_a_stream_is_uploaded_hashed_inspected_and_spooled_in_one_pass(tmp_path)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         base = f"http://127.0.0.1:{server.server_port}/api/2.0/mlflow-artifacts/artifacts/exp/model"
-        source = ModelSource(model_uri=base, download_uri=base, flavor="onnx", artifact_path="model.onnx")
-        located = Located("stream", [(source.artifact_uri, "model.onnx")], None, None)
+        source = ModelSource(LoggedModel(base, base, {"onnx": {}}), ONNX, "model.onnx")
+        plan = ONNX.plan(source, DeploymentConfig(), tmp_path)
         store = LocalStore(tmp_path / "repo")
-        uploaded, copied = transfer(store, located, source, "m/1/", spool=tmp_path / "spool")
+        located = locate(store, plan.files, plan.inspect, tmp_path)
+        assert located.kind == "stream" and located.entries is None  # nothing known before the bytes pass
+        uploaded, copied = transfer(store, located, "m/1/", spool=tmp_path / "spool")
     finally:
         server.shutdown()
         server.server_close()
     data = model_file.read_bytes()
     assert (uploaded, copied) == (len(data), 0)
     assert located.entries == [{"file": "model.onnx", "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}]
-    assert [t.name for t in located.io.inputs] == ["features"] and [t.name for t in located.io.outputs] == ["scores"]
+    io = located.inspection.io
+    assert [t.name for t in io.inputs] == ["features"] and [t.name for t in io.outputs] == ["scores"]
     assert store.read_bytes("m/1/model.onnx") == data
     assert located.complete_local_copy.read_bytes() == data
 
@@ -153,7 +159,6 @@ def test_a_local_model_is_published_in_place_not_downloaded(stack, unique_name, 
     from mlflow.deployments import get_deploy_client
     from mlflow.models import infer_signature
 
-    from mlflow_triton.flavors.model_source import ModelSource
     from models import Scorer, export_onnx, sample
 
     x = sample(2, seed=3)
@@ -168,7 +173,7 @@ def test_a_local_model_is_published_in_place_not_downloaded(stack, unique_name, 
     def no_download(*args, **kwargs):
         raise AssertionError("a local model must not be downloaded first")
 
-    monkeypatch.setattr(ModelSource, "download", no_download)
+    monkeypatch.setattr("mlflow_triton.repository.transfer.download_artifact", no_download)
     client = get_deploy_client("triton")
     result = client.create_deployment(unique_name, str(saved), config={"instance_kind": "cpu"})
 

@@ -24,8 +24,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from mlflow_triton.flavors import triton as triton_flavor
 from mlflow_triton.triton_config.model_config import parse_pbtxt
-from mlflow_triton.repository.store import open_store
-from mlflow_triton.flavors.triton_source import LOGGED_CONFIG_FILE
+from mlflow_triton.repository.stores import open_store
+from mlflow_triton.repository.layout import LOGGED_CONFIG_FILE
 from models import Scorer, export_onnx, sample
 
 CPU = {"instance_kind": "cpu"}

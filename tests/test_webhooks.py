@@ -195,5 +195,5 @@ def test_mlflow_alias_webhook_rolls_out_and_forgeries_change_nothing(stack, webh
         assert post(receiver.url, body, signed_headers(body, secret="guessed"))[0] == 403
         assert receiver.wait_idle(10) and len(receiver.reports) == 1
     state = ModelPublisher.for_config(spec.models[0].config, stack.triton_urls).read_state(deployment)
-    assert state.serving_version == 1 and state.provenance["registered_version"] == "1"
+    assert state.serving_version == 1 and state.provenance.registered_version == "1"
     assert_every_replica_serves(stack.triton_urls, deployment, v1)

@@ -66,7 +66,7 @@ def main() -> None:
     import tritonclient.http as httpclient
     from mlflow.deployments import get_deploy_client
 
-    from mlflow_triton.settings.deployment import parse_target_uri
+    from mlflow_triton.settings.target import parse_target_uri
 
     url = parse_target_uri("triton")[0]
     deployer = get_deploy_client("triton")

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import shlex
+import signal
 import sys
 import tempfile
 import threading
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import click
@@ -34,6 +34,7 @@ from mlflow.exceptions import MlflowException
 from mlflow_triton import promotion
 from mlflow_triton.daemons.log_format import configure_logging
 from mlflow_triton.promotion import PromotionSpec, SyncReport
+
 
 def _parse_config(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
     config = {}
@@ -288,7 +289,11 @@ def dev(workdir: str | None, replicas: int, example: bool) -> None:
             if stop.is_set():  # Ctrl-C while starting
                 return
             if example:
-                from mlflow_triton.local.example_model import EXAMPLE_ALIAS, EXAMPLE_MODEL, register_example
+                from mlflow_triton.local.example_model import (
+                    EXAMPLE_ALIAS,
+                    EXAMPLE_MODEL,
+                    register_example,
+                )
 
                 with stack.exported_env():
                     versions = register_example()

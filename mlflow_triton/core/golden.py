@@ -15,10 +15,13 @@ first, the outputs those inputs give with the full-precision (fp32) eager model.
 answer passes when ``|served - golden| <= atol + rtol * |golden|`` element-wise. Cases may
 differ in batch size and in every other dynamic axis (e.g. two sequence lengths).
 
-Only numpy and MLflow are needed to read them::
+Only numpy is needed to read them (the rollout fetches the folder with the MLflow model,
+:meth:`mlflow_triton.flavors.source.LoggedModel.golden_cases`)::
 
-    cases = GoldenCases.download(source.download_uri, tmp_dir)   # None when not logged
+    cases = GoldenCases.load(folder)
     for inputs, outputs in cases: ...
+
+A served answer is compared with :func:`mlflow_triton.core.tolerance.compare_outputs`.
 """
 
 from __future__ import annotations
@@ -26,11 +29,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterator
 
 import numpy as np
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 #: Folder of the golden files inside the MLflow model directory.
 GOLDEN_DIR = "golden"
@@ -126,69 +129,3 @@ class GoldenCases:
                         error_code=INVALID_PARAMETER_VALUE,
                     ) from err
         return cls(inputs, outputs, float(manifest["rtol"]), float(manifest["atol"]))
-
-    @classmethod
-    def download(cls, model_uri: str, destination: Path) -> "GoldenCases | None":
-        """The golden outputs of the MLflow model directory at ``model_uri``, or None.
-
-        Args:
-            model_uri: the model directory's artifact URI (``ModelSource.download_uri``).
-            destination: an empty local folder to download into.
-
-        Raises:
-            MlflowException: RESOURCE_DOES_NOT_EXIST when the artifacts cannot be listed or
-                fetched; INVALID_PARAMETER_VALUE when they are malformed.
-        """
-        import mlflow
-
-        uri = f"{model_uri.rstrip('/')}/{GOLDEN_DIR}"
-        try:
-            listing = mlflow.artifacts.list_artifacts(artifact_uri=uri)
-            if not any(info.path.rpartition("/")[2] == MANIFEST_FILE for info in listing):
-                return None
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(destination)))
-        except MlflowException:
-            raise
-        except Exception as err:
-            raise MlflowException(
-                f"Cannot fetch the golden outputs at {uri}: {err}", error_code=RESOURCE_DOES_NOT_EXIST
-            ) from err
-        return cls.load(local)
-
-
-def within_tolerance(expected: np.ndarray, actual: np.ndarray, rtol: float, atol: float) -> tuple[bool, float]:
-    """Whether ``actual`` matches ``expected`` element-wise (NaN equals NaN), and the max abs diff.
-
-    Compares in float64, so an fp16 answer is checked against fp32 golden values.
-    """
-    want, got = np.asarray(expected, np.float64), np.asarray(actual, np.float64)
-    if want.shape != got.shape:
-        return False, float("inf")
-    if want.size == 0:
-        return True, 0.0
-    diff = np.where(np.isnan(want) & np.isnan(got), 0.0, np.abs(got - want))
-    diff = np.where(np.isnan(diff), np.inf, diff)
-    ok = bool(np.all(diff <= atol + rtol * np.abs(np.nan_to_num(want))))
-    return ok, float(diff.max())
-
-
-def check_case(
-    expected: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray], rtol: float, atol: float
-) -> list[str]:
-    """Problems of one served answer against its golden outputs (empty when it passes)."""
-    problems = []
-    for name, want in expected.items():
-        got = actual.get(name)
-        if got is None:
-            problems.append(f"output {name!r} is missing")
-            continue
-        ok, diff = within_tolerance(want, got, rtol, atol)
-        if np.shape(got) != np.shape(want):
-            problems.append(f"output {name!r} has shape {np.shape(got)}, golden {np.shape(want)}")
-        elif not ok:
-            problems.append(
-                f"output {name!r} differs from the golden output: max abs diff {diff:.3g} "
-                f"(rtol={rtol:g}, atol={atol:g})"
-            )
-    return problems
-

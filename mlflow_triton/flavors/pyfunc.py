@@ -19,22 +19,31 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 from mlflow.exceptions import MlflowException
 from tritonclient.grpc import model_config_pb2 as mc
 
-from mlflow_triton.triton_config import model_config as mcfg
-from mlflow_triton.flavors.triton_source import ConfigBuilder, Files, download_artifact, files_under
+from mlflow_triton.flavors.base import (
+    PlanSettings,
+    PublishPlan,
+    SourceFile,
+    local_files,
+    refuse_accelerator,
+)
+from mlflow_triton.repository.artifacts import download_artifact
+from mlflow_triton.triton_config.model_config import build_model_config
+from mlflow_triton.triton_config.tensors import ModelIO, TensorSpec, triton_type
 
 if TYPE_CHECKING:
     from mlflow.models.signature import ModelSignature
 
-    from mlflow_triton.settings.deployment import DeploymentConfig
-    from mlflow_triton.flavors.model_source import ModelSource
+    from mlflow_triton.flavors.source import ModelSource
+    from mlflow_triton.triton_config.warmup import WarmupPlan
 
 TEMPLATE = Path(__file__).with_name("pyfunc_backend_model.py")
+BACKEND = "python"
 MODEL_FOLDER = "mlflow_model"
 ENV_ARCHIVE = "python_env.tar.gz"
 #: Config parameter telling model.py how the pyfunc takes its input and which tensors to decode.
@@ -47,7 +56,7 @@ def _is_string(dtype: np.dtype) -> bool:
     return np.dtype(dtype).kind in ("U", "O")
 
 
-def pyfunc_io(signature: "ModelSignature | None") -> tuple[mcfg.ModelIO, dict[str, Any]]:
+def pyfunc_io(signature: "ModelSignature | None") -> tuple[ModelIO, dict[str, Any]]:
     """Triton tensors for a pyfunc signature, and how ``model.py`` maps them back.
 
     Columns become one tensor each, shaped ``[-1]`` (a value per row); tensors keep their
@@ -65,7 +74,7 @@ def pyfunc_io(signature: "ModelSignature | None") -> tuple[mcfg.ModelIO, dict[st
         )
     decode: list[str] = []
 
-    def specs(schema, kind: str) -> tuple[tuple[mcfg.TensorSpec, ...], str]:
+    def specs(schema, kind: str) -> tuple[tuple[TensorSpec, ...], str]:
         entries = schema.inputs
         tensors = schema.is_tensor_spec()
         result = []
@@ -73,40 +82,57 @@ def pyfunc_io(signature: "ModelSignature | None") -> tuple[mcfg.ModelIO, dict[st
             source = entry.name or (kind if len(entries) == 1 else f"{kind}_{index}")
             dtype = entry.type if tensors else np.dtype(entry.type.to_numpy())
             where = f"signature {kind} {source!r}"
-            data_type = mcfg.triton_type(dtype, where)
+            data_type = triton_type(dtype, where)
             shape = tuple(int(d) for d in entry.shape) if tensors else (-1,)
             if kind == "input" and _is_string(dtype) and str(getattr(entry.type, "name", "")) != "binary":
                 decode.append(source)
-            result.append(mcfg.TensorSpec(source, data_type, shape, source))
+            result.append(TensorSpec(source, data_type, shape, source))
         mode = "columns" if not tensors else "array" if len(entries) == 1 and not entries[0].name else "tensors"
         return tuple(result), mode
 
     inputs, input_mode = specs(signature.inputs, "input")
     outputs, _ = specs(signature.outputs, "output")
-    return mcfg.ModelIO(inputs, outputs), {"input_mode": input_mode, "decode": decode}
+    return ModelIO(inputs, outputs), {"input_mode": input_mode, "decode": decode}
 
 
-def locate_pyfunc(
-    source: "ModelSource", tmp: Path, config: "DeploymentConfig"
-) -> tuple[Files, mcfg.ModelIO, ConfigBuilder]:
-    """Download the MLflow model (and the packed environment), lay out the version folder.
+class PyfuncFlavor:
+    """See the module docstring."""
 
-    Returns:
-        The files to upload (``model.py`` first), the tensors, the config builder.
-    """
-    io, mapping = pyfunc_io(source.signature)  # before any download: a bad signature fails fast
-    model_dir = download_artifact(source.download_uri, tmp / MODEL_FOLDER, source.model_uri)
-    files: Files = [(str(TEMPLATE), "model.py")] + files_under(model_dir, f"{MODEL_FOLDER}/")
-    if config.python_env:
-        archive = download_artifact(config.python_env, tmp / "python_env", source.model_uri)
-        files.append((str(archive), ENV_ARCHIVE))
+    name = "python_function"
+    aliases: tuple[str, ...] = ("pyfunc",)
+    reference_runtime = None
+    execution_accelerators = False
 
-    def build(name: str, version: int) -> mc.ModelConfig:
-        message = mcfg.build_model_config(name, "python_function", io, config, version)
-        message.parameters[PYFUNC_IO_PARAMETER].string_value = json.dumps(mapping, sort_keys=True)
-        if config.python_env:
-            # Resolved by the Python backend to the model's local copy (S3 repositories too).
-            message.parameters[EXECUTION_ENV_PARAMETER].string_value = f"$$TRITON_MODEL_DIRECTORY/{version}/{ENV_ARCHIVE}"
-        return message
+    def artifact_path(self, flavors: Mapping[str, Mapping]) -> str | None:
+        return "" if "python_function" in flavors else None  # the whole MLflow model is served
 
-    return files, io, build
+    def plan(self, source: "ModelSource", settings: PlanSettings, workdir: Path) -> PublishPlan:
+        """Lay out the version folder: ``model.py`` first, the MLflow model, the environment.
+
+        Raises:
+            MlflowException: INVALID_PARAMETER_VALUE without a usable signature (before any
+                download) or with ``-C accelerator``.
+        """
+        refuse_accelerator(self, settings, "Triton's Python backend documents no execution accelerators.")
+        io, mapping = pyfunc_io(source.model.signature)  # before any download: a bad signature fails fast
+        model_dir = download_artifact(source.model.download_uri, workdir / MODEL_FOLDER, source.model_uri)
+        files = [SourceFile(str(TEMPLATE), "model.py")] + local_files(model_dir, f"{MODEL_FOLDER}/")
+        if settings.python_env:
+            archive = download_artifact(settings.python_env, workdir / "python_env", source.model_uri)
+            files.append(SourceFile(str(archive), ENV_ARCHIVE))
+
+        def config(name: str, version: int, io: ModelIO, warmup: "WarmupPlan | None") -> mc.ModelConfig:
+            message = build_model_config(name, io, settings, version, BACKEND, "model.py", warmup)
+            message.parameters[PYFUNC_IO_PARAMETER].string_value = json.dumps(mapping, sort_keys=True)
+            if settings.python_env:
+                # Resolved by the Python backend to the model's local copy (S3 repositories too).
+                message.parameters[EXECUTION_ENV_PARAMETER].string_value = f"$$TRITON_MODEL_DIRECTORY/{version}/{ENV_ARCHIVE}"
+            return message
+
+        return PublishPlan(source=source, files=files, io=io, config=config, warmup_count=1)
+
+    def run_reference(self, model_file: Path, inputs: Any, outputs: Any) -> dict[str, np.ndarray]:
+        raise NotImplementedError("a pyfunc model is checked by Triton's answers alone")
+
+
+PYFUNC = PyfuncFlavor()

@@ -15,9 +15,14 @@ Usage::
     info = triton_flavor.log_model("repo/my_model", name="model")
     local_dir = triton_flavor.load_model(info.model_uri)  # the model folder, downloaded
 
-Deployment (``mlflow_triton.flavors.triton_source``) publishes the highest version folder as the
-deployment's next version; the plugin rewrites only ``name``, ``version_policy`` and the
-version folder.
+Deployment (:class:`TritonFlavor`, the ``triton`` entry of :mod:`mlflow_triton.flavors.registry`)
+publishes the highest version folder as the deployment's next version; the plugin rewrites only
+``name`` and ``version_policy``, and keeps the logged config in the version folder
+(``mlflow-triton.logged-config.pbtxt``), so an edited config is a new version and provenance
+shows what was logged. An ensemble (``platform: "ensemble"``) names its composing models by
+their repository names: each is a sibling folder of the ensemble in the logged MLflow model
+(the plan's prerequisites: published first, each as its own verified rollout, under the
+step's ``model_name``) or a deployment already serving in the repository.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from google.protobuf import text_format
@@ -38,10 +43,20 @@ from mlflow.types.schema import Schema, TensorSpec
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import triton_to_np_dtype
 
-from mlflow_triton.triton_config.model_config import protocol_dtype
+from mlflow_triton.flavors.base import (
+    PlanSettings,
+    Prerequisite,
+    PublishPlan,
+    SourceFile,
+    local_files,
+    refuse_accelerator,
+)  # fmt: skip
+from mlflow_triton.flavors.source import ModelSource
+from mlflow_triton.repository.layout import CONFIG_FILE, LOGGED_CONFIG_FILE
+from mlflow_triton.triton_config.model_config import with_owned_fields
+from mlflow_triton.triton_config.tensors import io_from_config, protocol_dtype
 
 FLAVOR_NAME = "triton"
-CONFIG_FILE = "config.pbtxt"
 ENSEMBLE_PLATFORM = "ensemble"
 
 
@@ -202,3 +217,59 @@ def load_model(model_uri: str, dst_path: str | None = None) -> str:
             f"{model_uri} has no {FLAVOR_NAME!r} flavor (it has {sorted(flavors)})."
         )
     return os.path.join(root, flavors[FLAVOR_NAME]["data"])
+
+
+class TritonFlavor:
+    """See the module docstring."""
+
+    name = FLAVOR_NAME
+    aliases: tuple[str, ...] = ()
+    reference_runtime = None
+    execution_accelerators = False
+
+    def artifact_path(self, flavors: Mapping[str, Mapping]) -> str | None:
+        return str(flavors[FLAVOR_NAME].get("data", "")).strip("/") if FLAVOR_NAME in flavors else None
+
+    def plan(self, source: ModelSource, settings: PlanSettings, workdir: Path) -> PublishPlan:
+        """Download the config and the highest version folder; the config is the user's.
+
+        Raises:
+            MlflowException: INVALID_PARAMETER_VALUE for an invalid config.pbtxt, or a model
+                folder without a numbered version folder (ensembles may have none).
+        """
+        refuse_accelerator(
+            self, settings, "the model serves its own config.pbtxt; set optimization "
+            "{ execution_accelerators { ... } } there, or remove -C accelerator.",
+        )
+        local = workdir / "triton-model"
+        source.model.download(f"{source.artifact_path}/{CONFIG_FILE}", local)
+        config = read_config(local)
+        folders, _ = source.model.list_folder(source.artifact_path)
+        versions = sorted(int(n) for n in folders if n.isdigit())
+        files = [SourceFile(str(local / CONFIG_FILE), LOGGED_CONFIG_FILE)]
+        steps = composing_model_names(config)
+        if versions:
+            files += local_files(source.model.download(f"{source.artifact_path}/{versions[-1]}", local))
+        elif not steps:
+            raise MlflowException.invalid_parameter_value(
+                f"{source.model_uri}: the Triton model folder {source.artifact_path!r} has no numbered "
+                "version folder (e.g. 1/model.plan). Log the folder that holds config.pbtxt and 1/."
+            )
+        logged = set(source.model.list_folder()[0]) - {source.artifact_path} if steps else set()
+        return PublishPlan(
+            source=source,
+            files=files,
+            io=io_from_config(config),
+            config=lambda name, version, io, warmup: with_owned_fields(config, name, version),
+            warmup_count=0,
+            prerequisites=tuple(
+                Prerequisite(step, ModelSource(source.model.part(), self, step)) for step in steps if step in logged
+            ),
+            requires=tuple(step for step in steps if step not in logged),
+        )
+
+    def run_reference(self, model_file: Path, inputs: Any, outputs: Any) -> dict[str, np.ndarray]:
+        raise NotImplementedError("a Triton model directory has no local reference runtime")
+
+
+TRITON = TritonFlavor()

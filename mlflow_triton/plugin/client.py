@@ -17,17 +17,16 @@ from mlflow.deployments import BaseDeploymentClient, PredictionsResponse
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
-from mlflow_triton.settings.deployment import DeploymentConfig, parse_target_uri, target_options, validate_model_name
+from mlflow_triton.flavors.registry import resolve_model
 from mlflow_triton.fleet.discovery import resolve_urls
-from mlflow_triton.triton_config.model_config import as_arrays, tensor_names
-from mlflow_triton.flavors.model_source import resolve_model
+from mlflow_triton.fleet.server import TritonCluster
+from mlflow_triton.plugin.triton_view import describe_from_triton, list_from_triton, replica_states
+from mlflow_triton.repository.layout import validate_model_name
 from mlflow_triton.rollout.publisher import ModelPublisher
 from mlflow_triton.rollout.repair import previous_good
-from mlflow_triton.repository.lease import LeaseLost
-from mlflow_triton.fleet.server import ReplicaUnreachable, TritonCluster
-from mlflow_triton.flavors.triton_source import publish_composing_models, restore_composing_models
-from mlflow_triton.plugin.triton_view import describe_from_triton, list_from_triton, replica_states
-from mlflow_triton.rollout.verification import SmokeTest
+from mlflow_triton.settings.deployment import DeploymentConfig
+from mlflow_triton.settings.target import parse_target_uri, target_options
+from mlflow_triton.triton_config.tensors import as_arrays, tensor_names
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +80,7 @@ class TritonDeploymentClient(BaseDeploymentClient):
                 error_code=RESOURCE_DOES_NOT_EXIST,
             )
         servers = replica_states(publisher.cluster.repository_index(), name)
-        provenance = dict(state.provenance or {})
+        provenance = state.provenance.to_dict() if state.provenance else {}
         provenance.pop("config_pbtxt", None)
         history = publisher.read_history(name)
         return {
@@ -160,37 +159,19 @@ class TritonDeploymentClient(BaseDeploymentClient):
                 )
             # The same registry version, not the alias re-resolved: an update without a
             # model URI changes settings, never the model.
-            registered = state.provenance.get("registered_model"), state.provenance.get("registered_version")
-            model_uri = f"models:/{registered[0]}/{registered[1]}" if all(registered) else state.provenance["model_uri"]
-            flavor = flavor or state.provenance.get("flavor")
+            model_uri = state.provenance.registry_uri
+            flavor = flavor or state.provenance.flavor
         return self._publish(name, model_uri, flavor, config, mode="update")
 
-    def _publish(self, name, model_uri, flavor, config, mode) -> dict[str, Any]:
+    def _publish(
+        self, name: str, model_uri: str, flavor: str | None, config: Mapping[str, Any] | None, mode: str
+    ) -> dict[str, Any]:
         validate_model_name(name)
         settings = self._config(config)
         source = resolve_model(model_uri, flavor or settings.flavor)
         publisher = self._publisher(settings)
-        verify = SmokeTest.for_source(publisher.store, publisher.cluster, source) if settings.verify else None
         started = time.monotonic()
-        composing = []
-        if source.flavor == "triton":  # an ensemble's logged steps go first, each verified
-            composing = publish_composing_models(
-                publisher, source,
-                lambda: SmokeTest(publisher.store, publisher.cluster, "triton") if settings.verify else None,
-            )  # fmt: skip
-        try:
-            result = publisher.publish(name, source, mode=mode, verify=verify)
-        except (ReplicaUnreachable, LeaseLost):
-            raise  # the config may pin the new ensemble already: the rerun it asks for finishes it
-        except MlflowException as err:  # the ensemble does not serve: neither do its new steps
-            restored = restore_composing_models(publisher, composing)
-            if not restored:
-                raise
-            raise MlflowException(
-                f"{err.message} Composing models restored to the versions they served: "
-                f"{', '.join(restored)}.",
-                error_code=err.error_code,
-            ) from err
+        result = publisher.publish(name, source, mode=mode, verify=settings.verify)
         self._remember_repository(settings)
         return {
             "name": name,
@@ -206,7 +187,7 @@ class TritonDeploymentClient(BaseDeploymentClient):
             "pruned_versions": result.pruned,
             "verified": result.verified,
             "seconds": round(time.monotonic() - started, 3),
-            **({"composing_models": {r.name: r.version for r in composing}} if composing else {}),
+            **({"composing_models": {r.name: r.version for r in result.composing}} if result.composing else {}),
         }
 
     def delete_deployment(
@@ -230,8 +211,8 @@ class TritonDeploymentClient(BaseDeploymentClient):
         return [
             {
                 "name": s.name, "serving_version": s.serving_version, "versions": s.versions,
-                "registered_model": (s.provenance or {}).get("registered_model"),
-                "registered_version": (s.provenance or {}).get("registered_version"),
+                "registered_model": s.provenance.registered_model if s.provenance else None,
+                "registered_version": s.provenance.registered_version if s.provenance else None,
                 "source": "repository",
             }
             for s in publisher.deployments()

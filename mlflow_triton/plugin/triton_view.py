@@ -15,8 +15,8 @@ from typing import Any, Mapping
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
-from mlflow_triton.rollout.switch import STAGING_PREFIX
 from mlflow_triton.fleet.server import TritonCluster
+from mlflow_triton.repository.layout import STAGING_PREFIX
 
 #: ``{url: repository index, or the error reading it}`` as :meth:`TritonCluster.repository_index`.
 Indexes = Mapping[str, "list[dict[str, Any]] | Exception"]

@@ -33,16 +33,15 @@ from typing import Any, Callable
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_STATE, RESOURCE_DOES_NOT_EXIST
 
-from mlflow_triton.flavors.model_source import resolve_model
+from mlflow_triton.flavors.registry import resolve_model
+from mlflow_triton.fleet.discovery import resolve_urls
+from mlflow_triton.fleet.server import TritonCluster
 from mlflow_triton.promotion.reports import ModelReport, SyncReport
 from mlflow_triton.promotion.spec import ModelPromotion, PromotionSpec
-from mlflow_triton.repository.state import DeploymentState
-from mlflow_triton.fleet.discovery import resolve_urls
-from mlflow_triton.rollout.publisher import ModelPublisher, ServingChanged
 from mlflow_triton.repository.snapshot import RepositoryCache, RepositorySnapshot
+from mlflow_triton.repository.state import DeploymentState
+from mlflow_triton.rollout.publisher import ModelPublisher, ServingChanged
 from mlflow_triton.rollout.switch import VersionRefused
-from mlflow_triton.fleet.server import TritonCluster
-from mlflow_triton.rollout.verification import SmokeTest
 
 logger = logging.getLogger(__name__)
 
@@ -188,23 +187,22 @@ class _Round:
         listed: DeploymentState | None = None,
     ) -> None:
         state = listed if listed is not None else publisher.read_state(model.deployment)
-        provenance = state.provenance or {}
+        provenance = state.provenance
         report.previous_triton_version = state.serving_version
-        if provenance.get("registered_model") == model.registered_model:
-            report.previous_registry_version = provenance.get("registered_version")
+        if provenance is not None and provenance.registered_model == model.registered_model:
+            report.previous_registry_version = provenance.registered_version
         if _serves(state, model, target):
             report.action = "unchanged"
             report.triton_version = state.serving_version
             if state.leased or publisher.cluster.not_ready(state.name, state.serving_version, self.ready):
-                verify = (
-                    SmokeTest.for_provenance(publisher.store, publisher.cluster, provenance)
-                    if self.spec.smoke_test else None
-                )  # fmt: skip
-                repaired = publisher.repair(model.deployment, state.serving_version, verify, self.spec.lease_wait_s)
+                repaired = publisher.repair(
+                    model.deployment, state.serving_version, self.spec.smoke_test, self.spec.lease_wait_s
+                )
                 report.reloaded, report.removed = repaired.reloaded, repaired.removed
             return
+        flavor = model.config.flavor or (provenance.flavor if provenance else None)
         refusal = publisher.read_history(model.deployment).refusal_of(
-            model.registered_model, target, model.config.settings(model.config.flavor or provenance.get("flavor"))
+            model.registered_model, target, model.config.settings(flavor)
         )
         if refusal is not None:  # retrying every round would upload and load it every round
             raise MlflowException(
@@ -214,12 +212,8 @@ class _Round:
                 error_code=INVALID_STATE,
             )
         source = resolve_model(f"models:/{model.registered_model}/{target}", model.config.flavor)
-        verify = (
-            SmokeTest.for_source(publisher.store, publisher.cluster, source)
-            if self.spec.smoke_test else None
-        )  # fmt: skip
         result = publisher.publish(
-            model.deployment, source, mode="any", verify=verify, lease_wait_s=self.spec.lease_wait_s
+            model.deployment, source, mode="any", verify=self.spec.smoke_test, lease_wait_s=self.spec.lease_wait_s
         )
         report.action = "published" if result.changed else "unchanged"
         report.triton_version = result.version
@@ -276,15 +270,15 @@ def _alias_version(
 
 def _serves(state: DeploymentState, model: ModelPromotion, target: str) -> bool:
     """Cheap check, from provenance only: does the alias version serve, with these settings?"""
-    provenance = state.provenance or {}
-    if state.serving_version is None or not provenance:
+    provenance = state.provenance
+    if state.serving_version is None or provenance is None:
         return False
-    if provenance.get("registered_model") != model.registered_model:
+    if provenance.registered_model != model.registered_model:
         return False
-    if str(provenance.get("registered_version")) != target:
+    if str(provenance.registered_version) != target:
         return False
-    flavor = model.config.flavor or provenance.get("flavor")
-    return provenance.get("settings") == model.config.settings(flavor)
+    flavor = model.config.flavor or provenance.flavor
+    return dict(provenance.settings) == model.config.settings(flavor)
 
 
 def watch(

@@ -8,15 +8,12 @@ import time
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
-from mlflow_triton.settings.deployment import validate_model_name
 from mlflow_triton.fleet.discovery import resolve_urls
 from mlflow_triton.promotion.reports import RollbackResult
 from mlflow_triton.promotion.spec import PromotionSpec
-from mlflow_triton.triton_config.model_config import parse_pbtxt
-from mlflow_triton.rollout.publisher import ModelPublisher, PublishResult, ServingChanged
-from mlflow_triton.rollout.repair import remove_leftovers
-from mlflow_triton.rollout.switch import VersionRefused
-from mlflow_triton.rollout.verification import SmokeTest, Verifier
+from mlflow_triton.repository.layout import validate_model_name
+from mlflow_triton.repository.state import DeploymentState
+from mlflow_triton.rollout.publisher import ModelPublisher
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +29,7 @@ def rollback(
     Without ``to_version`` it goes to the previous serving version, like ``kubectl rollout
     undo``, as the serving history records it: never a version that was refused, nor one
     that was rolled back from. ``prune`` always keeps that version. The rollback is a rollout
-    like any other (:func:`activate`): the lease, verification under a staging
+    like any other (:meth:`ModelPublisher.activate`): the lease, verification under a staging
     name when ``spec.smoke_test``, then the switch; a refused target changes nothing.
 
     The registry alias is not moved unless ``set_alias`` is given. A running ``watch`` (or the
@@ -68,22 +65,7 @@ def rollback(
             f"No deployment named {deployment!r} in {publisher.store.uri}.",
             error_code=RESOURCE_DOES_NOT_EXIST,
         )
-    history = publisher.read_history(deployment)
-    if to_version is None:
-        version = publisher.previous_good(deployment, state)
-        if version is None:
-            raise MlflowException(
-                f"{deployment!r} has no earlier known-good version to roll back to (serving "
-                f"{state.serving_version}, versions kept: {state.versions}); pass --to VERSION.",
-                error_code=RESOURCE_DOES_NOT_EXIST,
-            )
-    else:
-        version = to_version
-        if version in history.refused() and version not in history.served():
-            raise MlflowException.invalid_parameter_value(
-                f"{deployment!r} version {version} was refused when it was rolled out; "
-                "publish a fixed model instead."
-            )
+    version = _target_version(publisher, state, to_version)
     provenance = publisher.read_provenance(deployment, version) if version in state.versions else None
     if provenance is None:
         raise MlflowException(
@@ -91,34 +73,21 @@ def rollback(
             f"(versions kept: {state.versions}).",
             error_code=RESOURCE_DOES_NOT_EXIST,
         )
-    registered = provenance.get("registered_model"), provenance.get("registered_version")
+    registered = provenance.registered_model, provenance.registered_version
     if set_alias and not all(registered):
         raise MlflowException.invalid_parameter_value(
             f"{deployment!r} version {version} was not published from the Model Registry "
-            f"(model URI {provenance.get('model_uri')}), so no alias can point at it."
+            f"(model URI {provenance.model_uri}), so no alias can point at it."
         )
     result = RollbackResult(deployment, version, state.serving_version, False, *registered)
     if version != state.serving_version:
-        verify = (
-            SmokeTest.for_provenance(publisher.store, publisher.cluster, provenance)
-            if spec.smoke_test else None
-        )  # fmt: skip
-        activate(
-            publisher, deployment, version, verify=verify, lease_wait_s=spec.lease_wait_s,
+        publisher.activate(
+            deployment, version, verify=spec.smoke_test, lease_wait_s=spec.lease_wait_s,
             expected_serving=state.serving_version,
         )  # fmt: skip
         result.changed = True
     if set_alias:
-        from mlflow import MlflowClient
-
-        try:
-            MlflowClient().set_registered_model_alias(registered[0], set_alias, registered[1])
-        except MlflowException as err:
-            raise MlflowException(
-                f"{deployment!r} now serves version {version}, but alias {set_alias!r} of "
-                f"{registered[0]!r} could not be moved to version {registered[1]}: {err.message}",
-                error_code=err.error_code,
-            ) from err
+        _move_alias(deployment, version, registered, set_alias)
         result.alias_set = set_alias
     result.seconds = round(time.monotonic() - started, 3)
     logger.info(
@@ -129,55 +98,34 @@ def rollback(
     return result
 
 
-def activate(
-    publisher: ModelPublisher, name: str, version: int, verify: Verifier | None = None,
-    lease_wait_s: float | None = None, expected_serving: int | None = None,
-) -> PublishResult:  # fmt: skip
-    """Serve an already published ``version`` again (rollback), verified first, with the
-    config it had. The history records that the serving version was rolled back from.
-
-    Args:
-        expected_serving: the serving version the caller chose ``version`` against; if
-            another publisher changed it meanwhile, :class:`ServingChanged` is raised.
-    """
-    publisher.store.check()
-    publisher.check_servers()
-    with publisher.lease(name, lease_wait_s) as lease:
-        state = publisher.read_state(name)
-        if expected_serving is not None and state.serving_version != expected_serving:
-            raise ServingChanged(
-                f"{name!r} now serves version {state.serving_version}, not {expected_serving}: "
-                "another publish happened; choose the rollback target again."
-            )
-        provenance = publisher.read_provenance(name, version)
-        if version not in state.versions or provenance is None:
+def _target_version(publisher: ModelPublisher, state: DeploymentState, to_version: int | None) -> int:
+    """``to_version``, unless it was refused; by default the previous good serving version."""
+    if to_version is None:
+        version = publisher.previous_good(state.name, state)
+        if version is None:
             raise MlflowException(
-                f"{name!r} has no published version {version} in {publisher.store.uri} "
-                f"(versions: {state.versions}).",
+                f"{state.name!r} has no earlier known-good version to roll back to (serving "
+                f"{state.serving_version}, versions kept: {state.versions}); pass --to VERSION.",
                 error_code=RESOURCE_DOES_NOT_EXIST,
             )
-        rollout = publisher.rollout_for(name, lease)
-        remove_leftovers(publisher, state, rollout)
-        message = parse_pbtxt(provenance["config_pbtxt"])
-        try:
-            rollout.verify(version, message, provenance, verify)
-            rollout.switch(
-                version, message, state.config_bytes, state.serving_version, "rollback",
-                verified=verify is not None, rolled_back_from=state.serving_version,
-                registered_model=provenance.get("registered_model"),
-                registered_version=provenance.get("registered_version"),
-            )  # fmt: skip
-        except VersionRefused as err:
-            rollout.refuse(
-                version, "rollback", err.message, registered_model=provenance.get("registered_model"),
-                registered_version=provenance.get("registered_version"),
-            )  # fmt: skip
-            raise MlflowException(
-                f"Rollback of {name!r} to version {version} was refused; version "
-                f"{state.serving_version} still serves. {err.message}",
-                error_code=err.error_code,
-            ) from err
-        return PublishResult(
-            name, version, state.serving_version, True, flavor=provenance["flavor"],
-            provenance=provenance, verified=verify is not None,
-        )  # fmt: skip
+        return version
+    history = publisher.read_history(state.name)
+    if to_version in history.refused() and to_version not in history.served():
+        raise MlflowException.invalid_parameter_value(
+            f"{state.name!r} version {to_version} was refused when it was rolled out; "
+            "publish a fixed model instead."
+        )
+    return to_version
+
+
+def _move_alias(deployment: str, version: int, registered: tuple, alias: str) -> None:
+    from mlflow import MlflowClient
+
+    try:
+        MlflowClient().set_registered_model_alias(registered[0], alias, registered[1])
+    except MlflowException as err:
+        raise MlflowException(
+            f"{deployment!r} now serves version {version}, but alias {alias!r} of "
+            f"{registered[0]!r} could not be moved to version {registered[1]}: {err.message}",
+            error_code=err.error_code,
+        ) from err

@@ -23,7 +23,9 @@ from typing import Any, Mapping, Sequence
 
 from mlflow.exceptions import MlflowException
 
-from mlflow_triton.settings.deployment import DeploymentConfig, parse_target_uri, validate_model_name
+from mlflow_triton.repository.layout import validate_model_name
+from mlflow_triton.settings.deployment import DeploymentConfig
+from mlflow_triton.settings.target import parse_target_uri
 
 DEFAULT_ALIAS = "production"
 #: Seconds a reconciler waits for another publisher's lease before reporting the conflict.
@@ -152,6 +154,26 @@ class PromotionSpec:
             seen[model.deployment] = model.registered_model
 
 
+def _select_models(data: dict[str, Any], path: str | Path | None, wanted: list[tuple[str, str | None]]) -> None:
+    """``--model`` options: with a file they select its models; without one they define them."""
+    if path is not None and wanted:
+        listed = {entry.get("registered_model"): entry for entry in data.get("models") or [] if isinstance(entry, dict)}
+        missing = [name for name, _ in wanted if name not in listed]
+        if missing:
+            raise MlflowException.invalid_parameter_value(
+                f"--model {missing} not in the spec {path} (models: {sorted(map(str, listed))})."
+            )
+        data["models"] = [
+            {**listed[name], **({"deployment": deployment} if deployment else {})}
+            for name, deployment in wanted
+        ]
+    elif wanted:
+        data["models"] = [
+            {"registered_model": name, **({"deployment": deployment} if deployment else {})}
+            for name, deployment in wanted
+        ]
+
+
 def load_spec(
     path: str | Path | None = None,
     *,
@@ -181,36 +203,14 @@ def load_spec(
         MlflowException: INVALID_PARAMETER_VALUE for a bad file, name, URL or config key.
     """
     data = _read_yaml(path) if path is not None else {}
-    wanted = [_parse_model_option(option) for option in models]
-    if path is not None and wanted:
-        listed = {entry.get("registered_model"): entry for entry in data.get("models") or [] if isinstance(entry, dict)}
-        missing = [name for name, _ in wanted if name not in listed]
-        if missing:
-            raise MlflowException.invalid_parameter_value(
-                f"--model {missing} not in the spec {path} (models: {sorted(map(str, listed))})."
-            )
-        data["models"] = [
-            {**listed[name], **({"deployment": deployment} if deployment else {})}
-            for name, deployment in wanted
-        ]
-    elif wanted:
-        data["models"] = [
-            {"registered_model": name, **({"deployment": deployment} if deployment else {})}
-            for name, deployment in wanted
-        ]
+    _select_models(data, path, [_parse_model_option(option) for option in models])
     if alias:
         data["alias"] = alias
         for entry in data.get("models") or []:
             if isinstance(entry, dict):
                 entry.pop("alias", None)  # the flag names the alias for every selected model
-    if repository:
-        data["repository"] = repository
-    if triton:
-        data["triton"] = triton
-    if smoke_test is not None:
-        data["smoke_test"] = smoke_test
-    if lease_wait_s is not None:
-        data["lease_wait_s"] = lease_wait_s
+    flags = {"repository": repository, "triton": triton, "smoke_test": smoke_test, "lease_wait_s": lease_wait_s}
+    data.update({key: value for key, value in flags.items() if value not in (None, "")})
     if config:
         data["config"] = {**_mapping("config", data.get("config")), **dict(config)}
         data["models"] = [

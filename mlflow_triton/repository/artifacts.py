@@ -1,4 +1,12 @@
-"""Read an MLflow artifact as a stream, so a publish moves its bytes once, overlapped.
+"""MLflow artifact access, in one place: download, list, and read as a stream.
+
+Every read of an MLflow model's files goes through here (the MLmodel, a Triton model folder,
+a pyfunc model, golden outputs, an input example), so failures are reported one way
+(RESOURCE_DOES_NOT_EXIST naming the artifact and the model) and local paths are recognized by
+one test (:func:`local_path`)::
+
+    folder = download_artifact("models:/fraud/3/triton-model", tmp, "models:/fraud/3")
+    folders, files = list_artifact_folder("runs:/abc/model", "runs:/abc/model")
 
 MLflow's public download API writes a local copy first; for a model of several GB that is a
 full extra pass over the disk before the upload can start. :func:`open_artifact` opens the
@@ -14,7 +22,7 @@ multipart upload while the publisher hashes it (:class:`HashingReader`)::
 Supported: local paths and ``file://``, ``s3://`` (the endpoint MLflow itself uses,
 ``MLFLOW_S3_ENDPOINT_URL``), and the MLflow server's artifact proxy (``mlflow-artifacts:/``,
 ``http(s)://``, with the tracking server's credentials). For any other scheme it yields None
-and the caller downloads with ``mlflow.artifacts.download_artifacts``.
+and the caller downloads with :func:`download_artifact`.
 """
 
 from __future__ import annotations
@@ -100,8 +108,48 @@ class _IterReader:
         return data[:amount]
 
 
-def _not_found(uri: str, err: Exception) -> MlflowException:
-    return MlflowException(f"Cannot read the artifact {uri}: {err}", error_code=RESOURCE_DOES_NOT_EXIST)
+def _not_found(uri: str, err: Exception, model_uri: str | None = None) -> MlflowException:
+    of = f" of {model_uri}" if model_uri and model_uri != uri else ""
+    return MlflowException(f"Cannot read the artifact {uri}{of}: {err}", error_code=RESOURCE_DOES_NOT_EXIST)
+
+
+def local_path(uri: str) -> Path | None:
+    """The file or folder behind a local path or ``file://`` URI; None for remote URIs."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    return Path(uri) if parsed.scheme == "" else None
+
+
+def download_artifact(uri: str, destination: Path, model_uri: str | None = None) -> Path:
+    """Download ``uri`` (a file or a folder, streamed to disk) into ``destination``.
+
+    Raises:
+        MlflowException: RESOURCE_DOES_NOT_EXIST naming ``uri`` (and ``model_uri``).
+    """
+    import mlflow
+
+    destination.mkdir(parents=True, exist_ok=True)
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(destination)))
+    except Exception as err:
+        raise _not_found(uri, err, model_uri) from err
+
+
+def list_artifact_folder(uri: str, model_uri: str | None = None) -> tuple[list[str], list[str]]:
+    """The sub-folder names and file names directly inside the artifact folder ``uri``.
+
+    Raises:
+        MlflowException: RESOURCE_DOES_NOT_EXIST naming ``uri`` (and ``model_uri``).
+    """
+    import mlflow
+
+    try:
+        listing = mlflow.artifacts.list_artifacts(artifact_uri=uri)
+    except Exception as err:
+        raise _not_found(uri, err, model_uri) from err
+    names = [(info.path.rstrip("/").rpartition("/")[2], info.is_dir) for info in listing]
+    return sorted(n for n, is_dir in names if is_dir), sorted(n for n, is_dir in names if not is_dir)
 
 
 STREAMABLE_SCHEMES = ("", "file", "s3", "mlflow-artifacts", "http", "https")

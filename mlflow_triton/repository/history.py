@@ -28,9 +28,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal
 
+from mlflow_triton.repository.layout import HISTORY_FILE
 from mlflow_triton.repository.store import ModelRepositoryStore
 
-HISTORY_FILE = "mlflow-triton-history.json"
 SCHEMA = 1
 #: Events kept; older ones are dropped (the versions they name are long pruned).
 MAX_EVENTS = 200

@@ -41,11 +41,11 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import ABORTED, INVALID_STATE, RESOURCE_ALREADY_EXISTS
 
+from mlflow_triton.repository.layout import LEASE_FILE
 from mlflow_triton.repository.store import ModelRepositoryStore, StoredObject
 
 logger = logging.getLogger(__name__)
 
-LEASE_FILE = ".mlflow-triton.lease"
 #: A lease not renewed for this long is expired; a killed publisher blocks others this long.
 DEFAULT_TTL_S = 30.0
 #: How long a publisher waits for a lease held by a live publisher before giving up.

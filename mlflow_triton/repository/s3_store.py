@@ -35,6 +35,7 @@ from mlflow_triton.repository.store import (
     transfer_config,
 )
 
+
 class S3Store(ModelRepositoryStore):
     """A repository at ``s3://bucket/prefix`` on AWS S3 or an S3-compatible endpoint."""
 

@@ -20,20 +20,17 @@ Anything that writes re-reads under the deployment's lease, as before.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import defaultdict
-from typing import Any
 
-from mlflow_triton.triton_config import model_config as mcfg
-from mlflow_triton.repository.state import (
+from mlflow_triton.repository.layout import (
     CONFIG_FILE,
     PROVENANCE_FILE,
-    DeploymentState,
-    _is_deployment_name,
-)
-from mlflow_triton.settings.deployment import validate_model_name
-from mlflow_triton.repository.lease import LEASE_FILE
+    is_deployment_name,
+    validate_model_name,
+)  # fmt: skip
+from mlflow_triton.repository.provenance import parse_provenance
+from mlflow_triton.repository.state import DeploymentState
 from mlflow_triton.repository.store import ListedObject, ModelRepositoryStore
 
 
@@ -100,7 +97,7 @@ class RepositorySnapshot:
     @property
     def names(self) -> list[str]:
         """Top-level folders that are deployment names (staging models are skipped)."""
-        return sorted(n for n in self._objects if _is_deployment_name(n))
+        return sorted(n for n in self._objects if is_deployment_name(n))
 
     def state(self, name: str) -> DeploymentState:
         """What :func:`~mlflow_triton.repository.state.read_state` returns for ``name``, read
@@ -109,16 +106,10 @@ class RepositorySnapshot:
         objects = self._objects.get(name, {})
         folders = {rest.split("/", 1)[0] for rest in objects if "/" in rest}
         files = {rest for rest in objects if "/" not in rest}
-        versions = sorted(int(f) for f in folders if f.isdigit())
-        config_bytes = self._read(name, objects.get(CONFIG_FILE))
-        config = mcfg.parse_pbtxt(config_bytes) if config_bytes is not None else None
-        serving = mcfg.serving_versions(config) if config is not None else []
-        serving_version = serving[-1] if serving else (versions[-1] if versions and config else None)
-        provenance: dict[str, Any] | None = None
-        if serving_version:
-            raw = self._read(name, objects.get(f"{serving_version}/{PROVENANCE_FILE}"))
-            provenance = json.loads(raw) if raw else None
-        return DeploymentState(name, config, config_bytes, versions, serving_version, provenance, LEASE_FILE in files)
+        return DeploymentState.from_listing(
+            name, self._read(name, objects.get(CONFIG_FILE)), folders, files,
+            lambda version: parse_provenance(self._read(name, objects.get(f"{version}/{PROVENANCE_FILE}"))),
+        )
 
     def deployments(self) -> list[DeploymentState]:
         """Like :func:`~mlflow_triton.repository.state.list_deployments`, from the snapshot."""

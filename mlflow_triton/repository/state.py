@@ -1,30 +1,23 @@
 """What the repository says about a deployment: one ``config.pbtxt`` read and one listing.
 
-Layout of deployment ``NAME`` (Triton's repository layout plus files of ours that Triton
-ignores)::
-
-    <repo>/NAME/config.pbtxt                 version_policy pins the serving version
-    <repo>/NAME/<N>/model.onnx | model.pt
-    <repo>/NAME/<N>/mlflow-triton.json       provenance: MLflow URI, registry version, hashes
-    <repo>/NAME/mlflow-triton-history.json   which version served when (mlflow_triton.repository.history)
-    <repo>/NAME/.mlflow-triton.lease         held while a publisher writes (mlflow_triton.repository.lease)
+The layout is in :mod:`mlflow_triton.repository.layout`; many deployments at once are read
+from one listing by :mod:`mlflow_triton.repository.snapshot`.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
-from mlflow.exceptions import MlflowException
-
-from mlflow_triton.triton_config import model_config as mcfg
-from mlflow_triton.settings.deployment import validate_model_name
-from mlflow_triton.repository.lease import LEASE_FILE
+from mlflow_triton.repository.layout import (
+    CONFIG_FILE,
+    LEASE_FILE,
+    is_deployment_name,
+    validate_model_name,
+)  # fmt: skip
+from mlflow_triton.repository.provenance import Provenance, read_provenance
 from mlflow_triton.repository.store import ModelRepositoryStore
-
-CONFIG_FILE = "config.pbtxt"
-PROVENANCE_FILE = "mlflow-triton.json"
+from mlflow_triton.triton_config import model_config as mcfg
 
 
 @dataclass
@@ -34,7 +27,7 @@ class DeploymentState:
     Attributes:
         versions: the numbered version folders, complete or not.
         serving_version: the version ``config.pbtxt`` pins (None: not deployed).
-        provenance: the serving version's ``mlflow-triton.json``.
+        provenance: the serving version's provenance.
         leased: a lease object is present: a publisher is at work, or died and left work to
             repair (seen in the listing at no extra cost).
     """
@@ -44,42 +37,40 @@ class DeploymentState:
     config_bytes: bytes | None
     versions: list[int]
     serving_version: int | None
-    provenance: dict[str, Any] | None
+    provenance: Provenance | None
     leased: bool = False
 
     @property
     def exists(self) -> bool:
         return self.config_bytes is not None
 
+    @classmethod
+    def from_listing(
+        cls, name: str, config_bytes: bytes | None, folders: set[str] | list[str], files: set[str] | list[str],
+        provenance_of: Callable[[int], Provenance | None],
+    ) -> "DeploymentState":  # fmt: skip
+        """The state from a listing of ``NAME/`` (folders and files) and its config.pbtxt;
+        ``provenance_of(version)`` reads the serving version's provenance."""
+        versions = sorted(int(f) for f in folders if f.isdigit())
+        config = mcfg.parse_pbtxt(config_bytes) if config_bytes is not None else None
+        serving = mcfg.serving_versions(config) if config is not None else []
+        serving_version = serving[-1] if serving else (versions[-1] if versions and config else None)
+        provenance = provenance_of(serving_version) if serving_version else None
+        return cls(name, config, config_bytes, versions, serving_version, provenance, LEASE_FILE in files)
+
 
 def read_state(store: ModelRepositoryStore, name: str) -> DeploymentState:
     validate_model_name(name)
     config_bytes = store.read_bytes(f"{name}/{CONFIG_FILE}")
     folders, files = store.list_dir(f"{name}/")
-    versions = sorted(int(f) for f in folders if f.isdigit())
-    config = mcfg.parse_pbtxt(config_bytes) if config_bytes is not None else None
-    serving = mcfg.serving_versions(config) if config is not None else []
-    serving_version = serving[-1] if serving else (versions[-1] if versions and config else None)
-    provenance = read_provenance(store, name, serving_version) if serving_version else None
-    return DeploymentState(name, config, config_bytes, versions, serving_version, provenance, LEASE_FILE in files)
-
-
-def read_provenance(store: ModelRepositoryStore, name: str, version: int) -> dict[str, Any] | None:
-    raw = store.read_bytes(f"{name}/{version}/{PROVENANCE_FILE}")
-    return json.loads(raw) if raw else None
+    return DeploymentState.from_listing(
+        name, config_bytes, folders, files, lambda version: read_provenance(store, name, version)
+    )
 
 
 def list_deployments(store: ModelRepositoryStore) -> list[DeploymentState]:
     """The state of every folder in the repository that is a deployment (has a config.pbtxt;
     staging models and other folders whose names are not deployment names are skipped)."""
     folders, _ = store.list_dir("")
-    states = (read_state(store, f) for f in folders if _is_deployment_name(f))
+    states = (read_state(store, f) for f in folders if is_deployment_name(f))
     return [state for state in states if state.exists]
-
-
-def _is_deployment_name(folder: str) -> bool:
-    try:
-        validate_model_name(folder)
-        return True
-    except MlflowException:
-        return False

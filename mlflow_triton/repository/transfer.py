@@ -1,25 +1,26 @@
-"""Moving a model's files into a repository version folder: copy, stream or download.
+"""Moving a model's files into a repository version folder: copy, stream or upload.
 
-:func:`locate` decides how the files of an MLflow model reach ``NAME/<version>/`` and,
+The transport knows no model formats (as KServe's storage initializer chooses only by URI
+scheme): it is given the files to move, the model file first, and an optional *inspector*, the
+flavor's function that reads a model file's tensors and the companion files it needs (ONNX
+external data) without reading its weights. :func:`locate` decides how the files travel and,
 where it can without moving bytes, what they are; :func:`transfer` moves them::
 
-    located = locate(store, source, tmp)          # reads the graph, not the weights
-    uploaded, copied = transfer(store, located, source, "fraud/3/", spool=None)
-    located.entries, located.io                   # provenance entries, the model's tensors
+    located = locate(store, [("s3://mlflow/1/model.onnx", "model.onnx")], inspect, tmp)
+    uploaded, copied = transfer(store, located, "fraud/3/", spool=None)
+    located.entries, located.inspection          # provenance entries, the model's tensors
 
-1. **copy**: every file (the model and, for ONNX, the external data its graph names) is on the
-   repository's S3 endpoint: the graph is read with ranged GETs and the files are copied
-   server-side; nothing passes through this process.
-2. **stream**: the artifact store is remote and can be read as a stream (the MLflow server's
-   artifact proxy, S3 on another endpoint; :mod:`mlflow_triton.repository.artifacts`): each file
-   flows into the repository's multipart upload while it is hashed, in one overlapped pass and
-   bounded memory; the tensors are then read from the uploaded copy with ranged GETs, so a
-   config the model cannot take is refused after the transfer (and the copy removed).
-3. **download**: a local model is used in place (read, hashed, uploaded; nothing copied to a
-   temporary folder); any other artifact store is downloaded once, hashed and uploaded.
+1. **copy**: every file is on the repository's S3 endpoint: the model file is inspected with
+   ranged GETs and the files are copied server-side; nothing passes through this process.
+2. **stream**: the model file is remote and can be read as a stream (the MLflow server's
+   artifact proxy, S3 on another endpoint; :func:`~mlflow_triton.repository.artifacts.open_artifact`):
+   each file flows into the repository's multipart upload while it is hashed, in one pass and
+   bounded memory; the model file is then inspected from the uploaded copy with ranged GETs.
+3. **upload**: local files are read in place (hashed, uploaded; nothing copied to a temporary
+   folder); any other artifact store is downloaded once, hashed and uploaded.
 
-The tensors come from the same place on every path (the ONNX graph without its weights; the
-signature for TorchScript), so every path generates the same config.pbtxt.
+The model file is inspected the same way on every path, so every path generates the same
+config.pbtxt.
 """
 
 from __future__ import annotations
@@ -28,25 +29,39 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal
-from urllib.parse import unquote, urlparse
+from typing import Any, BinaryIO, Callable, Literal, Protocol, Sequence
 
-from mlflow.exceptions import MlflowException
-
-from mlflow_triton.triton_config import model_config as mcfg
-from mlflow_triton.flavors import pyfunc as pyfunc_serving
-from mlflow_triton.flavors import triton_source
-from mlflow_triton.repository.artifacts import HashingReader, open_artifact, streamable
-from mlflow_triton.flavors.model_source import ModelSource, check_torchscript
+from mlflow_triton.repository.artifacts import (
+    HashingReader,
+    download_artifact,
+    local_path,
+    open_artifact,
+    streamable,
+)
 from mlflow_triton.repository.store import ModelRepositoryStore, progress_bar
-
-if TYPE_CHECKING:
-    from mlflow_triton.settings.deployment import DeploymentConfig
 
 logger = logging.getLogger(__name__)
 
-#: Ranged-read size for walking a remote ONNX graph: each seek past a weight costs one GET.
+#: Ranged-read size for walking a remote model file: each seek past a weight costs one GET.
 GRAPH_READ_BYTES = 64 * 1024
+
+
+class FileToMove(Protocol):
+    """One file: ``origin`` (an artifact URI or a local path) and ``target`` in the version folder."""
+
+    origin: str
+    target: str
+
+
+class InspectionResult(Protocol):
+    """What an inspector found: the tensors (any object) and the companion files to move too."""
+
+    io: Any
+    companions: Sequence[FileToMove]
+
+
+#: Reads a model file (a local path or a seekable reader) without its weights.
+Inspector = Callable[[Path | BinaryIO], InspectionResult]
 
 
 @dataclass
@@ -55,22 +70,22 @@ class Located:
 
     Attributes:
         kind: ``copy`` (S3 URIs copied server-side), ``stream`` (artifact URIs streamed into
-            the upload) or ``download`` (local paths uploaded).
-        files: ``(origin, target file name)`` pairs, the model file first.
+            the upload) or ``upload`` (local files, in place or downloaded).
+        files: ``(origin, target)`` pairs, the model file first.
         entries: their provenance entries (``file`` and ``sha256`` or ``etag``, ``size``).
-        io: the model's tensors. ``entries`` and ``io`` are known up front except for a
-            stream, where :func:`transfer` fills them in as the bytes pass.
-        complete_local_copy: a local copy of the model file with its external data beside it
-            (for the verification's local reference run), when one was made anyway.
+        inspection: what the inspector read from the model file (None without an inspector).
+            ``entries`` and ``inspection`` are known up front except for a stream, where
+            :func:`transfer` fills them in as the bytes pass.
+        complete_local_copy: a local copy of the model file with its companions beside it,
+            when one exists anyway (for the verification's local reference run).
     """
 
-    kind: Literal["copy", "stream", "download"]
+    kind: Literal["copy", "stream", "upload"]
     files: list[tuple[str, str]]
     entries: list[dict[str, Any]] | None
-    io: mcfg.ModelIO | None
+    inspection: InspectionResult | None
+    inspect: Inspector | None = None
     complete_local_copy: Path | None = None
-    #: ``(name, version) -> ModelConfig`` for flavors whose config is not generated from ``io``.
-    build_config: Any = None
 
     @property
     def streamed(self) -> bool:
@@ -85,78 +100,60 @@ def sha256_file(path: Path, chunk: int = 8 * 1024 * 1024) -> str:
     return digest.hexdigest()
 
 
-def inspect_model(source: ModelSource, model: Path | BinaryIO) -> tuple[mcfg.ModelIO, list[str]]:
-    """The tensors of a model file and the external-data files its graph names; checks that a
-    TorchScript file is TorchScript. Reads the graph, never the weights."""
-    if source.flavor == "onnx":
-        io = mcfg.with_signature_names(mcfg.io_from_onnx(model), source.signature)
-        return io, mcfg.onnx_external_data(model)
-    check_torchscript(model, source.model_uri)
-    return mcfg.io_from_signature(source.signature, source.flavor), []
-
-
-def read_io(store: ModelRepositoryStore, source: ModelSource, key: str) -> mcfg.ModelIO:
-    """The tensors of a model file already in the repository (ranged reads on S3)."""
-    with store.open_object(key, buffer_bytes=GRAPH_READ_BYTES) as reader:
-        return inspect_model(source, reader)[0]
-
-
-def locate(store: ModelRepositoryStore, source: ModelSource, tmp: Path, config: "DeploymentConfig") -> Located:
-    """How ``source``'s files reach the repository (see the module docstring); the download
-    path downloads into ``tmp`` now."""
-    if triton_source.is_directory_flavor(source.flavor):
-        return _locate_directory(source, tmp, config)
-    filename = mcfg.MODEL_FILENAMES[source.flavor]
-    model_stat = store.stat_uri(source.artifact_uri)
-    if model_stat is not None:
-        with store.open_uri(source.artifact_uri, buffer_bytes=GRAPH_READ_BYTES) as reader:
-            io, external = inspect_model(source, reader)
-        files = [(source.artifact_uri, filename)] + [(source.sibling_uri(n), n) for n in external]
-        stats = [model_stat] + [store.stat_uri(uri) for uri, _ in files[1:]]
-        if all(stats):
-            entries = [{"file": target, **stat} for (_, target), stat in zip(files, stats)]
-            return Located("copy", files, entries, io)
-    local = local_path(source.artifact_uri)
-    if local is None and streamable(source.artifact_uri):
-        return Located("stream", [(source.artifact_uri, filename)], None, None)
-    if local is None:
-        local = source.download(tmp)
-    elif source.flavor == "torchscript":
-        check_torchscript(local, source.model_uri)
-    io, external = inspect_model(source, local)
-    check_external_data(source, external)
-    in_place = local_path(source.artifact_uri) is not None
-    paths = [local] + [local.parent / n if in_place else source.download(local.parent, n) for n in external]
-    files = [(str(path), target) for path, target in zip(paths, [filename] + external)]
-    entries = [
-        {"file": target, "sha256": sha256_file(path), "size": path.stat().st_size}
-        for path, (_, target) in zip(paths, files)
+def file_entries(files: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Provenance entries (target, sha256, size) of local files, streamed to hash them."""
+    return [
+        {"file": target, "sha256": sha256_file(Path(path)), "size": Path(path).stat().st_size}
+        for path, target in files
     ]
-    return Located("download", files, entries, io, complete_local_copy=local)
 
 
-def _locate_directory(source: ModelSource, tmp: Path, config: "DeploymentConfig") -> Located:
-    """A ``triton`` or ``python_function`` model: a downloaded folder, uploaded file by file
-    (see :mod:`mlflow_triton.flavors.triton_source`, :mod:`mlflow_triton.flavors.pyfunc`)."""
-    if source.flavor == "triton":
-        files, io, build = triton_source.locate_triton(source, tmp)
-    else:
-        files, io, build = pyfunc_serving.locate_pyfunc(source, tmp, config)
-    build("candidate", 1)  # a config Triton cannot take fails here, before any write
-    return Located("download", files, triton_source.file_entries(files), io, build_config=build)
+def locate(
+    store: ModelRepositoryStore, files: Sequence[FileToMove], inspect: Inspector | None, tmp: Path
+) -> Located:
+    """How ``files`` (the model file first) reach the repository (see the module docstring);
+    a remote artifact that cannot be streamed is downloaded into ``tmp`` now."""
+    pairs = [(f.origin, f.target) for f in files]
+    copied = _locate_copy(store, pairs, inspect)
+    if copied is not None:
+        return copied
+    model_origin, model_target = pairs[0]
+    if local_path(model_origin) is None and streamable(model_origin) and len(pairs) == 1:
+        return Located("stream", pairs, None, None, inspect)
+    paths = [_local_file(origin, tmp) for origin, _ in pairs]
+    inspection = inspect(paths[0]) if inspect is not None else None
+    for companion in inspection.companions if inspection is not None else ():
+        pairs.append((companion.origin, companion.target))
+        paths.append(_local_file(companion.origin, paths[0].parent))
+    located = list(zip(map(str, paths), (target for _, target in pairs)))
+    return Located("upload", located, file_entries(located), inspection, inspect, complete_local_copy=paths[0])
 
 
-def local_path(uri: str) -> Path | None:
-    """The file behind a local path or ``file://`` URI (used in place: nothing to download)."""
-    parsed = urlparse(uri)
-    if parsed.scheme == "file":
-        return Path(unquote(parsed.path))
-    return Path(uri) if parsed.scheme == "" else None
+def _locate_copy(store: ModelRepositoryStore, pairs: list[tuple[str, str]], inspect: Inspector | None) -> Located | None:
+    """The copy path when every file (companions included) is on the repository's endpoint."""
+    stats = [store.stat_uri(origin) for origin, _ in pairs]
+    if not all(stats):
+        return None
+    inspection = None
+    if inspect is not None:
+        with store.open_uri(pairs[0][0], buffer_bytes=GRAPH_READ_BYTES) as reader:
+            inspection = inspect(reader)
+        companions = [(c.origin, c.target) for c in inspection.companions]
+        companion_stats = [store.stat_uri(origin) for origin, _ in companions]
+        if not all(companion_stats):
+            return None
+        pairs, stats = pairs + companions, stats + companion_stats
+    entries = [{"file": target, **stat} for (_, target), stat in zip(pairs, stats)]
+    return Located("copy", pairs, entries, inspection, inspect)
 
 
-def transfer(
-    store: ModelRepositoryStore, located: Located, source: ModelSource, prefix: str, spool: Path | None
-) -> tuple[int, int]:
+def _local_file(origin: str, folder: Path) -> Path:
+    """The local file behind ``origin``: in place for a local path, else downloaded."""
+    local = local_path(origin)
+    return local if local is not None else download_artifact(origin, folder)
+
+
+def transfer(store: ModelRepositoryStore, located: Located, prefix: str, spool: Path | None) -> tuple[int, int]:
     """Copy, stream or upload the located files under ``prefix`` (``NAME/<version>/``):
     (bytes uploaded, bytes copied).
 
@@ -166,43 +163,36 @@ def transfer(
     """
     uploaded = copied = 0
     if located.kind == "stream":
-        uploaded = _stream_files(store, located, source, prefix, spool)
+        uploaded = _stream_files(store, located, prefix, spool)
     for (origin, target), entry in zip(located.files, located.entries or []):
         if located.kind == "copy":
             copied += store.copy_from(origin, prefix + target) or 0
-        elif located.kind == "download":
+        elif located.kind == "upload":
             uploaded += store.upload_file(
                 Path(origin), prefix + target, progress_bar(entry["size"], f"upload {prefix}{target}")
             )
-    verb = {"copy": "Copied", "stream": "Streamed", "download": "Uploaded"}[located.kind]
+    verb = {"copy": "Copied", "stream": "Streamed", "upload": "Uploaded"}[located.kind]
     name, _, version = prefix.rstrip("/").rpartition("/")
     logger.info("%s %s version %s (%d bytes) to %s", verb, name, version, copied or uploaded, store.url(prefix))
     return uploaded, copied
 
 
-def check_external_data(source: ModelSource, needed: list[str]) -> None:
-    """Raise unless every external-data file the graph names is in the MLflow model."""
-    missing = sorted(set(needed) - set(source.companion_files())) if needed else []
-    if missing:
-        raise MlflowException.invalid_parameter_value(
-            f"{source.model_uri}: {source.artifact_path} references external data {missing} "
-            "that is not in the MLflow model. Log the model with its .data files (mlflow.onnx "
-            "writes them next to model.onnx) or with save_as_external_data=False."
-        )
+def read_inspection(store: ModelRepositoryStore, key: str, inspect: Inspector) -> InspectionResult:
+    """Inspect a model file already in the repository (ranged reads on S3)."""
+    with store.open_object(key, buffer_bytes=GRAPH_READ_BYTES) as reader:
+        return inspect(reader)
 
 
-def _stream_files(
-    store: ModelRepositoryStore, located: Located, source: ModelSource, prefix: str, spool: Path | None
-) -> int:
+def _stream_files(store: ModelRepositoryStore, located: Located, prefix: str, spool: Path | None) -> int:
     model_uri, model_name = located.files[0]
     entries = [_stream_file(store, model_uri, prefix + model_name, spool / model_name if spool else None)]
-    # The graph is read back from the uploaded copy: a few ranged GETs, no second pass.
-    with store.open_object(prefix + model_name, buffer_bytes=GRAPH_READ_BYTES) as reader:
-        located.io, external = inspect_model(source, reader)
-    check_external_data(source, external)
-    for name in external:
-        located.files.append((source.sibling_uri(name), name))
-        entries.append(_stream_file(store, source.sibling_uri(name), prefix + name, spool / name if spool else None))
+    if located.inspect is not None:
+        # Read back from the uploaded copy: a few ranged GETs, no second pass.
+        located.inspection = read_inspection(store, prefix + model_name, located.inspect)
+        for companion in located.inspection.companions:
+            located.files.append((companion.origin, companion.target))
+            target = spool / companion.target if spool else None
+            entries.append(_stream_file(store, companion.origin, prefix + companion.target, target))
     located.entries = entries
     if spool:
         located.complete_local_copy = spool / model_name

@@ -1,11 +1,12 @@
 """The verification's local reference run: the model file run by its own runtime.
 
-A smoke test compares Triton's answers with the same file run locally (onnxruntime for ONNX,
-``torch.jit`` for TorchScript). The runtime must hold the weights; the publisher must not: a
-model larger than :data:`IN_PROCESS_MAX_BYTES` is run in a child process, so the publishing
-process stays at the same few hundred MB whether the model is 10 MB or 20 GB::
+A smoke test compares Triton's answers with the same file run locally by its flavor
+(:meth:`mlflow_triton.flavors.base.Flavor.run_reference`: onnxruntime for ONNX, ``torch.jit``
+for TorchScript). The runtime must hold the weights; the publisher must not: a model larger
+than :data:`IN_PROCESS_MAX_BYTES` is run in a child process, so the publishing process stays at
+the same few hundred MB whether the model is 10 MB or 20 GB::
 
-    outputs = run_reference("onnx", Path("model.onnx"), [("x", x)], ["y"])
+    outputs = run_reference(ONNX, Path("model.onnx"), [("x", x)], ["y"])
 
 The child is ``python -m mlflow_triton.rollout.reference_run SPEC.json``; inputs and outputs travel as
 ``.npz`` files next to the spec.
@@ -21,6 +22,9 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from mlflow_triton.flavors.base import Flavor
+from mlflow_triton.flavors.registry import get as get_flavor
 
 #: Models (with their external data) up to this size are run in the publishing process.
 IN_PROCESS_MAX_BYTES = 32 * 1024 * 1024
@@ -38,7 +42,7 @@ def model_bytes(model_file: Path) -> int:
 
 
 def run_reference(
-    flavor: str, model_file: Path, inputs: Sequence[tuple[str, np.ndarray]], outputs: Sequence[str],
+    flavor: Flavor, model_file: Path, inputs: Sequence[tuple[str, np.ndarray]], outputs: Sequence[str],
     in_process_max_bytes: int = IN_PROCESS_MAX_BYTES,
 ) -> dict[str, np.ndarray]:  # fmt: skip
     """Run ``model_file`` on ``inputs`` (name, array; positional for TorchScript) and return
@@ -48,11 +52,11 @@ def run_reference(
         ReferenceRunFailed: the runtime (or the child running it) failed.
     """
     if model_bytes(model_file) <= in_process_max_bytes:
-        return _run(flavor, model_file, inputs, outputs)
+        return flavor.run_reference(model_file, inputs, outputs)
     with tempfile.TemporaryDirectory(prefix="mlflow-triton-reference-") as tmp:
         folder = Path(tmp)
         np.savez(folder / "inputs.npz", **{f"input{i}": array for i, (_, array) in enumerate(inputs)})
-        spec = {"flavor": flavor, "model_file": str(model_file), "names": [n for n, _ in inputs], "outputs": list(outputs)}
+        spec = {"flavor": flavor.name, "model_file": str(model_file), "names": [n for n, _ in inputs], "outputs": list(outputs)}
         (folder / "spec.json").write_text(json.dumps(spec))
         try:
             done = subprocess.run(
@@ -67,29 +71,12 @@ def run_reference(
             return {name: saved[f"output{i}"] for i, name in enumerate(outputs)}
 
 
-def _run(
-    flavor: str, model_file: Path, inputs: Sequence[tuple[str, np.ndarray]], outputs: Sequence[str]
-) -> dict[str, np.ndarray]:
-    if flavor == "onnx":
-        import onnxruntime
-
-        session = onnxruntime.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
-        return dict(zip(outputs, session.run(list(outputs), dict(inputs))))
-    import torch
-
-    module = torch.jit.load(str(model_file), map_location="cpu").eval()
-    with torch.no_grad():
-        result = module(*[torch.from_numpy(np.array(array)) for _, array in inputs])
-    values = result if isinstance(result, (tuple, list)) else (result,)
-    return {name: value.detach().cpu().numpy() for name, value in zip(outputs, values)}
-
-
 def main(spec_path: str) -> None:
     folder = Path(spec_path).parent
     spec = json.loads(Path(spec_path).read_text())
     with np.load(folder / "inputs.npz") as saved:
         inputs = [(name, saved[f"input{i}"]) for i, name in enumerate(spec["names"])]
-    results = _run(spec["flavor"], Path(spec["model_file"]), inputs, spec["outputs"])
+    results = get_flavor(spec["flavor"]).run_reference(Path(spec["model_file"]), inputs, spec["outputs"])
     np.savez(folder / "outputs.npz", **{f"output{i}": results[name] for i, name in enumerate(spec["outputs"])})
 
 

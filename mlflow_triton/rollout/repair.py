@@ -19,11 +19,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from mlflow_triton.repository.state import PROVENANCE_FILE, DeploymentState
-from mlflow_triton.repository.history import ServingHistory
 from mlflow_triton.fleet.server import raise_failures
+from mlflow_triton.repository.history import ServingHistory
+from mlflow_triton.repository.layout import PROVENANCE_FILE, version_prefix, warmup_prefix
+from mlflow_triton.repository.provenance import provenance_key
+from mlflow_triton.repository.state import DeploymentState
 from mlflow_triton.repository.store import ModelRepositoryStore
-from mlflow_triton.triton_config.warmup import warmup_prefix
 
 if TYPE_CHECKING:
     from mlflow_triton.rollout.publisher import ModelPublisher
@@ -36,8 +37,8 @@ logger = logging.getLogger(__name__)
 def delete_version(store: ModelRepositoryStore, name: str, version: int) -> None:
     """Delete one version folder, its provenance first: interrupted half-way, it leaves a folder
     every publisher recognizes as incomplete and removes."""
-    store.delete(f"{name}/{version}/{PROVENANCE_FILE}")
-    store.delete_prefix(f"{name}/{version}/")
+    store.delete(provenance_key(name, version))
+    store.delete_prefix(version_prefix(name, version))
     store.delete_prefix(warmup_prefix(name, version))
 
 
@@ -72,7 +73,7 @@ def remove_leftovers(publisher: "ModelPublisher", state: DeploymentState, rollou
     for version in state.versions:
         if version == state.serving_version:
             continue
-        if PROVENANCE_FILE not in publisher.store.list_dir(f"{state.name}/{version}/")[1]:
+        if PROVENANCE_FILE not in publisher.store.list_dir(version_prefix(state.name, version))[1]:
             rollout.lease.check("removing leftovers")
             logger.warning("Removing %s version %d left incomplete by an interrupted publish", state.name, version)
             delete_version(publisher.store, state.name, version)
@@ -80,11 +81,11 @@ def remove_leftovers(publisher: "ModelPublisher", state: DeploymentState, rollou
     serving = state.serving_version
     if serving is not None and state.exists and serving not in rollout.history.served():
         # Pinned, so it passed staging; the history lost the end of that rollout (or predates it).
-        provenance = state.provenance or {}
+        provenance = state.provenance
         rollout.record_serving(
             serving, "repair", rollout.history.staged_verified(serving),
-            registered_model=provenance.get("registered_model"),
-            registered_version=provenance.get("registered_version"),
+            registered_model=provenance.registered_model if provenance else None,
+            registered_version=provenance.registered_version if provenance else None,
         )  # fmt: skip
     return removed
 
@@ -95,11 +96,11 @@ def reload_missing(
     """Replicas that lack the serving version load it again, verified under the staging name
     first; returns their URLs."""
     version = state.serving_version
-    assert version is not None
+    assert version is not None and state.provenance is not None
     missing = publisher.cluster.not_ready(state.name, version)
     if not missing:
         return []
-    rollout.verify(version, state.config, state.provenance or {}, verify, urls=missing)
+    rollout.verify(version, state.config, state.provenance, verify, urls=missing)
     rollout.lease.check("reloading replicas")
     raise_failures(f"load {state.name!r} version {version}", publisher.cluster.load_model(state.name, version, missing))
     logger.info("Reloaded %s version %d on %s", state.name, version, ", ".join(missing))

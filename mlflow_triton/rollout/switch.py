@@ -7,7 +7,7 @@ an unverified version under the deployment's own name:
 1. **stage**: the version's files are copied inside the repository (server-side on S3, hard
    links on a local disk) to a staging model, ``_mlflow-triton-staging.NAME/<version>/``, with
    the same config under that name. Names starting with ``_`` are never deployments
-   (:func:`~mlflow_triton.settings.deployment.validate_model_name`), so no client asks for it.
+   (:func:`~mlflow_triton.repository.layout.validate_model_name`), so no client asks for it.
 2. **verify**: every replica loads the staging model; it must become READY and pass the
    :data:`~mlflow_triton.rollout.verification.Verifier` (a smoke inference by default). A failure is
    recorded as ``refused`` in the serving history and the candidate is removed: clients never
@@ -28,29 +28,28 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 
-from mlflow_triton.triton_config import model_config as mcfg
-from mlflow_triton.rollout.audit import AuditTrail
-from mlflow_triton.repository.state import CONFIG_FILE
+from mlflow_triton.fleet.server import (
+    ReplicaUnreachable,
+    TritonCluster,
+    describe_failures,
+    is_unreachable,
+    raise_failures,
+)
 from mlflow_triton.repository.history import ServingHistory, Via
+from mlflow_triton.repository.layout import CONFIG_FILE, staging_name, warmup_prefix
 from mlflow_triton.repository.lease import Lease, LeaseLost
-from mlflow_triton.fleet.server import ReplicaUnreachable, TritonCluster, describe_failures, is_unreachable, raise_failures
+from mlflow_triton.repository.provenance import Provenance
 from mlflow_triton.repository.store import ModelRepositoryStore
+from mlflow_triton.rollout.audit import AuditTrail
 from mlflow_triton.rollout.verification import Candidate, VerificationUnavailable, Verifier
-from mlflow_triton.triton_config.warmup import warmup_prefix
+from mlflow_triton.triton_config import model_config as mcfg
 
 logger = logging.getLogger(__name__)
-
-STAGING_PREFIX = "_mlflow-triton-staging."
-
-
-def staging_name(name: str) -> str:
-    """The Triton model name a candidate of ``name`` is verified under."""
-    return f"{STAGING_PREFIX}{name}"
 
 
 class VersionRefused(MlflowException):
@@ -104,7 +103,7 @@ class Rollout:
         self.store.delete_prefix(f"{staging}/")
 
     def verify(
-        self, version: int, message: Any, provenance: Mapping[str, Any], verify: Verifier | None,
+        self, version: int, message: Any, provenance: Provenance, verify: Verifier | None,
         urls: Sequence[str] | None = None, model_file: Path | None = None,
     ) -> None:  # fmt: skip
         """Load ``version`` under the staging name on ``urls`` (default: all) and verify it.

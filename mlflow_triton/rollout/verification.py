@@ -2,15 +2,19 @@
 
 A rollout (:mod:`mlflow_triton.rollout.switch`) loads the candidate on every replica under a
 staging model name that no client uses, then calls a :data:`Verifier` with a
-:class:`Candidate`. The default verifier, :class:`SmokeTest`, sends the model's MLflow input
-example (or zeros shaped like its inputs) to every replica and compares Triton's answers with
-the same file run locally (onnxruntime or ``torch.jit``). When the MLflow model carries
-golden outputs (:mod:`mlflow_triton.core.golden`, written by the export callback), the replicas'
-answers to those inputs are compared with them instead: no local runtime (torch,
-onnxruntime) and no model download are needed. Raising refuses the candidate: the
-deployment keeps serving what it served.
+:class:`Candidate`. The default verifier, :class:`SmokeTest`, sends the smoke inputs
+(:mod:`mlflow_triton.rollout.smoke_inputs`: golden cases, the input example, or zeros) to every
+replica and checks every answer against the served config (each output present, shaped as
+declared, finite), then compares it with a reference:
 
-Model files are streamed from the repository to a temporary folder, never read into memory.
+- golden outputs logged with the model: no local runtime and no model file needed;
+- else the same file run locally by its flavor's runtime (onnxruntime, ``torch.jit``), when
+  the flavor has one and it is installed;
+- else nothing more (a warning says so).
+
+Raising refuses the candidate: the deployment keeps serving what it served. Every comparison is
+:func:`mlflow_triton.core.tolerance.compare_outputs`. Model files are streamed from the
+repository to a temporary folder, never read into memory.
 """
 
 from __future__ import annotations
@@ -18,29 +22,30 @@ from __future__ import annotations
 import importlib.util
 import logging
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, RESOURCE_DOES_NOT_EXIST, TEMPORARILY_UNAVAILABLE
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, TEMPORARILY_UNAVAILABLE
 
-from mlflow_triton.triton_config import model_config as mcfg
-from mlflow_triton.rollout.reference_run import run_reference
-from mlflow_triton.core.golden import GoldenCases, check_case
+from mlflow_triton.core.tolerance import compare_outputs
+from mlflow_triton.flavors.base import Flavor
+from mlflow_triton.flavors.registry import get as get_flavor
+from mlflow_triton.flavors.registry import resolve_model
 from mlflow_triton.fleet.server import raise_failures
+from mlflow_triton.repository.provenance import Provenance
+from mlflow_triton.rollout.reference_run import run_reference
+from mlflow_triton.rollout.smoke_inputs import SmokeCase, SmokeInputs, derive_smoke_inputs
+from mlflow_triton.triton_config.model_config import parse_pbtxt
+from mlflow_triton.triton_config.tensors import io_from_config, per_sample_scalars
 
 if TYPE_CHECKING:
-    from mlflow_triton.flavors.model_source import ModelSource
     from mlflow_triton.fleet.server import TritonCluster
     from mlflow_triton.repository.store import ModelRepositoryStore
 
 logger = logging.getLogger(__name__)
-
-#: Tolerance of Triton's answer vs. the same file run locally.
-SMOKE_RTOL = 1e-3
-SMOKE_ATOL = 1e-5
 
 
 @dataclass(frozen=True)
@@ -52,8 +57,8 @@ class Candidate:
         model: the Triton model name to query (the staging name).
         version: the repository version.
         urls: the replicas that loaded it.
-        provenance: the version's ``mlflow-triton.json``.
-        model_file: a local copy of the served file (its external data beside it), if the
+        provenance: the version's provenance.
+        model_file: a local copy of the served file (its companions beside it), if the
             publisher has one; else the verifier streams it from the repository.
     """
 
@@ -61,7 +66,7 @@ class Candidate:
     model: str
     version: int
     urls: tuple[str, ...]
-    provenance: Mapping[str, Any] = field(default_factory=dict)
+    provenance: Provenance
     model_file: Path | None = None
 
 
@@ -70,152 +75,92 @@ Verifier = Callable[[Candidate], None]
 
 
 class VerificationUnavailable(MlflowException):
-    """Verification could not run (the repository or the local runtime failed), which says
-    nothing about the model: the candidate is not refused, and a retry may pass
+    """Verification could not run (the repository, MLflow or the local runtime failed), which
+    says nothing about the model: the candidate is not refused, and a retry may pass
     (TEMPORARILY_UNAVAILABLE)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message, error_code=TEMPORARILY_UNAVAILABLE)
 
 
-#: Flavors whose files the smoke test can run locally as a reference.
-LOCAL_REFERENCE_FLAVORS = ("onnx", "torchscript")
-
-
-def runtime_available(flavor: str) -> bool:
-    """True when the local runtime that can run ``flavor`` files is importable (never for
-    ``triton`` and ``python_function``: those are checked by Triton's answers alone)."""
-    if flavor not in LOCAL_REFERENCE_FLAVORS:
+def runtime_available(flavor: Flavor) -> bool:
+    """True when the flavor has a local runtime and it is importable."""
+    if flavor.reference_runtime is None:
         return False
     try:
-        return importlib.util.find_spec("onnxruntime" if flavor == "onnx" else "torch") is not None
+        return importlib.util.find_spec(flavor.reference_runtime) is not None
     except (ImportError, ValueError):  # blocked by an import hook, or a broken install
         return False
 
 
 class SmokeTest:
-    """Send an input to every replica; compare with the file run locally.
+    """Send the smoke inputs to every replica; check and compare the answers.
 
     Args:
         store: the repository (to stream the version's files when no local copy is given).
         cluster: the replicas (protocol, timeouts).
-        flavor: ``onnx`` or ``torchscript``.
-        input_example: the MLflow input example (dict of arrays, array or DataFrame); None
-            means zeros shaped like the signature (or the ONNX graph), ``-1`` axes set to 1.
-        signature: the MLflow signature, for the zeros fallback.
-        compare: compare with a local run. ``None``: when the runtime is installed; without
-            it the check is that every replica answers with the declared outputs and finite
-            values (a warning says so). ``True`` requires the runtime.
-        rtol / atol: tolerances of ``numpy.allclose``.
-        golden: golden outputs logged with the model; when given they are the reference
-            (with their own tolerances) and no local runtime is used.
+        flavor: the version's flavor (its local runtime is the reference without golden cases).
+        inputs: the smoke inputs (:func:`~mlflow_triton.rollout.smoke_inputs.derive_smoke_inputs`).
+        compare: run the model locally as the reference. ``None``: when the flavor's runtime is
+            installed; ``True`` requires it. Ignored with golden cases (they are the reference).
 
     Raises:
         MlflowException: INVALID_PARAMETER_VALUE at construction when ``compare=True`` and
-            the local runtime (onnxruntime or torch) is missing, before anything is published.
+            the local runtime is missing, before anything is published.
     """
 
     def __init__(
-        self,
-        store: "ModelRepositoryStore",
-        cluster: "TritonCluster",
-        flavor: str,
-        input_example: Any = None,
-        signature: Any = None,
+        self, store: "ModelRepositoryStore", cluster: "TritonCluster", flavor: Flavor, inputs: SmokeInputs,
         compare: bool | None = None,
-        rtol: float = SMOKE_RTOL,
-        atol: float = SMOKE_ATOL,
-        golden: GoldenCases | None = None,
-    ) -> None:
-        self.golden = golden
+    ) -> None:  # fmt: skip
         self.store = store
         self.cluster = cluster
         self.flavor = flavor
-        self.input_example = input_example
-        self._example_source: "ModelSource | None" = None
-        self.signature = signature
-        self.rtol = rtol
-        self.atol = atol
+        self.inputs = inputs
         available = runtime_available(flavor)
-        if golden is not None:
-            self.compare = False  # the golden outputs are the reference
-            return
-        if compare and not available:
-            module = "onnxruntime" if flavor == "onnx" else "torch"
+        if compare and not available and inputs.origin != "golden":
             raise MlflowException.invalid_parameter_value(
-                f"Verification runs {flavor} models locally with {module}, which is not "
-                "installed: pip install 'mlflow-triton[local]', or disable it (-C verify=false, "
-                "--no-smoke-test)."
+                f"Verification runs {flavor.name} models locally with {flavor.reference_runtime}, which "
+                "is not installed: pip install 'mlflow-triton[local]', or disable it "
+                "(-C verify=false, --no-smoke-test)."
             )
-        self.compare = available if compare is None else compare
+        self.compare = inputs.origin != "golden" and (available if compare is None else compare)
 
     @classmethod
-    def for_source(
-        cls, store: "ModelRepositoryStore", cluster: "TritonCluster", source: "ModelSource",
-        compare: bool | None = None,
-    ) -> "SmokeTest":  # fmt: skip
-        """A smoke test fed with ``source``'s golden outputs when it has them, else with its
-        logged input example.
-
-        Both are read by :meth:`prepare`, which a publisher calls once it knows the model
-        changed and before it writes anything: a no-op publish reads neither.
-        """
-        test = cls(store, cluster, source.flavor, None, source.signature, compare)
-        test._example_source = source
-        return test
-
-    def prepare(self) -> None:
-        """Read the input example now (idempotent), so that a failure comes before any write.
-
-        Raises:
-            MlflowException: RESOURCE_DOES_NOT_EXIST when the example cannot be read.
-        """
-        source, self._example_source = self._example_source, None
-        if source is None:
-            return
-        with tempfile.TemporaryDirectory(prefix="mlflow-triton-golden-") as tmp:
-            golden = GoldenCases.download(source.download_uri, Path(tmp))
-        if golden is not None:
-            logger.info("%s carries %d golden case(s): verification uses them", source.model_uri, len(golden))
-            self.golden, self.compare = golden, False  # the golden outputs are the reference
-            return
-        try:
-            self.input_example = source.load_input_example()
-        except Exception as err:
-            raise MlflowException(
-                f"Cannot read the input example of {source.model_uri} for verification: {err}",
-                error_code=RESOURCE_DOES_NOT_EXIST,
-            ) from err
-
-    @classmethod
-    def for_provenance(
-        cls, store: "ModelRepositoryStore", cluster: "TritonCluster", provenance: Mapping[str, Any],
+    def for_version(
+        cls, store: "ModelRepositoryStore", cluster: "TritonCluster", provenance: Provenance,
         compare: bool | None = None,
     ) -> "SmokeTest":  # fmt: skip
         """A smoke test for a version already in the repository (rollback, reload), fed with
-        the input example of the MLflow model its provenance names."""
-        from mlflow_triton.flavors.model_source import resolve_model
+        the golden cases or input example of the MLflow model its provenance names, or zeros
+        shaped by its config.
 
-        flavor = provenance.get("flavor", "onnx")
+        Raises:
+            MlflowException: when that MLflow model cannot be read (the message says how to
+                skip verification).
+        """
+        flavor = get_flavor(provenance.flavor)
         # The registry version that was published, never its alias resolved again: an alias
         # may point at another version (with other inputs) by now.
-        registered = provenance.get("registered_model"), provenance.get("registered_version")
-        model_uri = f"models:/{registered[0]}/{registered[1]}" if all(registered) else provenance.get("model_uri")
-        if not model_uri:
-            return cls(store, cluster, flavor, compare=compare)
-        try:
-            source = resolve_model(model_uri, flavor)
-        except MlflowException as err:
-            raise MlflowException(
-                f"Cannot read {model_uri} for verification ({err.message}); retry with "
-                "--no-smoke-test if MLflow is unreachable.",
-                error_code=err.error_code,
-            ) from err
-        if flavor == "triton" and provenance.get("source_uri") not in (None, source.artifact_uri):
-            # An ensemble's composing model (a sibling folder of the logged model): the logged
-            # example and signature are the ensemble's; zeros shaped by its own config instead.
-            return cls(store, cluster, flavor, compare=compare)
-        return cls.for_source(store, cluster, source, compare)
+        model_uri = provenance.registry_uri
+        config = parse_pbtxt(provenance.config_pbtxt)
+        io = io_from_config(config)
+        model = None
+        if model_uri:
+            try:
+                source = resolve_model(model_uri, flavor.name)
+            except MlflowException as err:
+                raise MlflowException(
+                    f"Cannot read {model_uri} for verification ({err.message}); retry with "
+                    "--no-smoke-test if MLflow is unreachable.",
+                    error_code=err.error_code,
+                ) from err
+            # A part of the logged model (an ensemble step) has no examples of its own.
+            own = provenance.source_uri in (None, "", source.artifact_uri)
+            model = source.model if own else source.model.part()
+        with tempfile.TemporaryDirectory(prefix="mlflow-triton-golden-") as tmp:
+            inputs = derive_smoke_inputs(model, io, config.max_batch_size, Path(tmp))
+        return cls(store, cluster, flavor, inputs, compare)
 
     @property
     def needs_model_file(self) -> bool:
@@ -223,217 +168,120 @@ class SmokeTest:
         local copy in the same pass instead of fetching it again."""
         return self.compare
 
+    @property
+    def reference(self) -> str:
+        """What the answers are compared with: ``golden``, ``local`` or ``answers`` (none)."""
+        return "golden" if self.inputs.origin == "golden" else "local" if self.compare else "answers"
+
     def __call__(self, candidate: Candidate) -> None:
-        try:
-            self.prepare()
-        except MlflowException as err:  # no verdict on the model: MLflow could not be read
-            raise VerificationUnavailable(err.message) from err
-        tensors = candidate.provenance.get("tensors")
-        if not tensors:
-            raise MlflowException(
-                f"{candidate.deployment!r} version {candidate.version} has no tensor map in its "
-                "provenance.",
-                error_code=INTERNAL_ERROR,
-            )
-        if self.golden is not None:
-            self._verify_golden(candidate, tensors)
-            return
-        if not self.compare and self.flavor in LOCAL_REFERENCE_FLAVORS:
+        config = parse_pbtxt(candidate.provenance.config_pbtxt)
+        if self.reference == "answers" and self.flavor.reference_runtime:
             logger.warning(
                 "Verification of %s models checks that Triton answers; install %s to also compare "
                 "the answers with the model run locally (or log golden outputs with the model).",
-                self.flavor, "onnxruntime" if self.flavor == "onnx" else "torch",
+                self.flavor.name, self.flavor.reference_runtime,
             )  # fmt: skip
-        with tempfile.TemporaryDirectory(prefix="mlflow-triton-verify-") as tmp:
-            model_file = candidate.model_file
-            if model_file is None and (self.compare or self.flavor == "onnx"):
-                try:
-                    model_file = self._fetch(candidate, Path(tmp))
-                except MlflowException as err:
-                    raise VerificationUnavailable(
-                        f"Cannot fetch {candidate.deployment!r} version {candidate.version} for the "
-                        f"local reference run: {err.message}"
-                    ) from err
-            arrays = self._inputs(tensors["inputs"], model_file, candidate.provenance)
+        expected = self._expected_outputs(candidate)
+        failures: dict[str, Exception | None] = {}
+        for url in candidate.urls:
             try:
-                expected = self._run_locally(model_file, tensors, arrays) if self.compare else None
+                with self.cluster.server(url) as server:
+                    for index, case in enumerate(self.inputs.cases):
+                        answer = self._infer(server, candidate, config, case)
+                        self._check(index, answer, expected[index], config)
+            except Exception as err:
+                failures[url] = err
+        raise_failures(f"verify {candidate.deployment!r} version {candidate.version}", failures)
+        logger.info(
+            "Verified %s version %d on %d replica(s) (%s inputs, reference: %s)", candidate.deployment,
+            candidate.version, len(candidate.urls), self.inputs.origin, self.reference,
+        )  # fmt: skip
+
+    # -- the reference ---------------------------------------------------------------------------
+    def _expected_outputs(self, candidate: Candidate) -> list[dict[str, np.ndarray] | None]:
+        """Per case, the reference outputs by MLflow name (None: answers are only checked)."""
+        if self.reference != "local":
+            return [case.expected for case in self.inputs.cases]
+        tensors = candidate.provenance.tensors
+        with tempfile.TemporaryDirectory(prefix="mlflow-triton-verify-") as tmp:
+            model_file = candidate.model_file or self._fetch(candidate, Path(tmp))
+            names = {t["triton"]: t["mlflow"] for t in tensors["outputs"]}
+            try:
+                runs = [self._run_locally(model_file, tensors, case.inputs) for case in self.inputs.cases]
             except Exception as err:  # the local runtime, not Triton: no verdict on the model
                 raise VerificationUnavailable(
-                    f"The local {self.flavor} reference run of {candidate.deployment!r} version "
+                    f"The local {self.flavor.name} reference run of {candidate.deployment!r} version "
                     f"{candidate.version} failed ({type(err).__name__}: {err}); install a runtime "
                     "that can run it, or deploy with -C verify=false."
                 ) from err
-        scalars = _per_sample_scalars(candidate.provenance)
-        inputs = {
-            t["triton"]: arrays[t["mlflow"]].reshape(-1, 1) if t["triton"] in scalars else arrays[t["mlflow"]]
-            for t in tensors["inputs"]
-        }
-        datatypes = {t["triton"]: t["datatype"] for t in tensors["inputs"]}
-        outputs = [t["triton"] for t in tensors["outputs"]]
-        batch = len(next(iter(arrays.values()))) if arrays else 0
-        failures: dict[str, Exception | None] = {}
-        for url in candidate.urls:
-            try:
-                with self.cluster.server(url) as server:
-                    actual = server.infer(candidate.model, inputs, datatypes, outputs, version=candidate.version)
-                actual = {k: v.reshape(-1) if k in scalars else v for k, v in actual.items()}
-                if expected is not None:
-                    self._compare(expected, actual)
-                else:
-                    self._check_answers(actual, batch, candidate.provenance)
-            except Exception as err:
-                failures[url] = err
-        raise_failures(f"verify {candidate.deployment!r} version {candidate.version}", failures)
-        logger.info(
-            "Verified %s version %d on %d replica(s)", candidate.deployment, candidate.version,
-            len(candidate.urls),
-        )  # fmt: skip
-
-    def _verify_golden(self, candidate: Candidate, tensors: Mapping[str, list[dict[str, str]]]) -> None:
-        """Send every golden case to every replica; compare with the golden outputs."""
-        scalars = _per_sample_scalars(candidate.provenance)
-        limit = int((candidate.provenance.get("settings") or {}).get("max_batch_size", 0))
-        datatypes = {t["triton"]: t["datatype"] for t in tensors["inputs"]}
-        outputs = {t["triton"]: t["mlflow"] for t in tensors["outputs"]}
-        failures: dict[str, Exception | None] = {}
-        for url in candidate.urls:
-            try:
-                with self.cluster.server(url) as server:
-                    for index, (case_inputs, case_outputs) in enumerate(self.golden):
-                        rows = slice(None, limit) if limit > 0 else slice(None)
-                        inputs = {}
-                        for t in tensors["inputs"]:
-                            array = np.asarray(case_inputs[t["mlflow"]])[rows]
-                            inputs[t["triton"]] = array.reshape(-1, 1) if t["triton"] in scalars else array
-                        answer = server.infer(candidate.model, inputs, datatypes, list(outputs), version=candidate.version)
-                        actual = {outputs[k]: (v.reshape(-1) if k in scalars else v) for k, v in answer.items()}
-                        expected = {k: np.asarray(v)[rows] for k, v in case_outputs.items()}
-                        problems = check_case(expected, actual, self.golden.rtol, self.golden.atol)
-                        if problems:
-                            raise MlflowException(
-                                f"golden case {index}: " + "; ".join(problems), error_code=INTERNAL_ERROR
-                            )
-            except Exception as err:
-                failures[url] = err
-        raise_failures(f"verify {candidate.deployment!r} version {candidate.version}", failures)
-        logger.info(
-            "Verified %s version %d on %d replica(s) against %d golden case(s)", candidate.deployment,
-            candidate.version, len(candidate.urls), len(self.golden),
-        )  # fmt: skip
-
-    def _fetch(self, candidate: Candidate, tmp: Path) -> Path:
-        """Stream the version's served file and its external data into ``tmp``."""
-        provenance = candidate.provenance
-        entries = [provenance.get("artifact") or {}] + list(provenance.get("external_data") or [])
-        files = [entry.get("file") for entry in entries if entry.get("file")]
-        if not files:
-            raise MlflowException(
-                f"{candidate.deployment!r} version {candidate.version}: provenance names no model file.",
-                error_code=INTERNAL_ERROR,
-            )
-        for name in files:
-            self.store.download_file(f"{candidate.deployment}/{candidate.version}/{name}", tmp / name)
-        return tmp / files[0]
-
-    def _inputs(
-        self, specs: list[dict[str, str]], model_file: Path, provenance: Mapping[str, Any]
-    ) -> dict[str, np.ndarray]:
-        if self.input_example is not None:
-            arrays = mcfg.as_arrays(self.input_example, specs)
-        else:
-            arrays = self._zeros(specs, model_file, provenance)
-        limit = int((provenance.get("settings") or {}).get("max_batch_size", 0))
-        if limit > 0:  # the batch axis must fit max_batch_size
-            arrays = {k: v[:limit] for k, v in arrays.items()}
-        return arrays
-
-    def _zeros(
-        self, specs: list[dict[str, str]], model_file: Path | None, provenance: Mapping[str, Any]
-    ) -> dict[str, np.ndarray]:
-        shapes: dict[str, tuple[int, ...]] = {}
-        schema = getattr(self.signature, "inputs", None)
-        if schema is not None and schema.is_tensor_spec():
-            shapes = {s.name: tuple(s.shape) for s in schema.inputs if s.name}
-        if self.flavor not in LOCAL_REFERENCE_FLAVORS:  # the published config is the truth
-            shapes = {**shapes, **_config_shapes(provenance)}
-        if self.flavor == "onnx":
-            graph = {t.name: t.shape for t in mcfg.io_from_onnx(model_file).inputs}
-            shapes = {t["mlflow"]: shapes.get(t["mlflow"], graph.get(t["triton"])) for t in specs}
-        missing = [t["mlflow"] for t in specs if shapes.get(t["mlflow"]) is None]
-        if missing:
-            raise MlflowException.invalid_parameter_value(
-                f"No input example and no shape for input(s) {missing}: log the model with "
-                "input_example=... (or a tensor signature) to enable verification, or disable it "
-                "with -C verify=false."
-            )
-        return {
-            t["mlflow"]: np.zeros([d if d > 0 else 1 for d in shapes[t["mlflow"]]], mcfg.NUMPY_DTYPES[t["datatype"]])
-            for t in specs
-        }  # fmt: skip
+        return [{names[k]: v for k, v in run.items()} for run in runs]
 
     def _run_locally(
         self, model_file: Path, tensors: Mapping[str, list[dict[str, str]]], arrays: Mapping[str, np.ndarray]
     ) -> dict[str, np.ndarray]:
+        """The flavor's runtime on ``arrays``; outputs by Triton name."""
         inputs = [(t["triton"], arrays[t["mlflow"]]) for t in tensors["inputs"]]
         return run_reference(self.flavor, model_file, inputs, [t["triton"] for t in tensors["outputs"]])
 
-    def _compare(self, expected: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray]) -> None:
-        for output, want in expected.items():
-            got = actual.get(output)
-            if got is None or np.shape(got) != np.shape(want):
-                raise MlflowException(
-                    f"output {output!r} has shape {np.shape(got)}, the local {self.flavor} run "
-                    f"gives {np.shape(want)}",
-                    error_code=INTERNAL_ERROR,
-                )
-            if want.dtype.kind in "biufc":
-                if not np.allclose(got, want, rtol=self.rtol, atol=self.atol):
-                    diff = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64))))
-                    raise MlflowException(
-                        f"output {output!r} differs from the local {self.flavor} run: max abs "
-                        f"diff {diff:.3g} (rtol={self.rtol}, atol={self.atol})",
-                        error_code=INTERNAL_ERROR,
-                    )
-            elif not np.array_equal(got, want):
-                raise MlflowException(
-                    f"output {output!r} differs from the local {self.flavor} run",
-                    error_code=INTERNAL_ERROR,
-                )
+    def _fetch(self, candidate: Candidate, tmp: Path) -> Path:
+        """Stream the version's served file and its companions into ``tmp``."""
+        files = [entry.get("file") for entry in candidate.provenance.files if entry.get("file")]
+        try:
+            if not files:
+                raise MlflowException("provenance names no model file", error_code=INTERNAL_ERROR)
+            for name in files:
+                self.store.download_file(f"{candidate.deployment}/{candidate.version}/{name}", tmp / name)
+        except MlflowException as err:
+            raise VerificationUnavailable(
+                f"Cannot fetch {candidate.deployment!r} version {candidate.version} for the local "
+                f"reference run: {err.message}"
+            ) from err
+        return tmp / files[0]
 
-    def _check_answers(self, actual: Mapping[str, np.ndarray], batch: int, provenance: Mapping[str, Any]) -> None:
-        """Without a local runtime: every output present, batched as sent, and finite."""
-        batched = int((provenance.get("settings") or {}).get("max_batch_size", 0)) > 0
-        for output, got in actual.items():
-            if got is None or (batched and (np.ndim(got) == 0 or len(got) != batch)):
-                raise MlflowException(
-                    f"output {output!r} has shape {np.shape(got)} for a batch of {batch}",
-                    error_code=INTERNAL_ERROR,
-                )
-            if got.dtype.kind in "fc" and not np.all(np.isfinite(got)):
-                raise MlflowException(f"output {output!r} is not finite", error_code=INTERNAL_ERROR)
+    # -- asking and checking ---------------------------------------------------------------------
+    @staticmethod
+    def _infer(server: Any, candidate: Candidate, config: Any, case: SmokeCase) -> dict[str, np.ndarray]:
+        """One request; answers by MLflow name, per-sample scalars back to one value per row."""
+        tensors = candidate.provenance.tensors
+        scalars = per_sample_scalars(config)
+        inputs = {
+            t["triton"]: case.inputs[t["mlflow"]].reshape(-1, 1) if t["triton"] in scalars else case.inputs[t["mlflow"]]
+            for t in tensors["inputs"]
+        }  # fmt: skip
+        datatypes = {t["triton"]: t["datatype"] for t in tensors["inputs"]}
+        names = {t["triton"]: t["mlflow"] for t in tensors["outputs"]}
+        answer = server.infer(candidate.model, inputs, datatypes, list(names), version=candidate.version)
+        return {names[k]: v.reshape(-1) if k in scalars else v for k, v in answer.items()}
 
-
-
-def _config_shapes(provenance: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-    """Full input shapes (batch axis -1 first when batched, as the model sees them) from the
-    published config, keyed by MLflow name."""
-    if not provenance.get("config_pbtxt"):
-        return {}
-    config = mcfg.parse_pbtxt(provenance["config_pbtxt"])
-    names = {t["triton"]: t["mlflow"] for t in (provenance.get("tensors") or {}).get("inputs", [])}
-    batch = (-1,) if config.max_batch_size > 0 else ()
-    return {
-        names.get(t.name, t.name): batch + tuple(t.reshape.shape if t.HasField("reshape") else t.dims)
-        for t in config.input
-    }
+    def _check(
+        self, index: int, answer: dict[str, np.ndarray], expected: dict[str, np.ndarray] | None, config: Any
+    ) -> None:
+        rows = len(next(iter(self.inputs.cases[index].inputs.values()))) if config.max_batch_size > 0 else None
+        problems = _answer_problems(answer, io_from_config(config).outputs, rows, finite=expected is None)
+        if not problems and expected is not None:
+            reference = "the golden output" if self.reference == "golden" else f"the local {self.flavor.name} run"
+            problems = compare_outputs(expected, answer, self.inputs.rtol, self.inputs.atol, reference)
+        if problems:
+            prefix = f"golden case {index}: " if self.reference == "golden" else ""
+            raise MlflowException(prefix + "; ".join(problems), error_code=INTERNAL_ERROR)
 
 
-def _per_sample_scalars(provenance: Mapping[str, Any]) -> set[str]:
-    """Tensors of a batched model that are scalars per sample: the config declares them
-    ``dims: [1]`` with ``reshape { shape: [] }``, so Triton takes and returns ``[batch, 1]``
-    where the model itself takes and returns ``[batch]``."""
-    config = mcfg.parse_pbtxt(provenance["config_pbtxt"]) if provenance.get("config_pbtxt") else None
-    if config is None or config.max_batch_size <= 0:
-        return set()
-    tensors = list(config.input) + list(config.output)
-    return {t.name for t in tensors if t.HasField("reshape") and list(t.dims) == [1]}
+def _answer_problems(answer: Mapping[str, np.ndarray], outputs: Any, rows: int | None, finite: bool) -> list[str]:
+    """Every declared output present, shaped as the config declares (``rows`` on the batch axis
+    when batched; -1 axes take any size), and, with ``finite`` (no reference to compare NaN
+    with), finite."""
+    problems = []
+    for spec in outputs:
+        got = answer.get(spec.source_name)
+        expected = tuple(rows if i == 0 and rows is not None else d for i, d in enumerate(spec.shape))
+        shown = tuple(d if d >= 0 else "any" for d in expected)
+        if got is None:
+            problems.append(f"replica returned no output {spec.source_name!r}")
+        elif np.ndim(got) != len(expected) or any(d >= 0 and d != g for d, g in zip(expected, np.shape(got))):
+            problems.append(
+                f"replica returned {np.size(got)} values for output {spec.source_name!r} (shape "
+                f"{np.shape(got)}), expected shape {shown}"
+            )
+        elif finite and got.dtype.kind in "fc" and not np.all(np.isfinite(got)):
+            problems.append(f"output {spec.source_name!r} is not finite")
+    return problems

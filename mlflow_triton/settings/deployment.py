@@ -1,37 +1,31 @@
 """Deployment configuration: every key, its default, and the parsing of ``-C key=value`` strings.
 
-All validation happens here, before any upload or network call::
+All validation happens here, before any upload or network call (target URIs are parsed by
+:mod:`mlflow_triton.settings.target`)::
 
     config = DeploymentConfig.from_dict({"max_batch_size": "16", "instance_kind": "cpu"})
-    urls = parse_target_uri("triton:/http://t1:8000,http://t2:8000")
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, Mapping
-from urllib.parse import parse_qsl, urlparse
+from urllib.parse import urlparse
 
 from mlflow.exceptions import MlflowException
 
+from mlflow_triton.flavors.registry import normalize_flavor
 from mlflow_triton.triton_config.acceleration import ACCELERATORS, PRECISIONS, check_settings
 from mlflow_triton.triton_config.override import load_override
 from mlflow_triton.triton_config.warmup import WARMUP_MODES
-from mlflow_triton.fleet.discovery import check_discovery_url, is_discovery_url
 
-Flavor = Literal["onnx", "torchscript"]
 InstanceKind = Literal["gpu", "cpu", "auto"]
 Protocol = Literal["http", "grpc"]
 
-FLAVORS: tuple[str, ...] = ("onnx", "torchscript", "triton", "python_function")
-#: Other spellings accepted for a flavor (MLflow's module names).
-FLAVOR_ALIASES: dict[str, str] = {"pytorch": "torchscript", "pyfunc": "python_function"}
 INSTANCE_KINDS: tuple[str, ...] = ("gpu", "cpu", "auto")
 PROTOCOLS: tuple[str, ...] = ("http", "grpc")
-DEFAULT_TRITON_URL = "http://localhost:8000"
 #: DeploymentConfig keys recorded in provenance (see :meth:`DeploymentConfig.settings`).
 CONFIG_SETTINGS = (
     "max_batch_size", "dynamic_batching", "preferred_batch_size",
@@ -45,12 +39,7 @@ RECORDED_WHEN_SET = (
     "config_override", "warmup", "accelerator", "precision", "trt_workspace_bytes", "gpus",
     "response_cache",
 )  # fmt: skip
-TARGET_NAME = "triton"
 
-# Triton accepts any directory name, but a name must also be a safe S3 key segment and a URL path
-# segment for the HTTP API: letters, digits, '_', '-', '.'; starts with a letter or digit.
-# Checked with fullmatch: with match, '$' would also accept a trailing newline ("fraud\n").
-_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 @dataclass
@@ -159,8 +148,7 @@ class DeploymentConfig:
             if f.name in config and config[f.name] is not None:
                 values[f.name] = _convert(f.name, config[f.name], f.type)
         parsed = cls(**values)
-        if parsed.flavor in FLAVOR_ALIASES:  # one spelling in provenance and comparisons
-            parsed.flavor = FLAVOR_ALIASES[parsed.flavor]
+        parsed.flavor = normalize_flavor(parsed.flavor)  # one spelling in provenance and comparisons
         if "warmup" in values and str(values["warmup"]).lower() in _BOOL_WORDS:
             parsed.warmup = _BOOL_WORDS[str(values["warmup"]).lower()]
         if parsed.precision is not None:
@@ -176,7 +164,7 @@ class DeploymentConfig:
         return DeploymentConfig.from_dict({**asdict(self), **dict(overrides or {})})
 
     def validate(self) -> None:
-        _choice("flavor", self.flavor, FLAVORS, optional=True)
+        normalize_flavor(self.flavor)
         if self.python_env is not None and not self.python_env.endswith(".tar.gz"):
             raise MlflowException.invalid_parameter_value(
                 f"python_env must name a packed environment archive ending in .tar.gz (what "
@@ -188,10 +176,7 @@ class DeploymentConfig:
         _choice("warmup", self.warmup, WARMUP_MODES)
         _choice("accelerator", self.accelerator, ACCELERATORS)
         _choice("precision", self.precision, PRECISIONS, optional=True)
-        check_settings(
-            self.accelerator, self.precision, self.trt_workspace_bytes, self.gpus,
-            self.instance_kind, self.flavor,
-        )  # fmt: skip
+        check_settings(self.accelerator, self.precision, self.trt_workspace_bytes, self.gpus, self.instance_kind)
         _at_least("max_batch_size", self.max_batch_size, 0)
         _at_least("instance_count", self.instance_count, 1)
         _at_least("keep_versions", self.keep_versions, 1)
@@ -283,95 +268,3 @@ def _at_least(key: str, value: int, minimum: int) -> None:
         raise MlflowException.invalid_parameter_value(
             f"Config key {key!r} must be >= {minimum}, got {value}."
         )
-
-
-def parse_target_uri(target_uri: str) -> list[str]:
-    """Triton HTTP(S) or gRPC URLs named by a ``triton`` target URI.
-
-    ``triton`` reads ``TRITON_URL`` (default ``http://localhost:8000``); ``triton:/URL[,URL...]``
-    names the servers explicitly. Several URLs are replicas fed by one repository;
-    ``dns+http://NAME:PORT`` stands for every address of NAME (:mod:`mlflow_triton.fleet.discovery`).
-    A ``?repository=...`` query is an option of the target (:func:`target_options`), not a URL.
-
-    Raises:
-        MlflowException: INVALID_PARAMETER_VALUE for any other form.
-    """
-    expected = (
-        "'triton', 'triton:/http://host:port[,http://host2:port]' or "
-        "'triton:/dns+http://name:port' (every address of name)"
-    )
-    if target_uri == TARGET_NAME:
-        spec = os.environ.get("TRITON_URL", DEFAULT_TRITON_URL)
-    elif target_uri.startswith(f"{TARGET_NAME}:/"):
-        spec = target_uri[len(TARGET_NAME) + 2 :]
-    else:
-        raise MlflowException.invalid_parameter_value(
-            f"Invalid target URI {target_uri!r}: expected {expected}."
-        )
-    spec = spec.partition("?")[0]  # options: see target_options
-    urls = [url.strip().rstrip("/") for url in spec.split(",") if url.strip()]
-    if not urls:
-        raise MlflowException.invalid_parameter_value(
-            f"Target URI {target_uri!r} names no Triton server: expected {expected}."
-        )
-    for url in urls:
-        try:
-            parsed = urlparse(url)
-        except ValueError as err:  # e.g. an unclosed '[' of an IPv6 address
-            raise MlflowException.invalid_parameter_value(
-                f"Invalid Triton URL {url!r} in target {target_uri!r} ({err}): expected "
-                "http://host:port (or grpc://host:port)."
-            ) from err
-        if is_discovery_url(url):
-            check_discovery_url(url)
-            continue
-        if parsed.scheme not in ("http", "https", "grpc") or not parsed.hostname:
-            raise MlflowException.invalid_parameter_value(
-                f"Invalid Triton URL {url!r} in target {target_uri!r}: expected "
-                "http://host:port (or grpc://host:port)."
-            )
-        try:
-            parsed.port
-        except ValueError as err:
-            raise MlflowException.invalid_parameter_value(
-                f"Invalid port in Triton URL {url!r}."
-            ) from err
-    return urls
-
-
-#: ``triton:/URL?KEY=VALUE`` options of a target URI and the DeploymentConfig key each sets.
-TARGET_OPTIONS = {"repository": "model_repository", "s3_endpoint_url": "s3_endpoint_url"}
-
-
-def target_options(target_uri: str) -> dict[str, str]:
-    """The DeploymentConfig values a target URI carries in its query, e.g.
-    ``triton:/http://t1:8000?repository=s3://models/triton`` -> ``{"model_repository": ...}``.
-
-    MLflow's ``list`` and ``get`` take no ``-C``: this is how they learn the repository
-    without ``TRITON_MODEL_REPO``.
-
-    Raises:
-        MlflowException: INVALID_PARAMETER_VALUE for an unknown option.
-    """
-    if target_uri == TARGET_NAME or "?" not in target_uri:
-        return {}
-    query = target_uri.partition("?")[2]
-    options = {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        if key not in TARGET_OPTIONS:
-            raise MlflowException.invalid_parameter_value(
-                f"Unknown option {key!r} in target URI {target_uri!r}: valid options are "
-                f"{', '.join(TARGET_OPTIONS)} (e.g. triton:/http://host:8000?repository=s3://bucket/prefix)."
-            )
-        options[TARGET_OPTIONS[key]] = value
-    return options
-
-
-def validate_model_name(name: str | None) -> str:
-    """Return ``name`` if it is a safe Triton model name, else raise INVALID_PARAMETER_VALUE."""
-    if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name) or ".." in name:
-        raise MlflowException.invalid_parameter_value(
-            f"Invalid deployment name {name!r}: use 1-128 letters, digits, '_', '-' or '.', "
-            "starting with a letter or digit (no '/', no '..'), e.g. 'fraud-detector'."
-        )
-    return name

@@ -18,9 +18,9 @@ Each refusal implements a rule Triton documents (or a setting Triton would silen
   ``KIND_GPU`` instances and ignores them elsewhere (TensorFlow's backend even refuses them:
   "GPU Execution Accelerator can only be set on non-CPU backend context"). A GPU accelerator
   with a CPU (or ``auto``) instance group would silently do nothing: refused.
-* **TorchScript**: the ``pytorch`` (libtorch) backend's README documents no execution
-  accelerator (only ``parameters`` such as ``INFERENCE_MODE`` and ``ENABLE_JIT_EXECUTOR``):
-  ``accelerator`` is refused for it; convert the model with Torch-TensorRT or log ONNX.
+* Flavors whose backend documents no execution accelerator (TorchScript's ``pytorch``
+  backend, Python-backend models, a user's own Triton config) refuse ``accelerator`` in their
+  own plan (:mod:`mlflow_triton.flavors`).
 * ``instance_group.gpus`` (model_config.proto: "GPU(s) where instances should be available")
   is only valid for ``KIND_GPU``: Triton refuses a ``KIND_CPU`` group that lists GPUs, and
   ``KIND_AUTO`` becomes ``KIND_CPU`` on a machine without GPUs.
@@ -35,13 +35,20 @@ of the graph) keep versions apart.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Protocol, Sequence
 
 from mlflow.exceptions import MlflowException
 from tritonclient.grpc import model_config_pb2 as mc
 
-if TYPE_CHECKING:
-    from mlflow_triton.settings.deployment import DeploymentConfig
+
+class AccelerationSettings(Protocol):
+    """The ``-C`` settings this module reads (``DeploymentConfig`` has them)."""
+
+    accelerator: str
+    precision: str | None
+    trt_workspace_bytes: int | None
+    gpus: list[int]
+    response_cache: bool
 
 __all__ = [
     "ACCELERATORS", "PRECISIONS", "TRT_ENGINE_CACHE_ROOT", "apply_acceleration", "check_generated",
@@ -59,7 +66,7 @@ _GPU = mc.ModelInstanceGroup.KIND_GPU
 
 def check_settings(
     accelerator: str, precision: str | None, trt_workspace_bytes: int | None, gpus: Sequence[int],
-    instance_kind: str, flavor: str | None,
+    instance_kind: str,
 ) -> None:  # fmt: skip
     """Refuse invalid combinations of ``-C`` keys, before a model is even resolved.
 
@@ -71,12 +78,6 @@ def check_settings(
             f"accelerator={accelerator} needs instance_kind=gpu (got {instance_kind}): Triton "
             "applies GPU execution accelerators to KIND_GPU instances only, so on this instance "
             "group it would silently do nothing."
-        )
-    if accelerator != "none" and flavor == "torchscript":
-        raise MlflowException.invalid_parameter_value(
-            f"accelerator={accelerator} is not available for TorchScript: Triton's pytorch "
-            "(libtorch) backend documents no execution accelerators. Log the model as ONNX, or "
-            "compile it with Torch-TensorRT before logging."
         )
     if accelerator != "tensorrt":
         tensorrt_only = (("precision", precision), ("trt_workspace_bytes", trt_workspace_bytes))
@@ -101,7 +102,7 @@ def check_settings(
         )
 
 
-def apply_acceleration(message: mc.ModelConfig, config: "DeploymentConfig", deployment_name: str) -> None:
+def apply_acceleration(message: mc.ModelConfig, config: AccelerationSettings, deployment_name: str) -> None:
     """Add the accelerator, GPUs and response cache that ``config`` asks for to ``message``."""
     if config.gpus:
         for group in message.instance_group:

@@ -19,34 +19,26 @@ GPU instance groups only; ``true`` / ``false`` force it::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from mlflow.exceptions import MlflowException
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import serialize_byte_tensor
 
-__all__ = [
-    "WARMUP_FOLDER", "WARMUP_MODES", "WarmupPlan", "plan_warmup", "warmup_count", "warmup_enabled",
-    "warmup_example", "warmup_prefix",
-]  # fmt: skip
+from mlflow_triton.triton_config.tensors import ModelIO
+
+__all__ = ["WARMUP_MODES", "WarmupPlan", "plan_warmup", "warmup_enabled"]
 
 WARMUP_MODES: tuple[str, ...] = ("auto", "true", "false")
-#: Triton's folder for warmup data inside a model directory (``kWarmupDataFolder``).
-WARMUP_FOLDER = "warmup"
 
 
 @dataclass
 class WarmupPlan:
-    """The ``model_warmup`` entries and the data files they read (relative to ``warmup/``)."""
+    """The ``model_warmup`` entries and the data files they read (relative to the model's
+    ``warmup/`` folder, :data:`mlflow_triton.repository.layout.WARMUP_FOLDER`)."""
 
     entries: list[mc.ModelWarmup]
     files: dict[str, bytes] = field(default_factory=dict)
-
-
-def warmup_prefix(name: str, version: int) -> str:
-    """The repository prefix of one version's warmup files."""
-    return f"{name}/{WARMUP_FOLDER}/{version}/"
 
 
 def warmup_enabled(mode: str, instance_kind: str) -> bool:
@@ -54,28 +46,8 @@ def warmup_enabled(mode: str, instance_kind: str) -> bool:
     return mode == "true" or (mode == "auto" and instance_kind == "gpu")
 
 
-def warmup_example(source: Any, io: Any, mode: str, instance_kind: str) -> dict[str, np.ndarray] | None:
-    """The MLflow input example of ``source`` as arrays by MLflow input name, when warmup is on
-    and the model has one (only the example file is fetched); else None."""
-    from mlflow_triton.triton_config.model_config import as_arrays, provenance_entry
-
-    if not warmup_enabled(mode, instance_kind):
-        return None
-    example = source.load_input_example()
-    if example is None:
-        return None
-    return as_arrays(example, [provenance_entry(t) for t in io.inputs])
-
-
-def warmup_count(flavor: str) -> int:
-    """Warmup requests per load. TorchScript's profiling executor profiles the first call
-    (``torch._C._jit_get_num_profiled_runs()`` is 1) and optimizes the graph on the next one,
-    so two requests take both off the first client requests; one is enough for the others."""
-    return 2 if flavor == "torchscript" else 1
-
-
 def plan_warmup(
-    io: Any, max_batch_size: int, example: dict[str, np.ndarray] | None, version: int, count: int = 1
+    io: ModelIO, max_batch_size: int, example: dict[str, np.ndarray] | None, version: int, count: int = 1
 ) -> WarmupPlan:
     """One warmup request from the input example (arrays by MLflow input name), or zeros.
 
@@ -84,7 +56,8 @@ def plan_warmup(
         max_batch_size: the config's; the example's batch is cut to it (1 without batching).
         example: the MLflow input example as arrays with Triton's dtypes, or None for zeros.
         version: the version whose ``warmup/<version>/`` folder holds the files.
-        count: how many times Triton sends the request at load (see :func:`warmup_count`).
+        count: how many times Triton sends the request at load (the flavor's: TorchScript's
+            profiling executor optimizes the graph on its second call, so it asks for two).
 
     Raises:
         MlflowException: INVALID_PARAMETER_VALUE when the example contradicts the config dims.

@@ -70,7 +70,6 @@ for _entry in filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)):
 sys.path[:] = [p for p in sys.path if p not in _before] + _before
 
 import onnxruntime
-
 from batching import execute_batched  # copied beside this file by make_backend_dir
 
 # onnxruntime's NodeArg.type -> (OnnxDataTypeName, TRITONSERVER_DataTypeString of

@@ -61,7 +61,6 @@ for _entry in filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)):
 sys.path[:] = [p for p in sys.path if p not in _before] + _before
 
 import torch
-
 from batching import execute_batched  # copied beside this file by make_backend_dir
 
 # ModelConfigDataTypeToTorchType (src/libtorch_utils.cc); TYPE_STRING is handled apart.
