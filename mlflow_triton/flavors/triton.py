@@ -52,6 +52,7 @@ from mlflow_triton.flavors.base import (
     refuse_accelerator,
 )  # fmt: skip
 from mlflow_triton.flavors.source import ModelSource
+from mlflow_triton.repository.artifacts import download_artifact
 from mlflow_triton.repository.layout import CONFIG_FILE, LOGGED_CONFIG_FILE
 from mlflow_triton.triton_config.model_config import with_owned_fields
 from mlflow_triton.triton_config.tensors import io_from_config, protocol_dtype
@@ -208,9 +209,7 @@ def load_model(model_uri: str, dst_path: str | None = None) -> str:
     Raises:
         MlflowException: INVALID_PARAMETER_VALUE if the model has no ``triton`` flavor.
     """
-    import mlflow
-
-    root = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=dst_path)
+    root = str(download_artifact(model_uri, Path(dst_path) if dst_path else None, model_uri))
     flavors = Model.load(os.path.join(root, MLMODEL_FILE_NAME)).flavors
     if FLAVOR_NAME not in flavors:
         raise MlflowException.invalid_parameter_value(

@@ -121,17 +121,21 @@ def local_path(uri: str) -> Path | None:
     return Path(uri) if parsed.scheme == "" else None
 
 
-def download_artifact(uri: str, destination: Path, model_uri: str | None = None) -> Path:
-    """Download ``uri`` (a file or a folder, streamed to disk) into ``destination``.
+def download_artifact(uri: str, destination: Path | None, model_uri: str | None = None) -> Path:
+    """Download ``uri`` (a file or a folder, streamed to disk) into ``destination`` (None: a
+    new temporary folder, as MLflow does).
 
     Raises:
         MlflowException: RESOURCE_DOES_NOT_EXIST naming ``uri`` (and ``model_uri``).
     """
     import mlflow
 
-    destination.mkdir(parents=True, exist_ok=True)
+    if destination is not None:
+        destination.mkdir(parents=True, exist_ok=True)
     try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(destination)))
+        return Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=uri, dst_path=str(destination) if destination is not None else None
+        ))  # fmt: skip
     except Exception as err:
         raise _not_found(uri, err, model_uri) from err
 
@@ -168,8 +172,8 @@ def open_artifact(uri: str) -> Iterator[ArtifactStream | None]:
         MlflowException: RESOURCE_DOES_NOT_EXIST when the artifact cannot be opened.
     """
     parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        path = Path(unquote(parsed.path) if parsed.scheme == "file" else uri)
+    path = local_path(uri)
+    if path is not None:
         try:
             handle = open(path, "rb")
         except OSError as err:

@@ -6,6 +6,7 @@ from urllib.parse import urlparse
 
 from mlflow.exceptions import MlflowException
 
+from mlflow_triton.repository.artifacts import local_path
 from mlflow_triton.repository.local_store import LocalStore
 from mlflow_triton.repository.s3_store import S3Store
 from mlflow_triton.repository.store import ModelRepositoryStore
@@ -21,8 +22,9 @@ def open_store(uri: str, endpoint_url: str | None = None) -> ModelRepositoryStor
         parsed = urlparse(uri)
         if parsed.scheme == "s3":
             return S3Store(uri, endpoint_url=endpoint_url)
-        if parsed.scheme in ("", "file"):
-            return LocalStore(parsed.path if parsed.scheme == "file" else uri)
+        local = local_path(uri)
+        if local is not None:
+            return LocalStore(local)
     except (ValueError, RuntimeError) as err:  # unclosed "[", NUL byte, "~nosuchuser"
         raise MlflowException.invalid_parameter_value(
             f"Invalid model repository {uri!r}: {err}. Use s3://bucket/prefix or a local directory."
