@@ -7,6 +7,7 @@ Deployment ``NAME`` is Triton's model folder plus files of ours that Triton igno
     <repo>/NAME/<N>/mlflow-triton.json           provenance (mlflow_triton.repository.provenance)
     <repo>/NAME/<N>/.mlflow-triton.claim         version number claimed before the first byte
     <repo>/NAME/<N>/mlflow-triton.logged-config.pbtxt   a triton-flavor model's config as logged
+    <repo>/NAME/<N>/mlflow-triton.reference/     inputs and outputs it was verified with
     <repo>/NAME/warmup/<N>/input_<i>             model_warmup data (mlflow_triton.triton_config.warmup)
     <repo>/NAME/mlflow-triton-history.json       serving history (mlflow_triton.repository.history)
     <repo>/NAME/.mlflow-triton.lease             held while a publisher writes (mlflow_triton.repository.lease)
@@ -29,6 +30,8 @@ LEASE_FILE = ".mlflow-triton.lease"
 CLAIM_FILE = ".mlflow-triton.claim"
 #: A triton-flavor model's config.pbtxt as logged, kept in its version folder.
 LOGGED_CONFIG_FILE = "mlflow-triton.logged-config.pbtxt"
+#: Reference outputs of a verified version, inside its folder (mlflow_triton.repository.references).
+REFERENCE_FOLDER = "mlflow-triton.reference"
 #: Triton's folder for warmup data inside a model directory (``kWarmupDataFolder``).
 WARMUP_FOLDER = "warmup"
 #: Staging models are named ``_mlflow-triton-staging.NAME``; no deployment name starts with '_'.

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from mlflow.exceptions import MlflowException
 
+from mlflow_triton.core.golden import GoldenCases
 from mlflow_triton.triton_config.tensors import NUMPY_DTYPES, ModelIO, as_arrays, provenance_entry
 
 if TYPE_CHECKING:
@@ -79,6 +80,15 @@ def zeros(io: ModelIO) -> dict[str, np.ndarray]:
     return arrays
 
 
+def golden_inputs(golden: GoldenCases, max_batch_size: int) -> SmokeInputs:
+    """Golden cases as smoke inputs, each batch cut to ``max_batch_size``."""
+    cases = tuple(
+        SmokeCase(_rows(dict(inputs), max_batch_size), _rows(dict(outputs), max_batch_size))
+        for inputs, outputs in golden
+    )
+    return SmokeInputs(cases, "golden", golden.rtol, golden.atol)
+
+
 def derive_smoke_inputs(model: "LoggedModel | None", io: ModelIO, max_batch_size: int, workdir: Path) -> SmokeInputs:
     """The smoke inputs of a model with tensors ``io`` (see the module docstring).
 
@@ -100,11 +110,7 @@ def derive_smoke_inputs(model: "LoggedModel | None", io: ModelIO, max_batch_size
                 f"The golden outputs of {model.model_uri} lack input(s) {missing} of the model "
                 f"(inputs {names}). Log the model again with matching golden outputs."
             )
-        cases = tuple(
-            SmokeCase(_rows({n: np.asarray(inputs[n]) for n in names}, max_batch_size), _rows(dict(outputs), max_batch_size))
-            for inputs, outputs in golden
-        )
-        return SmokeInputs(cases, "golden", golden.rtol, golden.atol)
+        return golden_inputs(golden, max_batch_size)
     example = model.load_input_example() if model is not None else None
     if example is not None:
         try:

@@ -32,6 +32,7 @@ from mlflow_triton.fleet.server import ReplicaUnreachable
 from mlflow_triton.repository.layout import CLAIM_FILE, CONFIG_FILE, WARMUP_FOLDER, version_prefix
 from mlflow_triton.repository.lease import LeaseLost
 from mlflow_triton.repository.provenance import Provenance, read_provenance, write_provenance
+from mlflow_triton.repository.references import file_digest, save_reference
 from mlflow_triton.repository.state import DeploymentState
 from mlflow_triton.repository.store import ModelRepositoryStore
 from mlflow_triton.repository.transfer import Located, locate, read_inspection, transfer
@@ -108,35 +109,15 @@ class PublishTransaction:
             self._build(plan, io, 0)
         pending = self._pending_upload(located)
         version = pending or self._claim_version()
-        prefix = version_prefix(self.name, version)
-        uploaded = copied = 0
-        switching = False
+        self.switching = False
         try:
-            if pending:
-                logger.info("%s version %d is already uploaded (an earlier try): nothing to upload", self.name, version)
-                self._reuse(plan, located, version)
-            else:
-                spool = self.workdir / "reference" if self._needs_model_file(plan) else None
-                uploaded, copied = transfer(self.store, located, prefix, spool)
-            assert located.entries is not None
-            if located.streamed and not pending and self.serving is not None and self.serving.holds(located.entries, self.settings):
-                # Same bytes under another URI: found out while streaming, so the copy goes.
-                self.publisher.discard(self.name, version)
-                raise Unchanged()
-            io = self._io(plan, located)
-            message, warmup = self._build(plan, io, version)
-            for filename, data in (warmup.files if warmup else {}).items():
-                self.store.write_bytes(f"{self.name}/{WARMUP_FOLDER}/{filename}", data)
-            verifier = SmokeTest(self.store, self.publisher.cluster, plan.flavor, self.smoke) if self.verify else None
-            provenance = self._provenance(plan, located, io, message, version, verifier)
-            # Written last, and only by the lease holder: a version folder without provenance
-            # is an interrupted upload, which the next publisher removes.
-            self.rollout.lease.check("writing the provenance")
-            write_provenance(self.store, provenance)
-            self.rollout.verify(
-                version, message, provenance, verifier, model_file=None if pending else located.complete_local_copy
-            )
-            switching = True
+            uploaded, copied = self._move(plan, located, version, pending)
+            provenance, message, verifier = self._write_version(plan, located, version)
+            if verifier is not None:  # the local reference run overlaps the staging copy and loads
+                verifier.start_reference(self.name, version, provenance, None if pending else located.complete_local_copy)
+            self.rollout.verify(version, message, provenance, verifier)
+            self._keep_reference(verifier, provenance)
+            self.switching = True
             self.rollout.switch(
                 version, message, self.state.config_bytes, self.state.serving_version, "publish",
                 verified=verifier is not None, **self._registry_details(),
@@ -144,9 +125,52 @@ class PublishTransaction:
         except Unchanged:
             raise
         except BaseException as err:
-            self._fail(err, version, prefix, switching)
+            self._fail(err, version, version_prefix(self.name, version), self.switching)
             raise
         return provenance, uploaded, copied
+
+    def _move(self, plan: PublishPlan, located: Located, version: int, pending: int | None) -> tuple[int, int]:
+        """The files into ``NAME/<version>/`` (or an earlier try's upload taken as it is)."""
+        uploaded = copied = 0
+        if pending:
+            logger.info("%s version %d is already uploaded (an earlier try): nothing to upload", self.name, version)
+            self._reuse(plan, located, version)
+        else:
+            spool = self.workdir / "reference" if self._needs_model_file(plan) else None
+            uploaded, copied = transfer(self.store, located, version_prefix(self.name, version), spool)
+        assert located.entries is not None
+        if located.streamed and not pending and self.serving is not None and self.serving.holds(located.entries, self.settings):
+            # Same bytes under another URI: found out while streaming, so the copy goes.
+            self.publisher.discard(self.name, version)
+            raise Unchanged()
+        return uploaded, copied
+
+    def _write_version(self, plan: PublishPlan, located: Located, version: int) -> tuple[Provenance, Any, SmokeTest | None]:
+        """The warmup files, then the provenance (last, and only by the lease holder: a version
+        folder without provenance is an interrupted upload, which the next publisher removes)."""
+        io = self._io(plan, located)
+        message, warmup = self._build(plan, io, version)
+        for filename, data in (warmup.files if warmup else {}).items():
+            self.store.write_bytes(f"{self.name}/{WARMUP_FOLDER}/{filename}", data)
+        verifier = SmokeTest(self.store, self.publisher.cluster, plan.flavor, self.smoke) if self.verify else None
+        provenance = self._provenance(plan, located, io, message, version, verifier)
+        self.rollout.lease.check("writing the provenance")
+        write_provenance(self.store, provenance)
+        return provenance, message, verifier
+
+    def _keep_reference(self, verifier: SmokeTest | None, provenance: Provenance) -> None:
+        """Store what the version was verified with beside it, so that a rollback, a repair or
+        a replica heal verify it without a runtime or the model's bytes (best effort)."""
+        cases = verifier.reference_cases() if verifier is not None else None
+        if cases is None:
+            return
+        try:
+            self.rollout.lease.check("storing the reference outputs")
+            save_reference(self.store, self.name, provenance.version, cases, file_digest(provenance.files[0]))
+        except LeaseLost:
+            raise
+        except Exception as err:  # a cache: the version is verified the way it was published instead
+            logger.warning("Could not store the reference outputs of %s version %d: %s", self.name, provenance.version, err)
 
     # -- pieces ------------------------------------------------------------------------------
     def _io(self, plan: PublishPlan, located: Located) -> ModelIO | None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
@@ -30,14 +31,22 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, TEMPORARILY_UNAVAILABLE
 
+from mlflow_triton.core.golden import GoldenCases
 from mlflow_triton.core.tolerance import compare_outputs
 from mlflow_triton.flavors.base import Flavor
 from mlflow_triton.flavors.registry import get as get_flavor
 from mlflow_triton.flavors.registry import resolve_model
 from mlflow_triton.fleet.server import raise_failures
+from mlflow_triton.repository.layout import version_prefix
 from mlflow_triton.repository.provenance import Provenance
+from mlflow_triton.repository.references import file_digest, load_reference
 from mlflow_triton.rollout.reference_run import run_reference
-from mlflow_triton.rollout.smoke_inputs import SmokeCase, SmokeInputs, derive_smoke_inputs
+from mlflow_triton.rollout.smoke_inputs import (
+    SmokeCase,
+    SmokeInputs,
+    derive_smoke_inputs,
+    golden_inputs,
+)
 from mlflow_triton.triton_config.model_config import parse_pbtxt
 from mlflow_triton.triton_config.tensors import io_from_config, per_sample_scalars
 
@@ -125,27 +134,32 @@ class SmokeTest:
                 "(-C verify=false, --no-smoke-test)."
             )
         self.compare = inputs.origin != "golden" and (available if compare is None else compare)
+        self._reference: Future | None = None
+        self._expected: list[dict[str, np.ndarray] | None] | None = None
 
     @classmethod
     def for_version(
         cls, store: "ModelRepositoryStore", cluster: "TritonCluster", provenance: Provenance,
         compare: bool | None = None,
     ) -> "SmokeTest":  # fmt: skip
-        """A smoke test for a version already in the repository (rollback, reload), fed with
-        the golden cases or input example of the MLflow model its provenance names, or zeros
-        shaped by its config.
+        """A smoke test for a version already in the repository (rollback, reload): against the
+        reference outputs stored beside it when it was published
+        (:mod:`mlflow_triton.repository.references`), else fed with the golden cases or input
+        example of the MLflow model its provenance names, or zeros shaped by its config.
 
         Raises:
             MlflowException: when that MLflow model cannot be read (the message says how to
                 skip verification).
         """
         flavor = get_flavor(provenance.flavor)
+        config = parse_pbtxt(provenance.config_pbtxt)
+        stored = load_reference(store, provenance.name, provenance.version, file_digest(provenance.files[0]))
+        if stored is not None:  # computed when it was published: no runtime, no MLflow, no model bytes
+            return cls(store, cluster, flavor, golden_inputs(stored, config.max_batch_size), compare)
+        model = None
         # The registry version that was published, never its alias resolved again: an alias
         # may point at another version (with other inputs) by now.
         model_uri = provenance.registry_uri
-        config = parse_pbtxt(provenance.config_pbtxt)
-        io = io_from_config(config)
-        model = None
         if model_uri:
             try:
                 source = resolve_model(model_uri, flavor.name)
@@ -159,7 +173,7 @@ class SmokeTest:
             own = provenance.source_uri in (None, "", source.artifact_uri)
             model = source.model if own else source.model.part()
         with tempfile.TemporaryDirectory(prefix="mlflow-triton-golden-") as tmp:
-            inputs = derive_smoke_inputs(model, io, config.max_batch_size, Path(tmp))
+            inputs = derive_smoke_inputs(model, io_from_config(config), config.max_batch_size, Path(tmp))
         return cls(store, cluster, flavor, inputs, compare)
 
     @property
@@ -181,7 +195,7 @@ class SmokeTest:
                 "the answers with the model run locally (or log golden outputs with the model).",
                 self.flavor.name, self.flavor.reference_runtime,
             )  # fmt: skip
-        expected = self._expected_outputs(candidate)
+        expected = self._expected = self._expected_outputs(candidate)
         failures: dict[str, Exception | None] = {}
         for url in candidate.urls:
             try:
@@ -198,20 +212,50 @@ class SmokeTest:
         )  # fmt: skip
 
     # -- the reference ---------------------------------------------------------------------------
+    def start_reference(
+        self, deployment: str, version: int, provenance: Provenance, model_file: Path | None = None
+    ) -> None:
+        """Compute the reference outputs now, in the background (the local run, fetching the
+        model file from the repository first when ``model_file`` is None), so that they are
+        ready when the candidate is: a publisher calls this before the staging load. Without
+        it, :meth:`__call__` computes them itself. Nothing to do without a local reference."""
+        if self.reference != "local" or self._reference is not None:
+            return
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-triton-reference")
+        self._reference = pool.submit(self._run_cases, deployment, version, provenance, model_file)
+        pool.shutdown(wait=False)
+
+    def reference_cases(self) -> GoldenCases | None:
+        """After a passing call: the inputs sent and the outputs they had to give (golden
+        format), for :mod:`mlflow_triton.repository.references`; None without a reference."""
+        if self.reference == "answers" or self._expected is None:
+            return None
+        cases = [(case.inputs, expected) for case, expected in zip(self.inputs.cases, self._expected, strict=True)]
+        if any(expected is None for _, expected in cases):
+            return None
+        return GoldenCases([i for i, _ in cases], [o for _, o in cases], self.inputs.rtol, self.inputs.atol)
+
     def _expected_outputs(self, candidate: Candidate) -> list[dict[str, np.ndarray] | None]:
         """Per case, the reference outputs by MLflow name (None: answers are only checked)."""
         if self.reference != "local":
             return [case.expected for case in self.inputs.cases]
-        tensors = candidate.provenance.tensors
+        self.start_reference(candidate.deployment, candidate.version, candidate.provenance, candidate.model_file)
+        assert self._reference is not None
+        return self._reference.result()
+
+    def _run_cases(
+        self, deployment: str, version: int, provenance: Provenance, model_file: Path | None
+    ) -> list[dict[str, np.ndarray]]:
+        tensors = provenance.tensors
+        names = {t["triton"]: t["mlflow"] for t in tensors["outputs"]}
         with tempfile.TemporaryDirectory(prefix="mlflow-triton-verify-") as tmp:
-            model_file = candidate.model_file or self._fetch(candidate, Path(tmp))
-            names = {t["triton"]: t["mlflow"] for t in tensors["outputs"]}
+            model_file = model_file or self._fetch(deployment, version, provenance, Path(tmp))
             try:
                 runs = [self._run_locally(model_file, tensors, case.inputs) for case in self.inputs.cases]
             except Exception as err:  # the local runtime, not Triton: no verdict on the model
                 raise VerificationUnavailable(
-                    f"The local {self.flavor.name} reference run of {candidate.deployment!r} version "
-                    f"{candidate.version} failed ({type(err).__name__}: {err}); install a runtime "
+                    f"The local {self.flavor.name} reference run of {deployment!r} version "
+                    f"{version} failed ({type(err).__name__}: {err}); install a runtime "
                     "that can run it, or deploy with -C verify=false."
                 ) from err
         return [{names[k]: v for k, v in run.items()} for run in runs]
@@ -223,18 +267,17 @@ class SmokeTest:
         inputs = [(t["triton"], arrays[t["mlflow"]]) for t in tensors["inputs"]]
         return run_reference(self.flavor, model_file, inputs, [t["triton"] for t in tensors["outputs"]])
 
-    def _fetch(self, candidate: Candidate, tmp: Path) -> Path:
+    def _fetch(self, deployment: str, version: int, provenance: Provenance, tmp: Path) -> Path:
         """Stream the version's served file and its companions into ``tmp``."""
-        files = [entry.get("file") for entry in candidate.provenance.files if entry.get("file")]
+        files = [entry.get("file") for entry in provenance.files if entry.get("file")]
         try:
             if not files:
                 raise MlflowException("provenance names no model file", error_code=INTERNAL_ERROR)
             for name in files:
-                self.store.download_file(f"{candidate.deployment}/{candidate.version}/{name}", tmp / name)
+                self.store.download_file(f"{version_prefix(deployment, version)}{name}", tmp / name)
         except MlflowException as err:
             raise VerificationUnavailable(
-                f"Cannot fetch {candidate.deployment!r} version {candidate.version} for the local "
-                f"reference run: {err.message}"
+                f"Cannot fetch {deployment!r} version {version} for the local reference run: {err.message}"
             ) from err
         return tmp / files[0]
 
