@@ -67,7 +67,7 @@ class GoldenCases:
             )
 
     def __iter__(self) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
-        return iter(zip(self.inputs, self.outputs))
+        return iter(zip(self.inputs, self.outputs, strict=True))
 
     def __len__(self) -> int:
         return len(self.inputs)

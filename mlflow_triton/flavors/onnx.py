@@ -101,7 +101,7 @@ def with_signature_names(io: ModelIO, signature: "ModelSignature | None") -> Mod
         names = [s.name for s in schema.inputs] if schema is not None else []
         if len(names) != len(specs) or not all(names):
             return specs
-        return tuple(TensorSpec(s.name, s.data_type, s.shape, n) for s, n in zip(specs, names))
+        return tuple(TensorSpec(s.name, s.data_type, s.shape, n) for s, n in zip(specs, names, strict=True))
 
     return ModelIO(rename(io.inputs, signature.inputs), rename(io.outputs, signature.outputs))
 
@@ -154,7 +154,7 @@ class OnnxFlavor:
         import onnxruntime
 
         session = onnxruntime.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
-        return dict(zip(outputs, session.run(list(outputs), dict(inputs))))
+        return dict(zip(outputs, session.run(list(outputs), dict(inputs)), strict=True))
 
 
 ONNX = OnnxFlavor()

@@ -147,14 +147,59 @@ def onnx_graph_summary(source: Path | str | BinaryIO) -> OnnxGraphSummary:
 
 def _read_summary(stream: BinaryIO, label: str) -> OnnxGraphSummary:
     from google.protobuf.message import DecodeError
-    from onnx import StringStringEntryProto, ValueInfoProto
 
-    inputs: list[ValueInfoProto] = []
-    outputs: list[ValueInfoProto] = []
-    initializers: set[str] = set()
-    external: set[str] = set()
+    try:
+        return _GraphWalk(stream).summary()
+    except (_CorruptModel, DecodeError, UnicodeDecodeError) as err:
+        raise MlflowException.invalid_parameter_value(
+            f"{label} is not a readable ONNX model: {err}"
+        ) from err
 
-    def initializer(reader: _WireReader, end: int) -> None:
+
+class _GraphWalk:
+    """One pass over a ``ModelProto``: the graph's inputs, outputs and initializers (their
+    names and external-data locations only), every other payload skipped with a seek."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.inputs: list = []
+        self.outputs: list = []
+        self.initializers: set[str] = set()
+        self.external: set[str] = set()
+
+    def summary(self) -> OnnxGraphSummary:
+        size = self.stream.seek(0, io.SEEK_END)
+        self.stream.seek(0)
+        reader, has_graph = _WireReader(self.stream, 0), False
+        for number, wire in reader.fields(size):
+            if number == _MODEL_GRAPH and wire == _LEN:
+                length = reader.length(size)
+                self.graph(reader, reader.pos + length)
+                has_graph = True
+            else:  # ir_version, opset_import, functions, metadata...
+                reader.skip_value(wire, size)
+        if not has_graph:
+            raise _CorruptModel("it has no graph")
+        return OnnxGraphSummary(
+            tuple(self.inputs), tuple(self.outputs), frozenset(self.initializers), tuple(sorted(self.external))
+        )
+
+    def graph(self, reader: _WireReader, end: int) -> None:
+        from onnx import ValueInfoProto
+
+        for number, wire in reader.fields(end):
+            if number in (_GRAPH_INPUT, _GRAPH_OUTPUT) and wire == _LEN:
+                value = ValueInfoProto.FromString(reader.read(reader.length(end), end))
+                (self.inputs if number == _GRAPH_INPUT else self.outputs).append(value)
+            elif number == _GRAPH_INITIALIZER and wire == _LEN:
+                size = reader.length(end)
+                self.initializer(reader, reader.pos + size)
+            else:  # nodes, value_info, doc_string...
+                reader.skip_value(wire, end)
+
+    def initializer(self, reader: _WireReader, end: int) -> None:
+        from onnx import StringStringEntryProto
+
         name, location, locations = "", 0, []
         for number, wire in reader.fields(end):
             if number == _TENSOR_NAME and wire == _LEN:
@@ -167,38 +212,6 @@ def _read_summary(stream: BinaryIO, label: str) -> OnnxGraphSummary:
                 location = reader.varint(end)
             else:  # dims, data_type, raw_data, float_data...: seek past the weights
                 reader.skip_value(wire, end)
-        initializers.add(name)
+        self.initializers.add(name)
         if location == _EXTERNAL:
-            external.update(locations)
-
-    def graph(reader: _WireReader, end: int) -> None:
-        for number, wire in reader.fields(end):
-            if number in (_GRAPH_INPUT, _GRAPH_OUTPUT) and wire == _LEN:
-                value = ValueInfoProto.FromString(reader.read(reader.length(end), end))
-                (inputs if number == _GRAPH_INPUT else outputs).append(value)
-            elif number == _GRAPH_INITIALIZER and wire == _LEN:
-                size = reader.length(end)
-                initializer(reader, reader.pos + size)
-            else:  # nodes, value_info, doc_string...
-                reader.skip_value(wire, end)
-
-    try:
-        size = stream.seek(0, io.SEEK_END)
-        stream.seek(0)
-        reader, has_graph = _WireReader(stream, 0), False
-        for number, wire in reader.fields(size):
-            if number == _MODEL_GRAPH and wire == _LEN:
-                length = reader.length(size)
-                graph(reader, reader.pos + length)
-                has_graph = True
-            else:  # ir_version, opset_import, functions, metadata...
-                reader.skip_value(wire, size)
-        if not has_graph:
-            raise _CorruptModel("it has no graph")
-    except (_CorruptModel, DecodeError, UnicodeDecodeError) as err:
-        raise MlflowException.invalid_parameter_value(
-            f"{label} is not a readable ONNX model: {err}"
-        ) from err
-    return OnnxGraphSummary(
-        tuple(inputs), tuple(outputs), frozenset(initializers), tuple(sorted(external))
-    )
+            self.external.update(locations)

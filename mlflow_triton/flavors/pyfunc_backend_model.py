@@ -106,7 +106,7 @@ class TritonPythonModel:
                 values = self._output_values(self.model.predict(self._model_input(request)))
                 tensors = [
                     self._tensor(name, value, dtype, shape)
-                    for (name, _, dtype, shape), value in zip(self.outputs, values)
+                    for (name, _, dtype, shape), value in zip(self.outputs, values, strict=True)
                 ]
                 responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             except Exception as err:  # one bad request must not fail the others in its batch

@@ -150,7 +150,7 @@ class TorchScriptFlavor:
         with torch.no_grad():
             result = module(*[torch.from_numpy(np.array(array)) for _, array in inputs])
         values = result if isinstance(result, (tuple, list)) else (result,)
-        return {name: value.detach().cpu().numpy() for name, value in zip(outputs, values)}
+        return {name: value.detach().cpu().numpy() for name, value in zip(outputs, values, strict=False)}  # a module may return more
 
 
 TORCHSCRIPT = TorchScriptFlavor()

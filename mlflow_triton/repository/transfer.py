@@ -125,7 +125,7 @@ def locate(
     for companion in inspection.companions if inspection is not None else ():
         pairs.append((companion.origin, companion.target))
         paths.append(_local_file(companion.origin, paths[0].parent))
-    located = list(zip(map(str, paths), (target for _, target in pairs)))
+    located = list(zip(map(str, paths), (target for _, target in pairs), strict=True))
     return Located("upload", located, file_entries(located), inspection, inspect, complete_local_copy=paths[0])
 
 
@@ -143,7 +143,7 @@ def _locate_copy(store: ModelRepositoryStore, pairs: list[tuple[str, str]], insp
         if not all(companion_stats):
             return None
         pairs, stats = pairs + companions, stats + companion_stats
-    entries = [{"file": target, **stat} for (_, target), stat in zip(pairs, stats)]
+    entries = [{"file": target, **stat} for (_, target), stat in zip(pairs, stats, strict=True)]
     return Located("copy", pairs, entries, inspection, inspect)
 
 
@@ -164,7 +164,7 @@ def transfer(store: ModelRepositoryStore, located: Located, prefix: str, spool: 
     uploaded = copied = 0
     if located.kind == "stream":
         uploaded = _stream_files(store, located, prefix, spool)
-    for (origin, target), entry in zip(located.files, located.entries or []):
+    for (origin, target), entry in zip(located.files, located.entries or [], strict=located.kind != "stream"):
         if located.kind == "copy":
             copied += store.copy_from(origin, prefix + target) or 0
         elif located.kind == "upload":

@@ -65,7 +65,7 @@ class Unchanged(Exception):
 
 
 class PublishTransaction:
-    """The state of one publish (see the module docstring); :meth:`run` once."""
+    """The state of one publish (see the module docstring): :meth:`plan`, then :meth:`publish`."""
 
     def __init__(
         self, publisher: "ModelPublisher", state: DeploymentState, source: ModelSource, rollout: Rollout,

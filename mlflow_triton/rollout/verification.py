@@ -320,7 +320,7 @@ def _answer_problems(answer: Mapping[str, np.ndarray], outputs: Any, rows: int |
         shown = tuple(d if d >= 0 else "any" for d in expected)
         if got is None:
             problems.append(f"replica returned no output {spec.source_name!r}")
-        elif np.ndim(got) != len(expected) or any(d >= 0 and d != g for d, g in zip(expected, np.shape(got))):
+        elif np.ndim(got) != len(expected) or any(d >= 0 and d != g for d, g in zip(expected, np.shape(got), strict=True)):
             problems.append(
                 f"replica returned {np.size(got)} values for output {spec.source_name!r} (shape "
                 f"{np.shape(got)}), expected shape {shown}"

@@ -63,7 +63,7 @@ def parse_target_uri(target_uri: str) -> list[str]:
                 "http://host:port (or grpc://host:port)."
             )
         try:
-            parsed.port
+            _ = parsed.port  # raises for a port that is not a number
         except ValueError as err:
             raise MlflowException.invalid_parameter_value(
                 f"Invalid port in Triton URL {url!r}."

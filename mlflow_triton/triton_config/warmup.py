@@ -87,7 +87,7 @@ def plan_warmup(
         else:
             dims = list(array.shape)
         expected = list(spec.shape[1:] if batched else spec.shape)
-        if len(dims) != len(expected) or any(e != -1 and e != d for e, d in zip(expected, dims)):
+        if len(dims) != len(expected) or any(e != -1 and e != d for e, d in zip(expected, dims, strict=True)):
             if not (not expected and dims in ([], [1])):
                 raise MlflowException.invalid_parameter_value(
                     f"The input example's {spec.source_name!r} has shape {list(array.shape)}, which "
