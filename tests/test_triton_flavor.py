@@ -20,13 +20,13 @@ import onnxruntime
 import pytest
 import yaml
 from mlflow.deployments import get_deploy_client
+from models import Scorer, export_onnx, sample
 from tritonclient.grpc import model_config_pb2 as mc
 
 from mlflow_triton.flavors import triton as triton_flavor
-from mlflow_triton.triton_config.model_config import parse_pbtxt
-from mlflow_triton.repository.stores import open_store
 from mlflow_triton.repository.layout import LOGGED_CONFIG_FILE
-from models import Scorer, export_onnx, sample
+from mlflow_triton.repository.stores import open_store
+from mlflow_triton.triton_config.model_config import parse_pbtxt
 
 CPU = {"instance_kind": "cpu"}
 
@@ -70,16 +70,7 @@ ensemble_scheduling {{ step [
 ] }}
 """
 
-# The local stack's Python stub ignores PYTHONPATH and its base interpreter's numpy may not be
-# the one pb_utils works with: the models put the stack's virtualenv first, as the stand-in
-# backends do (a user's model on a real server needs nothing of the kind).
 PYTHON_MODEL = '''
-import os, site, sys
-_before = list(sys.path)
-for _entry in filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)):
-    site.addsitedir(_entry)
-sys.path[:] = [p for p in sys.path if p not in _before] + _before
-
 import numpy as np
 import triton_python_backend_utils as pb_utils
 

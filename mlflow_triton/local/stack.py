@@ -171,14 +171,38 @@ def pytriton_root() -> Path:
     return Path(pytriton.__file__).parent
 
 
+def python_environment_bin() -> Path:
+    """The ``bin`` folder of the Python environment running the stack (a virtualenv's ``bin``)."""
+    return Path(sys.prefix) / "bin"
+
+
 def triton_environment(base: Mapping[str, str]) -> dict[str, str]:
-    """Environment that lets the wheel's ``tritonserver`` and its Python stub start."""
+    """Environment in which the wheel's ``tritonserver`` and its Python stub run in this Python.
+
+    The stub (``triton_python_backend_stub``) embeds libpython and starts it with pybind11
+    2.10's ``PyConfig_InitIsolatedConfig`` (the 3.11+ stubs of the wheel): it ignores
+    ``PYTHONPATH``, ``PYTHONHOME`` and the user site. What it does not ignore is ``PATH``:
+    CPython's path configuration resolves the program ``python3`` on ``PATH`` and, next to it,
+    reads ``pyvenv.cfg``, so ``sys.prefix`` and ``site-packages`` are those of the first
+    environment on ``PATH``. This is how ``EXECUTION_ENV_PATH`` works on every Triton (the
+    launcher sources the environment's ``bin/activate``), how pytriton runs this very stub,
+    and why, in a Triton container, models see the server's Python (``/usr/bin/python3``).
+    Putting this Python's ``bin`` first therefore gives every Python-backend model, unchanged,
+    this environment's packages rather than the base interpreter's: numpy<2 above all, since
+    the stub's pybind11 2.10 predates NumPy 2 and, with numpy 2, returns every output empty. ``LD_LIBRARY_PATH`` names the wheel's libraries and this
+    interpreter's libpython (the stub links ``libpython3.X.so``).
+    """
+    if not (python_environment_bin() / "python3").exists():
+        logger.warning(
+            "%s has no python3: Python-backend models will run in the stub's base interpreter, "
+            "not in this environment", python_environment_bin(),
+        )  # fmt: skip
     root = pytriton_root()
     libs = [str(root.parent / "nvidia_pytriton.libs"), sysconfig.get_config_var("LIBDIR") or ""]
-    python_path = sorted(set(sysconfig.get_paths()[k] for k in ("purelib", "platlib")))
     env = dict(base)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [*libs, base.get("LD_LIBRARY_PATH", "")]))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*python_path, base.get("PYTHONPATH", "")]))
+    search_path = [str(python_environment_bin()), base.get("PATH", os.defpath)]
+    env["PATH"] = os.pathsep.join(filter(None, search_path))
     return env
 
 

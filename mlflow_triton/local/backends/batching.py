@@ -37,5 +37,8 @@ def execute_batched(
 
 def _respond(outputs: Sequence[np.ndarray], output_names: list[str]):
     # pb_utils.Tensor serializes a view with its base buffer's size: hand it owned copies.
-    tensors = [pb_utils.Tensor(name, np.array(out, copy=True)) for name, out in zip(output_names, outputs)]
+    tensors = [
+        pb_utils.Tensor(name, np.array(out, copy=True))
+        for name, out in zip(output_names, outputs, strict=True)
+    ]
     return pb_utils.InferenceResponse(output_tensors=tensors)

@@ -58,16 +58,6 @@ auto-completion of a config without inputs or outputs (``ModelState::AutoComplet
 import json
 import os
 import re
-import site
-import sys
-
-# The backend stub starts an isolated interpreter that ignores PYTHONPATH; the stack puts the
-# virtualenv there. Add it as site dirs (honours editable-install .pth files) ahead of the
-# base interpreter's site-packages, whose numpy may be one the stub cannot use.
-_before = list(sys.path)
-for _entry in filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)):
-    site.addsitedir(_entry)
-sys.path[:] = [p for p in sys.path if p not in _before] + _before
 
 import onnxruntime
 from batching import execute_batched  # copied beside this file by make_backend_dir
@@ -175,7 +165,7 @@ def compare_dims_supported(
     else:
         full = list(dims)
     ok = len(model_shape) == len(full) and all(
-        m == c for m, c in zip(model_shape, full) if exact or m != -1
+        m == c for m, c in zip(model_shape, full, strict=True) if exact or m != -1
     )
     if ok:
         return
@@ -391,6 +381,7 @@ class TritonPythonModel:
 
     def execute(self, requests):
         def run(arrays):
-            return self.session.run(self.output_names, dict(zip(self.input_names, arrays)))
+            feed = dict(zip(self.input_names, arrays, strict=True))
+            return self.session.run(self.output_names, feed)
 
         return execute_batched(requests, self.input_names, self.output_names, self.batched, run)

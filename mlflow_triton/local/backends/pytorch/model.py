@@ -49,16 +49,6 @@ forward() does not return is refused per request at execution, as in ``ProcessRe
 import json
 import os
 import re
-import site
-import sys
-
-# The backend stub starts an isolated interpreter that ignores PYTHONPATH; the stack puts the
-# virtualenv there. Add it as site dirs (honours editable-install .pth files) ahead of the
-# base interpreter's site-packages, whose numpy may be one the stub cannot use.
-_before = list(sys.path)
-for _entry in filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)):
-    site.addsitedir(_entry)
-sys.path[:] = [p for p in sys.path if p not in _before] + _before
 
 import torch
 from batching import execute_batched  # copied beside this file by make_backend_dir
@@ -287,11 +277,11 @@ class TritonPythonModel:
             tensors = [torch.from_numpy(array) for array in arrays]
             with torch.inference_mode():
                 if self.dict_input:
-                    result = self.module(dict(zip(self.input_names, tensors)))
+                    result = self.module(dict(zip(self.input_names, tensors, strict=True)))
                 else:
                     result = self.module(*tensors)
             result = (result,) if isinstance(result, torch.Tensor) else tuple(result)
-            for name, index in zip(self.output_names, self.output_indices):
+            for name, index in zip(self.output_names, self.output_indices, strict=True):
                 if index >= len(result):  # ProcessRequests refuses it per request
                     raise ValueError(
                         f"The output {name} in the model configuration refers to an output index "
