@@ -28,7 +28,8 @@ from _common import MB, machine_info, median, parser, quiet_logs, table, write_j
 def main() -> None:
     import boto3
 
-    from mlflow_triton.local.stack import free_port, moto_s3
+    from mlflow_triton.local.processes import free_port
+    from mlflow_triton.local.servers import moto_s3
     from mlflow_triton.repository.store import transfer_config
 
     arguments = parser(__doc__.splitlines()[0])

@@ -28,14 +28,9 @@ import pytest
 from mlflow.exceptions import MlflowException
 from tritonclient.utils import InferenceServerException
 
-from mlflow_triton.local.stack import (
-    AWS_TEST_CREDENTIALS,
-    ManagedProcess,
-    free_port,
-    make_backend_dir,
-    moto_s3,
-    tritonserver,
-)
+from mlflow_triton.local.stack import AWS_TEST_CREDENTIALS
+from mlflow_triton.local.processes import ManagedProcess, free_port
+from mlflow_triton.local.servers import make_backend_dir, moto_s3, tritonserver
 from mlflow_triton.fleet.server import (
     ModelNotFound,
     ReplicaUnreachable,

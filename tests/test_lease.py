@@ -40,7 +40,7 @@ from mlflow.exceptions import MlflowException
 from mlflow_triton.settings.deployment import DeploymentConfig
 from mlflow_triton.repository.layout import LEASE_FILE
 from mlflow_triton.repository.lease import ConditionalWritesUnsupported, Lease, LeaseHeld, LeaseLost
-from mlflow_triton.local.stack import free_port
+from mlflow_triton.local.processes import free_port
 from mlflow_triton.flavors.registry import resolve_model
 from mlflow_triton.rollout.publisher import ModelPublisher
 from mlflow_triton.repository.layout import CONFIG_FILE

@@ -25,7 +25,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from prometheus_client.parser import text_string_to_metric_families
 
-from mlflow_triton.local.stack import free_port
+from mlflow_triton.local.processes import free_port
 from mlflow_triton.daemons.log_format import JsonFormatter
 from mlflow_triton.daemons.metrics import RolloutMetrics, rollout_outcome
 from mlflow_triton.promotion import ModelReport, SyncReport, load_spec

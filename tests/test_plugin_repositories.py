@@ -8,7 +8,7 @@ import pytest
 import torch
 from mlflow.deployments import get_deploy_client
 
-from mlflow_triton.local.stack import make_backend_dir, tritonserver
+from mlflow_triton.local.servers import make_backend_dir, tritonserver
 from mlflow_triton.repository.stores import open_store
 from models import Scorer, log_onnx, sample
 

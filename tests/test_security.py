@@ -24,7 +24,7 @@ from mlflow.deployments import get_deploy_client
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
-from mlflow_triton.local.stack import free_port
+from mlflow_triton.local.processes import free_port
 from models import Scorer, export_onnx, sample
 
 pytestmark = pytest.mark.integration

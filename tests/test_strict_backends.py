@@ -24,7 +24,8 @@ from onnx import TensorProto, helper
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import InferenceServerException
 
-from mlflow_triton.local.stack import ManagedProcess, make_backend_dir, tritonserver
+from mlflow_triton.local.processes import ManagedProcess
+from mlflow_triton.local.servers import make_backend_dir, tritonserver
 
 pytestmark = pytest.mark.integration
 

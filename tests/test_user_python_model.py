@@ -20,7 +20,7 @@ import pytest
 import tritonclient.http as httpclient
 from mlflow.deployments import get_deploy_client
 
-from mlflow_triton.repository.store import open_store
+from mlflow_triton.repository.stores import open_store
 
 DOUBLER_CONFIG = """
 name: "doubler_original_name"

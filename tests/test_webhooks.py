@@ -16,7 +16,8 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.webhooks.delivery import _generate_hmac_signature  # how MLflow signs deliveries
 
-from mlflow_triton.local.stack import free_port, mlflow_server
+from mlflow_triton.local.processes import free_port
+from mlflow_triton.local.servers import mlflow_server
 from mlflow_triton.promotion import SyncReport, load_spec
 from mlflow_triton.rollout.publisher import ModelPublisher
 from mlflow_triton.daemons.webhooks import (

@@ -13,19 +13,9 @@ Triton BYTES (``TYPE_STRING``) and are decoded to ``str`` for string columns/ten
 
 import json
 import os
-import site
-import sys
 
-# Triton's Python stub starts an interpreter that ignores PYTHONPATH. A server started with
-# PYTHONPATH (e.g. a virtualenv's site-packages, as the local stack does) gets it here, as
-# site dirs (so .pth files count) ahead of the base interpreter's packages.
-_before = list(sys.path)
-for _entry in filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)):
-    site.addsitedir(_entry)
-sys.path[:] = [p for p in sys.path if p not in _before] + _before
-
-import numpy as np  # noqa: E402
-import triton_python_backend_utils as pb_utils  # noqa: E402
+import numpy as np
+import triton_python_backend_utils as pb_utils
 
 
 def _parameter(config, key):
