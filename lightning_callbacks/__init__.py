@@ -30,7 +30,8 @@ from typing import Any
 
 from lightning_callbacks.export import ExportError
 from lightning_callbacks.export_best import ExportBestCheckpointMixin, callback_class
-from lightning_callbacks.log import ExportLoggingError, mask_credentials
+from lightning_callbacks.log import ExportLoggingError
+from lightning_callbacks.mlflow_run import mask_credentials
 from lightning_callbacks.verify import ExportVerificationError, VerificationResult
 
 __all__ = [

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import torch
 
 if TYPE_CHECKING:
-    from lightning_callbacks.export import Example, IONames
+    from lightning_callbacks.model_io import Example, IONames
 
 #: ``{tensor name: {axis: symbolic name}}``, e.g. ``{"tokens": {0: "batch", 1: "seq"}}``.
 DynamicAxes = dict[str, dict[int, str]]

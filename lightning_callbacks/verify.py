@@ -29,7 +29,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from lightning_callbacks.export import Example, ExportError, IONames, flatten_outputs, take_rows
+from lightning_callbacks.export import ExportError
+from lightning_callbacks.model_io import Example, IONames, flatten_outputs, take_rows
 
 logger = logging.getLogger(__name__)
 
