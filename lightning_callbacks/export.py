@@ -148,6 +148,13 @@ def to_torchscript(
         ) from err
     if io is None or not io.needs_adapter:
         return scripted
+    keyword_only = [a.name for a in scripted.forward.schema.arguments if a.kwarg_only]
+    if keyword_only:  # torch.jit.trace cannot pass them to a scripted forward
+        raise ExportError(
+            f"{name}.forward takes keyword-only argument(s) {keyword_only}, which a traced "
+            "wrapper cannot pass to the scripted module. HINT: declare them before any `*` "
+            'in forward\'s parameters, or use torchscript_method="trace".'
+        )
     return _trace(io.flat(scripted), example, name)
 
 

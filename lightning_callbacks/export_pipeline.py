@@ -10,8 +10,9 @@ The callback's export steps, without Lightning hooks or MLflow::
    see what it returns (:mod:`lightning_callbacks.model_io`): that gives the default tensor
    names and whether the exports need :class:`~lightning_callbacks.model_io.FlatForward`
    (keyword inputs, dict or list outputs);
-2. the checkpoint's weights are loaded, the module is exported in ``precision``
-   (:mod:`lightning_callbacks.export`);
+2. the checkpoint's weights are loaded; the dynamic axes are resolved (output axes that
+   follow a dynamic input axis included, :mod:`lightning_callbacks.dynamic_axes`); the
+   module is exported in ``precision`` (:mod:`lightning_callbacks.export`);
 3. each file is loaded back and compared with the fp32 eager module
    (:mod:`lightning_callbacks.verify`), and the golden outputs and input example are computed.
 """
@@ -25,7 +26,7 @@ from typing import Any, Mapping
 import torch
 
 from lightning_callbacks.checkpoint_weights import numpy_dtype, to_numpy, weights_from
-from lightning_callbacks.dynamic_axes import DynamicAxes, resolve_dynamic_axes
+from lightning_callbacks.dynamic_axes import DynamicAxes, infer_output_axes, resolve_dynamic_axes
 from lightning_callbacks.export import (
     ONNX_FILE,
     TORCHSCRIPT_FILE,
@@ -105,6 +106,7 @@ def export_and_verify(
         check_batch_first(flat, bound.tensors, names)
         outputs = flatten_outputs(flat(*bound.tensors))
         axes = resolve_dynamic_axes(names, bound.tensors, outputs, settings.dynamic_axes)
+        axes = output_axes(flat, bound.tensors, names, axes, settings)
         low = cast_inputs(bound.tensors, settings.precision)
         with reduced_precision(module, settings.precision):
             paths = export_files(settings, module, io, low, names, directory, axes)
@@ -118,6 +120,24 @@ def export_and_verify(
         paths=paths, names=names, inputs=inputs, outputs=expected, dynamic_axes=axes,
         golden=golden, verification=verification, checkpoint_path=checkpoint_path,
     )  # fmt: skip
+
+
+def output_axes(
+    flat: torch.nn.Module,
+    example: Example,
+    names: IONames,
+    axes: DynamicAxes,
+    settings: ExportSettings,
+) -> DynamicAxes:
+    """``axes`` plus the output axes that follow a dynamic input axis (see
+    :func:`~lightning_callbacks.dynamic_axes.infer_output_axes`), found on the verification
+    inputs: batch 1 at the example's sizes, the larger batch at other sizes."""
+    input_axes = [axes[name] for name in names.inputs]
+    if not any(axis > 0 for found in input_axes for axis in found):
+        return axes
+    batches = verification_batches(example, settings.batch_sizes, input_axes=input_axes)
+    runs = [(batch, flatten_outputs(flat(*batch))) for batch in batches.values()]
+    return infer_output_axes(names, axes, runs[0], runs[-1])
 
 
 def export_files(

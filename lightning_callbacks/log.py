@@ -89,6 +89,17 @@ def pip_requirements(formats: Sequence[str]) -> list[str]:
     return sorted(reqs)
 
 
+def pyfunc_takes_example(paths: Mapping[str, Path], names: IONames) -> bool:
+    """Whether the model's ``python_function`` flavor can predict its own input example.
+
+    With ONNX it is onnxruntime's, which takes and returns tensors by name. Without ONNX it is
+    ``mlflow.pytorch``'s, which takes one array and returns one tensor: MLflow's check of the
+    input example would only log a warning for other models, so it is skipped for them (Triton
+    serves them by name all the same).
+    """
+    return "onnx" in paths or (len(names.inputs) == 1 and len(names.outputs) == 1)
+
+
 def build_signature(
     names: IONames,
     inputs: Sequence[np.ndarray],
@@ -290,6 +301,7 @@ def log_model(
         registered_model_name=registered_model_name, paths=paths, signature=signature,
         input_example=input_example, requirements=pip_requirements(list(paths)),
         metadata=dict(metadata) if metadata else None, golden=golden,
+        validate_serving_input=pyfunc_takes_example(paths, names),
     )  # fmt: skip
     logged = LoggedExport(model_uri=info.model_uri, run_id=run_id, artifact_name=artifact_name)
     logged.timings["log"] = time.perf_counter() - start
