@@ -249,7 +249,7 @@ def export_onnx(
         ExportError: if the exporter fails or a declared axis is fixed in the result.
     """
     try:
-        import onnx
+        import onnx  # noqa: F401 - checked before exporting
     except ImportError as err:  # pragma: no cover - onnx is a hard dependency
         raise ModuleNotFoundError(
             "ONNX export needs the `onnx` package: pip install 'mlflow-triton[lightning]'."
@@ -269,13 +269,7 @@ def export_onnx(
             f"{_first_lines(str(err))}"
         ) from err
     if _onnx_size(path) >= EXTERNAL_DATA_THRESHOLD_BYTES:
-        model = onnx.load(str(path))
-        for stale in _external_files(path):
-            stale.unlink()
-        onnx.save_model(
-            model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-            location=ONNX_EXTERNAL_DATA_FILE, size_threshold=0,
-        )  # fmt: skip
+        _move_weights_out(path)
     record_exporter(path, used)
     check_dynamic_batch(path, names, axes)
     logger.info(
@@ -283,6 +277,19 @@ def export_onnx(
         used, opset or "default", path, time.perf_counter() - start,
     )  # fmt: skip
     return path
+
+
+def _move_weights_out(path: Path) -> None:
+    """Re-save ``path`` with every tensor in :data:`ONNX_EXTERNAL_DATA_FILE` beside it."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for stale in _external_files(path):
+        stale.unlink()
+    onnx.save_model(
+        model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+        location=ONNX_EXTERNAL_DATA_FILE, size_threshold=0,
+    )  # fmt: skip
 
 
 def _external_files(path: Path) -> list[Path]:

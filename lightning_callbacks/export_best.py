@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence, get_args
 
 from typing_extensions import override
 
-from lightning_callbacks.arguments import validate_arguments
+from lightning_callbacks.arguments import as_names, validate_arguments
 from lightning_callbacks.checkpoint_weights import checkpoint_exists, find_checkpoint_callback
 from lightning_callbacks.export import Format, TorchscriptMethod
 from lightning_callbacks.export_steps import ExportSteps
@@ -43,7 +43,10 @@ class ExportBestCheckpointMixin(ExportSteps):
        weights, device and training mode are restored afterwards);
     2. exports it on CPU, in eval mode, under ``torch.no_grad()``, in ``precision``:
        TorchScript with ``torch.jit.trace`` (or ``script``) and ONNX with dynamic axes
-       (the batch axis, plus ``dynamic_axes``);
+       (the batch axis, plus ``dynamic_axes`` and the output axes that follow them), with
+       tensors named after ``forward()`` (see :mod:`lightning_callbacks.model_io`: keyword
+       inputs, dict and list outputs become positional inputs and a tuple in the files, as
+       Triton's libtorch backend calls them);
     3. loads each file back and compares it with the fp32 eager model at batch size 1 and
        ``verify_batch_size``, and at two sizes of every other dynamic axis;
     4. logs ONE MLflow model holding both the ``onnx`` and the ``pytorch`` (TorchScript) flavor,
@@ -180,8 +183,8 @@ class ExportBestCheckpointMixin(ExportSteps):
         self.verify_batch_size = verify_batch_size
         self.checkpoint_callback = checkpoint_callback
         self.artifact_name = artifact_name
-        self.input_names = tuple(input_names) if input_names else None
-        self.output_names = tuple(output_names) if output_names else None
+        self.input_names = as_names(input_names)
+        self.output_names = as_names(output_names)
         self.tracking_uri = tracking_uri
         self.log_to_mlflow = log_to_mlflow
         self.dynamic_axes = {k: dict(v) for k, v in dynamic_axes.items()} if dynamic_axes else None

@@ -288,7 +288,6 @@ def log_model(
     Returns:
         The model URI, run and registered version.
     """
-    from mlflow import MlflowClient
     from mlflow.models import Model
 
     start = time.perf_counter()
@@ -309,18 +308,22 @@ def log_model(
         "logged MLflow model %r (%s) with flavors %s to run %s in %.2fs",
         artifact_name, info.model_uri, sorted(info.flavors), run_id, logged.timings["log"],
     )  # fmt: skip
-    if registered_model_name is None:
-        return logged
+    if registered_model_name is not None:
+        _set_alias(logged, registered_model_name, str(info.registered_model_version), alias)
+    return logged
+
+
+def _set_alias(logged: LoggedExport, name: str, version: str, alias: str | None) -> None:
+    """Point ``alias`` at the version ``Model.log`` registered; keep the version in ``logged``."""
+    from mlflow import MlflowClient
+
     start = time.perf_counter()
     client = MlflowClient()
-    version = str(info.registered_model_version)
     if alias:
-        client.set_registered_model_alias(registered_model_name, alias, version)
-    logged.registered_version = client.get_model_version(registered_model_name, version)
+        client.set_registered_model_alias(name, alias, version)
+    logged.registered_version = client.get_model_version(name, version)
     logged.timings["register"] = time.perf_counter() - start
     logger.info(
         "registered %s version %s%s in %.2fs",
-        registered_model_name, version, f" with alias @{alias}" if alias else "",
-        logged.timings["register"],
+        name, version, f" with alias @{alias}" if alias else "", logged.timings["register"],
     )  # fmt: skip
-    return logged

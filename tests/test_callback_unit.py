@@ -349,6 +349,8 @@ def test_one_model_directory_holds_both_flavors(tmp_path, monkeypatch):
         ({"registered_model_name": "m", "alias": "V3"}, "'V3' is reserved"),
         ({"opset": 3}, "`opset` must be None or an ONNX opset"),
         ({"artifact_name": "a/b"}, "`artifact_name`"),
+        ({"input_names": "tokens"}, r"`input_names` must be a list of unique non-empty names, e.g. \['tokens'\], got 'tokens'"),
+        ({"output_names": ["a", "a"]}, r"`output_names` must be a list of unique non-empty names.*\('a', 'a'\)"),
     ],
 )  # fmt: skip
 def test_invalid_arguments(kwargs, match):
