@@ -30,6 +30,7 @@ order (:meth:`ForwardIO.export_module`).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Sequence
@@ -273,7 +274,7 @@ class FlatForward(torch.nn.Module):
     def __init__(self, module: torch.nn.Module, io: ForwardIO) -> None:
         super().__init__()
         self.module = module
-        self.inputs = io.inputs
+        self.inputs = dataclasses.replace(io.inputs, tensors=())  # how to call, not the example
         self.layout = io.outputs
 
     def forward(self, *tensors: torch.Tensor) -> Any:
