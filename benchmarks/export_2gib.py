@@ -30,7 +30,8 @@ def main() -> None:
     import onnxruntime
     import torch
 
-    from lightning_callbacks.export import IONames, export_onnx, onnx_uses_external_data
+    from lightning_callbacks.export import export_onnx, onnx_uses_external_data
+    from lightning_callbacks.model_io import IONames
 
     arguments = parser(__doc__.splitlines()[0])
     args = arguments.parse_args()
@@ -40,7 +41,7 @@ def main() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(WIDTH, WIDTH), torch.nn.Linear(WIDTH, WIDTH)).eval()
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     example = (torch.randn(2, WIDTH),)
-    names = IONames.resolve(model, example, ["x"], ["y"])
+    names = IONames(("x",), ("y",))
     with tempfile.TemporaryDirectory(prefix="bench-export-2gib-", dir=args.workdir) as tmp:
         path = Path(tmp) / "model.onnx"
         started = time.perf_counter()

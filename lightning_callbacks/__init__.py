@@ -18,9 +18,11 @@ distribution, both from the same code:
 * ``ExportBestCheckpoint``: the ``pytorch_lightning`` one when it is installed, else the
   ``lightning`` one.
 
-Modules: ``export`` (TorchScript/ONNX files), ``precision`` (fp16/bf16), ``verify`` (exports
-vs eager), ``log`` (MLflow logging and registration), ``packages`` (the two Lightning
-distributions), ``export_best`` (the callback).
+Modules: ``model_io`` (the example bound to ``forward()``, default names, dict/tuple inputs
+and outputs flattened), ``export`` (TorchScript/ONNX files), ``dynamic_axes``, ``precision``
+(fp16/bf16), ``verify`` (exports vs eager), ``export_pipeline`` (one export, verified),
+``log`` and ``mlflow_run`` (MLflow logging, registration, the run), ``upload``, ``packages``
+(the two Lightning distributions), ``export_steps`` and ``export_best`` (the callback).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from typing import Any
 
 from lightning_callbacks.export import ExportError
 from lightning_callbacks.export_best import ExportBestCheckpointMixin, callback_class
-from lightning_callbacks.log import ExportLoggingError, mask_credentials
+from lightning_callbacks.log import ExportLoggingError
+from lightning_callbacks.mlflow_run import mask_credentials
 from lightning_callbacks.verify import ExportVerificationError, VerificationResult
 
 __all__ = [

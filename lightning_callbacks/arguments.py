@@ -13,12 +13,26 @@ from lightning_callbacks.precision import PRECISIONS
 EXPORT_ON: tuple[str, ...] = ("fit_end", "best")  # == export_best.EXPORT_ON
 
 
+def as_names(value: Any) -> Any:
+    """``input_names``/``output_names`` as a tuple; None when empty; a lone string is kept as
+    it is, so that :func:`validate_arguments` refuses it (not its characters)."""
+    if not value:
+        return None
+    return value if isinstance(value, str) else tuple(value)
+
+
 def validate_arguments(callback: Any, error: type[Exception]) -> None:
     """Raise ``error`` (the package's ``MisconfigurationException``) naming a bad argument.
 
     Raises:
         Exception: ``error`` with the argument, what it got and what it accepts.
     """
+    _check_choices(callback, error)
+    _check_numbers(callback, error)
+    _check_names(callback, error)
+
+
+def _check_choices(callback: Any, error: type[Exception]) -> None:
     if not callback.formats or any(f not in FORMATS for f in callback.formats):
         raise error(
             f"`formats` must be a non-empty subset of {FORMATS}, got {callback.formats}."
@@ -49,6 +63,9 @@ def validate_arguments(callback: Any, error: type[Exception]) -> None:
             'onnxruntime backend on CPU. Use precision="fp16" for ONNX, or '
             'formats=("torchscript",) for bf16.'
         )
+
+
+def _check_numbers(callback: Any, error: type[Exception]) -> None:
     for name in ("rtol", "atol"):
         value = getattr(callback, name)
         if not isinstance(value, (int, float)) or value < 0:
@@ -62,6 +79,17 @@ def validate_arguments(callback: Any, error: type[Exception]) -> None:
         raise error(
             f"`opset` must be None or an ONNX opset version >= 7, got {callback.opset!r}."
         )
+
+
+def _check_names(callback: Any, error: type[Exception]) -> None:
+    for name in ("input_names", "output_names"):
+        names = getattr(callback, name)
+        if isinstance(names, str) or names is not None and (
+            not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names)
+        ):
+            raise error(
+                f"`{name}` must be a list of unique non-empty names, e.g. ['tokens'], got {names!r}."
+            )
     if callback.alias is not None and callback.registered_model_name is None:
         raise error(
             f"`alias={callback.alias!r}` needs `registered_model_name`: aliases point at "

@@ -1,4 +1,4 @@
-"""Reading the best checkpoint's weights into the module for the time of an export."""
+"""Which checkpoint is exported, and reading its weights into the module for the export."""
 
 from __future__ import annotations
 
@@ -11,6 +11,48 @@ import torch
 from fsspec.core import url_to_fs
 
 logger = logging.getLogger(__name__)
+
+
+def find_checkpoint_callback(
+    trainer: Any, given: Any, owner: str, error: type[Exception]
+) -> Any:
+    """The ``ModelCheckpoint`` whose best model is exported.
+
+    Args:
+        trainer: the Trainer.
+        given: the callback's ``checkpoint_callback`` argument, or None.
+        owner: the exporting callback's class name, for messages.
+        error: the Lightning package's ``MisconfigurationException``.
+
+    Returns:
+        ``given``, else the trainer's first ModelCheckpoint with a ``monitor``, else its first.
+
+    Raises:
+        Exception: ``error`` when ``given`` is not one of the trainer's callbacks, or the
+            trainer has no ModelCheckpoint.
+    """
+    candidates = trainer.checkpoint_callbacks
+    if given is not None:
+        if given not in candidates:
+            raise error(
+                f"{owner}(checkpoint_callback=...) was given a ModelCheckpoint that is not in the "
+                "Trainer's callbacks.\nHINT: pass the same instance to Trainer(callbacks=[...])."
+            )
+        return given
+    if not candidates:
+        raise error(
+            f"{owner} exports the best checkpoint, but the Trainer has no ModelCheckpoint "
+            "callback.\nHINT: add `ModelCheckpoint(monitor='val_loss')` to "
+            "Trainer(callbacks=[...]) and keep `enable_checkpointing=True`."
+        )
+    chosen = ([c for c in candidates if getattr(c, "monitor", None)] or candidates)[0]
+    if len(candidates) > 1:
+        logger.info(
+            "%s follows ModelCheckpoint(monitor=%r, dirpath=%s) of %d; pass "
+            "checkpoint_callback= to choose another",
+            owner, chosen.monitor, chosen.dirpath, len(candidates),
+        )  # fmt: skip
+    return chosen
 
 
 def checkpoint_exists(path: str) -> bool:

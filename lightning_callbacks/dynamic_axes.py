@@ -3,16 +3,21 @@
 ``dynamic_axes={"tokens": {1: "seq"}, "scores": {1: "seq"}}`` makes the sequence axis of a
 text model variable end to end: the ONNX file keeps it symbolic, verification runs at two
 sizes of it, and the MLflow signature marks it ``-1`` so Triton's config keeps it variable.
+Output axes whose size follows a dynamic input axis are found by running the model at two
+sizes (:func:`infer_output_axes`), so ``{"tokens": {1: "seq"}}`` alone is enough.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 import torch
 
 if TYPE_CHECKING:
-    from lightning_callbacks.export import Example, IONames
+    from lightning_callbacks.model_io import Example, IONames
+
+logger = logging.getLogger(__name__)
 
 #: ``{tensor name: {axis: symbolic name}}``, e.g. ``{"tokens": {0: "batch", 1: "seq"}}``.
 DynamicAxes = dict[str, dict[int, str]]
@@ -70,3 +75,44 @@ def resolve_dynamic_axes(
                 symbol = BATCH_AXIS_NAME  # axis 0 is the batch for every tensor
             resolved[name][axis] = symbol
     return {name: dict(sorted(axes.items())) for name, axes in resolved.items()}
+
+
+def infer_output_axes(
+    names: IONames,
+    axes: DynamicAxes,
+    run_a: tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]],
+    run_b: tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]],
+) -> DynamicAxes:
+    """``axes`` plus every output axis whose size changed with the dynamic input axes.
+
+    ``dynamic_axes={"tokens": {1: "seq"}}`` alone must not leave the outputs' sequence axis
+    fixed: the signature (hence Triton's config) would then promise the example's length.
+    Two eager runs at different sizes of the dynamic input axes tell which output axes follow.
+
+    Args:
+        names: the input and output names.
+        axes: the resolved axes (:func:`resolve_dynamic_axes`); axes given for an output stay.
+        run_a: ``(inputs, outputs)`` of an eager run.
+        run_b: ``(inputs, outputs)`` of a run at other sizes of the dynamic input axes.
+
+    Returns:
+        The axes with the changed output axes added, named after the input symbol whose
+        sizes they have in both runs (e.g. ``seq``), else ``<output>_dim<axis>``.
+    """
+    symbols: dict[tuple[int, int], str] = {}
+    for name, a, b in zip(names.inputs, run_a[0], run_b[0], strict=True):
+        for axis, symbol in axes[name].items():
+            if axis > 0:
+                symbols.setdefault((a.shape[axis], b.shape[axis]), symbol)
+    result = {name: dict(found) for name, found in axes.items()}
+    for name, a, b in zip(names.outputs, run_a[1], run_b[1], strict=True):
+        for axis in range(1, min(a.dim(), b.dim())):
+            sizes = (a.shape[axis], b.shape[axis])
+            if axis not in result[name] and sizes[0] != sizes[1]:
+                result[name][axis] = symbols.get(sizes, f"{name}_dim{axis}")
+                logger.info(
+                    "output %r axis %d has sizes %s at two input sizes: dynamic (%r)",
+                    name, axis, sizes, result[name][axis],
+                )  # fmt: skip
+        result[name] = dict(sorted(result[name].items()))
+    return result

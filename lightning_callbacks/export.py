@@ -3,11 +3,15 @@
 Everything here runs on CPU, in eval mode, under ``torch.no_grad()``; the module's device
 and training mode are restored afterwards::
 
-    example = resolve_example(model, input_sample=None)      # from example_input_array
+    bound = bind_example(model, input_sample=None)      # from example_input_array
     with export_mode(model):
-        names = IONames.default(model, example)
-        export_torchscript(model, example, out_dir / "model.pt", method="trace")
-        export_onnx(model, example, out_dir / "model.onnx", names)
+        io = ForwardIO.of(model, bound)
+        names = IONames.resolve(io)
+        export_torchscript(model, bound.tensors, out_dir / "model.pt", method="trace", io=io)
+        export_onnx(io.export_module(model), bound.tensors, out_dir / "model.onnx", names)
+
+(``bind_example``, ``ForwardIO`` and ``IONames`` are in :mod:`lightning_callbacks.model_io`:
+inputs and outputs named after ``forward()``, dict and tuple ones flattened.)
 
 ONNX uses the TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``) by
 default, or the dynamo one (``exporter="dynamo"|"auto"``, see
@@ -28,14 +32,14 @@ import logging
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping, Sequence, get_args
+from typing import Iterator, Literal, Mapping, get_args
 
 import torch
 from lightning_utilities.core.rank_zero import rank_zero_warn
 
 from lightning_callbacks.dynamic_axes import DynamicAxes, resolve_dynamic_axes
+from lightning_callbacks.model_io import Example, ForwardIO, IONames, flatten_outputs, take_rows
 from lightning_callbacks.onnx_exporters import OnnxExporter, record_exporter, run_exporter
 
 logger = logging.getLogger(__name__)
@@ -54,130 +58,9 @@ EXTERNAL_DATA_THRESHOLD_BYTES = 2 * 1024**3
 #: Exporting with a batch of at least this size keeps the exporter from specialising axis 0.
 MIN_EXPORT_BATCH = 2
 
-Example = tuple[torch.Tensor, ...]
-
 
 class ExportError(RuntimeError):
     """An export, its verification or its logging failed. Base class of this package's errors."""
-
-
-@dataclass(frozen=True)
-class IONames:
-    """Names of the model's inputs and outputs, shared by ONNX, the MLflow signature and Triton.
-
-    Attributes:
-        inputs: one name per positional input of ``forward``.
-        outputs: one name per output tensor, in the order ``forward`` returns them.
-    """
-
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-
-    @classmethod
-    def resolve(
-        cls,
-        module: torch.nn.Module,
-        example: Example,
-        input_names: Sequence[str] | None = None,
-        output_names: Sequence[str] | None = None,
-    ) -> "IONames":
-        """Default names (``input``/``output``, or ``input_0``... when several), checked against
-        the number of inputs and of outputs that ``module(*example)`` returns.
-
-        Raises:
-            ValueError: if a given list has the wrong length or repeats a name.
-        """
-        n_out = len(flatten_outputs(module(*example)))
-        inputs = tuple(input_names) if input_names else _default_names("input", len(example))
-        outputs = tuple(output_names) if output_names else _default_names("output", n_out)
-        for kind, names, expected in (("input", inputs, len(example)), ("output", outputs, n_out)):
-            if len(names) != expected:
-                raise ValueError(
-                    f"{len(names)} {kind}_names given ({list(names)}) but the model has "
-                    f"{expected} {kind}(s)."
-                )
-            if len(set(names)) != len(names):
-                raise ValueError(f"{kind}_names must be unique, got {list(names)}.")
-        if shared := sorted(set(inputs) & set(outputs)):
-            raise ValueError(f"Input and output names must differ, both contain {shared}.")
-        return cls(inputs, outputs)
-
-
-def _default_names(prefix: str, count: int) -> tuple[str, ...]:
-    return (prefix,) if count == 1 else tuple(f"{prefix}_{i}" for i in range(count))
-
-
-def resolve_example(module: torch.nn.Module, input_sample: Any = None) -> Example:
-    """The example input as a tuple of tensors: ``input_sample`` or ``module.example_input_array``.
-
-    Args:
-        module: the model; its ``example_input_array`` is used when ``input_sample`` is None.
-        input_sample: a tensor or a tuple/list of tensors, batch first.
-
-    Raises:
-        ValueError: if neither is set, or the example is not tensors with a batch axis.
-    """
-    sample = input_sample
-    if sample is None:
-        sample = getattr(module, "example_input_array", None)
-    if sample is None:
-        raise ValueError(
-            f"Cannot export {type(module).__name__}: no example input. Pass "
-            "`input_sample=torch.randn(batch, ...)` to the callback or set "
-            "`self.example_input_array` in the LightningModule's __init__."
-        )
-    if isinstance(sample, torch.Tensor):
-        tensors: tuple = (sample,)
-    elif isinstance(sample, (tuple, list)) and sample:
-        tensors = tuple(sample)
-    else:
-        raise ValueError(
-            "The example input must be a tensor or a non-empty tuple/list of tensors (one per "
-            f"positional argument of forward), got {type(sample).__name__}."
-        )
-    batch_sizes = set()
-    for i, tensor in enumerate(tensors):
-        if not isinstance(tensor, torch.Tensor):
-            raise ValueError(
-                f"Example input {i} is a {type(tensor).__name__}; every input must be a tensor "
-                "(dicts and keyword arguments are not supported)."
-            )
-        if tensor.dim() == 0 or tensor.shape[0] == 0:
-            raise ValueError(
-                f"Example input {i} has shape {tuple(tensor.shape)}: every input needs a "
-                "non-empty batch axis 0."
-            )
-        batch_sizes.add(tensor.shape[0])
-    if len(batch_sizes) > 1:
-        raise ValueError(
-            f"The example inputs disagree on the batch size (axis 0): {sorted(batch_sizes)}."
-        )
-    return tuple(t.detach().to("cpu") for t in tensors)
-
-
-def take_rows(example: Example, batch_size: int) -> Example:
-    """``batch_size`` rows of ``example``, cycling through its rows when it has fewer."""
-    have = example[0].shape[0]
-    index = torch.arange(batch_size) % have
-    return tuple(t.index_select(0, index) for t in example)
-
-
-def flatten_outputs(output: Any) -> list[torch.Tensor]:
-    """The output tensors of ``forward``, in order (a tensor, or a tuple/list of tensors).
-
-    Raises:
-        ValueError: for any other output type.
-    """
-    if isinstance(output, torch.Tensor):
-        return [output]
-    if isinstance(output, (tuple, list)) and output and all(
-        isinstance(t, torch.Tensor) for t in output
-    ):
-        return list(output)
-    raise ValueError(
-        "forward must return a tensor or a tuple/list of tensors to be exported, got "
-        f"{type(output).__name__}."
-    )
 
 
 @contextlib.contextmanager
@@ -235,26 +118,47 @@ def widen_batch(example: Example, min_batch: int = MIN_EXPORT_BATCH) -> Example:
 
 
 def to_torchscript(
-    module: torch.nn.Module, example: Example, method: TorchscriptMethod = "trace"
+    module: torch.nn.Module,
+    example: Example,
+    method: TorchscriptMethod = "trace",
+    io: ForwardIO | None = None,
 ) -> torch.jit.ScriptModule:
     """Compile ``module`` with ``torch.jit.trace`` or ``torch.jit.script``.
 
     Call inside :func:`export_mode`. ``LightningModule.to_torchscript`` is not used: it is
-    deprecated since Lightning 2.6.1.
+    deprecated since Lightning 2.6.1. When ``io`` says ``forward()`` takes keywords or returns
+    a dict or list, the result is a trace of :class:`~lightning_callbacks.model_io.FlatForward`
+    around the module (around the scripted module for ``"script"``, whose control flow the
+    trace keeps): positional tensors in, a tuple out, as Triton's libtorch backend calls it.
 
     Raises:
         ExportError: if tracing or scripting fails; a tracing failure suggests
             ``torchscript_method="script"``.
     """
-    if method == "script":
-        try:
-            return torch.jit.script(module)
-        except Exception as err:
-            raise ExportError(
-                f"torch.jit.script failed on {type(module).__name__}: {err}\nHINT: scripting "
-                "needs type-annotated, TorchScript-compatible Python; if forward has no "
-                'data-dependent control flow, use torchscript_method="trace".'
-            ) from err
+    name = type(module).__name__
+    if method == "trace":
+        return _trace(io.export_module(module) if io else module, example, name)
+    try:
+        scripted = torch.jit.script(module)
+    except Exception as err:
+        raise ExportError(
+            f"torch.jit.script failed on {name}: {err}\nHINT: scripting "
+            "needs type-annotated, TorchScript-compatible Python; if forward has no "
+            'data-dependent control flow, use torchscript_method="trace".'
+        ) from err
+    if io is None or not io.needs_adapter:
+        return scripted
+    keyword_only = [a.name for a in scripted.forward.schema.arguments if a.kwarg_only]
+    if keyword_only:  # torch.jit.trace cannot pass them to a scripted forward
+        raise ExportError(
+            f"{name}.forward takes keyword-only argument(s) {keyword_only}, which a traced "
+            "wrapper cannot pass to the scripted module. HINT: declare them before any `*` "
+            'in forward\'s parameters, or use torchscript_method="trace".'
+        )
+    return _trace(io.flat(scripted), example, name)
+
+
+def _trace(module: torch.nn.Module, example: Example, name: str) -> torch.jit.ScriptModule:
     example = widen_batch(example)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", torch.jit.TracerWarning)
@@ -262,12 +166,12 @@ def to_torchscript(
             traced = torch.jit.trace(module, example)
         except Exception as err:
             raise ExportError(
-                f"torch.jit.trace failed on {type(module).__name__}: "
+                f"torch.jit.trace failed on {name}: "
                 f"{_first_lines(str(err))}\nHINT: forward probably has data-dependent "
                 "control flow or Python-side state, which tracing cannot record. Use "
                 'torchscript_method="script" (torch.jit.script) instead.'
             ) from err
-    _report_tracer_warnings(caught, type(module).__name__)
+    _report_tracer_warnings(caught, name)
     return traced
 
 
@@ -292,7 +196,11 @@ def _report_tracer_warnings(caught: list[warnings.WarningMessage], name: str) ->
 
 
 def export_torchscript(
-    module: torch.nn.Module, example: Example, path: Path, method: TorchscriptMethod = "trace"
+    module: torch.nn.Module,
+    example: Example,
+    path: Path,
+    method: TorchscriptMethod = "trace",
+    io: ForwardIO | None = None,
 ) -> tuple[Path, torch.jit.ScriptModule]:
     """Compile ``module`` (see :func:`to_torchscript`) and ``torch.jit.save`` it to ``path``.
 
@@ -300,7 +208,7 @@ def export_torchscript(
         The path written and the compiled module.
     """
     start = time.perf_counter()
-    compiled = to_torchscript(module, example, method)
+    compiled = to_torchscript(module, example, method, io)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.jit.save(compiled, str(path))
     logger.info(
@@ -341,7 +249,7 @@ def export_onnx(
         ExportError: if the exporter fails or a declared axis is fixed in the result.
     """
     try:
-        import onnx
+        import onnx  # noqa: F401 - checked before exporting
     except ImportError as err:  # pragma: no cover - onnx is a hard dependency
         raise ModuleNotFoundError(
             "ONNX export needs the `onnx` package: pip install 'mlflow-triton[lightning]'."
@@ -361,13 +269,7 @@ def export_onnx(
             f"{_first_lines(str(err))}"
         ) from err
     if _onnx_size(path) >= EXTERNAL_DATA_THRESHOLD_BYTES:
-        model = onnx.load(str(path))
-        for stale in _external_files(path):
-            stale.unlink()
-        onnx.save_model(
-            model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-            location=ONNX_EXTERNAL_DATA_FILE, size_threshold=0,
-        )  # fmt: skip
+        _move_weights_out(path)
     record_exporter(path, used)
     check_dynamic_batch(path, names, axes)
     logger.info(
@@ -375,6 +277,19 @@ def export_onnx(
         used, opset or "default", path, time.perf_counter() - start,
     )  # fmt: skip
     return path
+
+
+def _move_weights_out(path: Path) -> None:
+    """Re-save ``path`` with every tensor in :data:`ONNX_EXTERNAL_DATA_FILE` beside it."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for stale in _external_files(path):
+        stale.unlink()
+    onnx.save_model(
+        model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+        location=ONNX_EXTERNAL_DATA_FILE, size_threshold=0,
+    )  # fmt: skip
 
 
 def _external_files(path: Path) -> list[Path]:

@@ -3,61 +3,20 @@
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Sequence, get_args
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence, get_args
 
-import torch
-from lightning_utilities.core.rank_zero import rank_zero_warn
 from typing_extensions import override
 
-from mlflow_triton.core.golden import GoldenCases
-
-from lightning_callbacks.export import (
-    DynamicAxes,
-    ONNX_FILE,
-    TORCHSCRIPT_FILE,
-    Example,
-    Format,
-    IONames,
-    TorchscriptMethod,
-    check_batch_first,
-    export_mode,
-    flatten_outputs,
-    resolve_dynamic_axes,
-    export_onnx,
-    export_torchscript,
-    resolve_example,
-    take_rows,
-    to_torchscript,
-)
-from lightning_callbacks.arguments import validate_arguments
-from lightning_callbacks.checkpoint_weights import checkpoint_exists, numpy_dtype, to_numpy, weights_from
-from lightning_callbacks.log import INPUT_EXAMPLE_ROWS
-from lightning_callbacks.upload import (
-    BackgroundUploads,
-    PendingUpload,
-    export_metadata,
-    mlflow_target,
-    upload,
-)
+from lightning_callbacks.arguments import as_names, validate_arguments
+from lightning_callbacks.checkpoint_weights import checkpoint_exists, find_checkpoint_callback
+from lightning_callbacks.export import Format, TorchscriptMethod
+from lightning_callbacks.export_steps import ExportSteps
 from lightning_callbacks.onnx_exporters import OnnxExporter
-from lightning_callbacks.packages import LightningPackage, lightning_package
-from lightning_callbacks.precision import (
-    PRECISIONS,
-    Precision,
-    cast_inputs,
-    default_tolerances,
-    reduced_precision,
-)
-from lightning_callbacks.verify import (
-    VerificationResult,
-    raise_on_failure,
-    run_eager,
-    verification_batches,
-    verify_exports,
-)
+from lightning_callbacks.packages import lightning_package
+from lightning_callbacks.precision import PRECISIONS, Precision, default_tolerances
+from lightning_callbacks.upload import BackgroundUploads, PendingUpload
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -68,7 +27,7 @@ ExportOn = Literal["fit_end", "best"]
 EXPORT_ON: tuple[str, ...] = get_args(ExportOn)
 
 
-class ExportBestCheckpointMixin:
+class ExportBestCheckpointMixin(ExportSteps):
     r"""Export the best checkpoint to TorchScript and ONNX, verify both, log them to MLflow.
 
     The logic of the callback, independent of the Lightning distribution; use
@@ -84,7 +43,10 @@ class ExportBestCheckpointMixin:
        weights, device and training mode are restored afterwards);
     2. exports it on CPU, in eval mode, under ``torch.no_grad()``, in ``precision``:
        TorchScript with ``torch.jit.trace`` (or ``script``) and ONNX with dynamic axes
-       (the batch axis, plus ``dynamic_axes``);
+       (the batch axis, plus ``dynamic_axes`` and the output axes that follow them), with
+       tensors named after ``forward()`` (see :mod:`lightning_callbacks.model_io`: keyword
+       inputs, dict and list outputs become positional inputs and a tuple in the files, as
+       Triton's libtorch backend calls them);
     3. loads each file back and compares it with the fp32 eager model at batch size 1 and
        ``verify_batch_size``, and at two sizes of every other dynamic axis;
     4. logs ONE MLflow model holding both the ``onnx`` and the ``pytorch`` (TorchScript) flavor,
@@ -106,8 +68,9 @@ class ExportBestCheckpointMixin:
 
     Args:
         formats: what to export: ``"torchscript"`` and/or ``"onnx"``.
-        input_sample: example input, a tensor or tuple of tensors, batch first. Defaults to
-            the module's ``example_input_array``.
+        input_sample: example input, batch first: a tensor, a tuple of tensors (forward()'s
+            positional arguments) or a dict of tensors (keyword arguments). Defaults to the
+            module's ``example_input_array``.
         rtol: relative tolerance of the verification; None: the precision's default (see
             :mod:`lightning_callbacks.precision`).
         atol: absolute tolerance of the verification; None: the precision's default.
@@ -124,8 +87,10 @@ class ExportBestCheckpointMixin:
         checkpoint_callback: the ModelCheckpoint whose best model is exported. Defaults to the
             trainer's first ModelCheckpoint with a ``monitor``, else its first one.
         artifact_name: name of the logged MLflow model.
-        input_names: names of the inputs (default ``input`` or ``input_0``, ``input_1``...).
-        output_names: names of the outputs (default ``output`` or ``output_0``...).
+        input_names: names of the inputs, in forward()'s parameter order (default: the
+            parameter names, as ``torch.onnx.export`` names them).
+        output_names: names of the outputs, in the order forward returns them (default:
+            ``output`` for a tensor, ``output_0``... for a tuple or list, the keys of a dict).
         tracking_uri: MLflow tracking URI. Defaults to the MLFlowLogger's, else MLflow's own.
         log_to_mlflow: set False to only export and verify.
         dynamic_axes: variable axes beyond the batch, by input or output name, e.g.
@@ -178,9 +143,6 @@ class ExportBestCheckpointMixin:
         'fit_end'
     """
 
-    #: The Lightning distribution the concrete class is built on.
-    lightning: ClassVar[LightningPackage]
-
     def __init__(
         self,
         formats: Sequence[Format] = ("torchscript", "onnx"),
@@ -221,22 +183,13 @@ class ExportBestCheckpointMixin:
         self.verify_batch_size = verify_batch_size
         self.checkpoint_callback = checkpoint_callback
         self.artifact_name = artifact_name
-        self.input_names = tuple(input_names) if input_names else None
-        self.output_names = tuple(output_names) if output_names else None
+        self.input_names = as_names(input_names)
+        self.output_names = as_names(output_names)
         self.tracking_uri = tracking_uri
         self.log_to_mlflow = log_to_mlflow
         self.dynamic_axes = {k: dict(v) for k, v in dynamic_axes.items()} if dynamic_axes else None
         self.background_upload = background_upload
         self.onnx_exporter = onnx_exporter
-
-        self.exported_paths: dict[str, Path] = {}
-        self.model_uri: str | None = None
-        self.run_id: str | None = None
-        self.registered_version: Any = None
-        self.verification: list[VerificationResult] = []
-        self.last_exported_checkpoint: str | None = None
-        self.last_exported_score: float | None = None
-        self.timings: dict[str, float] = {}
         self._checkpoint: Any = None
         self._last_seen: str | None = None  # same on every rank: decides the barriers
         self._uploads = BackgroundUploads()
@@ -277,32 +230,10 @@ class ExportBestCheckpointMixin:
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         if stage != "fit":
             return
-        if self.checkpoint_callback is not None:
-            if self.checkpoint_callback not in trainer.checkpoint_callbacks:
-                raise self.lightning.MisconfigurationException(
-                    f"{type(self).__name__}(checkpoint_callback=...) was given a ModelCheckpoint "
-                    "that is not in the Trainer's callbacks.\nHINT: pass the same instance to "
-                    "Trainer(callbacks=[...])."
-                )
-            self._checkpoint = self.checkpoint_callback
-            return
-        candidates = trainer.checkpoint_callbacks
-        if not candidates:
-            raise self.lightning.MisconfigurationException(
-                f"{type(self).__name__} exports the best checkpoint, but the Trainer has no "
-                "ModelCheckpoint callback.\nHINT: add "
-                "`ModelCheckpoint(monitor='val_loss')` to Trainer(callbacks=[...]) and keep "
-                "`enable_checkpointing=True`."
-            )
-        monitored = [c for c in candidates if getattr(c, "monitor", None)]
-        self._checkpoint = (monitored or candidates)[0]
-        if len(candidates) > 1:
-            logger.info(
-                "%s follows ModelCheckpoint(monitor=%r, dirpath=%s) of %d; pass "
-                "checkpoint_callback= to choose another",
-                type(self).__name__, self._checkpoint.monitor, self._checkpoint.dirpath,
-                len(candidates),
-            )  # fmt: skip
+        self._checkpoint = find_checkpoint_callback(
+            trainer, self.checkpoint_callback, type(self).__name__,
+            self.lightning.MisconfigurationException,
+        )  # fmt: skip
 
     @override
     def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
@@ -387,177 +318,6 @@ class ExportBestCheckpointMixin:
             pl_module, checkpoint_path=best or None,
             score=float(score) if score is not None else None,
             step=trainer.global_step, trainer=trainer,
-        )  # fmt: skip
-
-    def export(
-        self,
-        pl_module: "pl.LightningModule",
-        checkpoint_path: str | None = None,
-        score: float | None = None,
-        step: int = 0,
-        trainer: "pl.Trainer | None" = None,
-    ) -> dict[str, Path]:
-        """Export, verify and log ``pl_module`` with the weights of ``checkpoint_path``.
-
-        The callback calls the same steps on global rank zero; call this to export outside
-        fit (it uploads in the calling thread).
-
-        Args:
-            pl_module: the module to export.
-            checkpoint_path: a Lightning checkpoint whose ``state_dict`` is exported; None
-                exports the current weights (with a warning).
-            score: the checkpoint's monitored score, logged as the ``best_model_score`` tag.
-            step: step of the verification metrics.
-            trainer: used to find an ``MLFlowLogger``.
-
-        Returns:
-            The exported files by format (also in :attr:`exported_paths`).
-
-        Raises:
-            ExportError: see the class; ``ExportVerificationError`` after the metrics are
-                logged when an export does not match eager.
-        """
-        upload = self._export_and_verify(pl_module, checkpoint_path, score, step, trainer)
-        if upload is not None:
-            self._upload(upload)
-        return self.exported_paths
-
-    def _export_and_verify(
-        self,
-        pl_module: "pl.LightningModule",
-        checkpoint_path: str | None,
-        score: float | None,
-        step: int,
-        trainer: "pl.Trainer | None",
-    ) -> PendingUpload | None:
-        """Export and verify; return what to upload (None without MLflow).
-
-        Raises:
-            ExportVerificationError: after logging the metrics, when verification failed.
-        """
-        start = time.perf_counter()
-        example = resolve_example(pl_module, self.input_sample)
-        if checkpoint_path is None:
-            rank_zero_warn(
-                f"{type(self).__name__}: no checkpoint was saved, exporting the current "
-                "weights instead of the best ones.",
-                category=RuntimeWarning,
-            )
-        directory = self._export_dir(checkpoint_path)
-        with weights_from(pl_module, checkpoint_path), export_mode(pl_module):
-            names = IONames.resolve(pl_module, example, self.input_names, self.output_names)
-            check_batch_first(pl_module, example, names)
-            axes = resolve_dynamic_axes(
-                names, example, flatten_outputs(pl_module(*example)), self.dynamic_axes
-            )
-            low = cast_inputs(example, self.precision)
-            with reduced_precision(pl_module, self.precision):
-                paths = self._export_files(pl_module, low, names, directory, axes)
-            self.exported_paths = paths
-            batch_sizes = (1, self.verify_batch_size)
-            self.verification = verify_exports(
-                pl_module, paths, low, names, rtol=self.rtol, atol=self.atol,
-                batch_sizes=batch_sizes, dynamic_axes=axes, reference=pl_module,
-            )  # fmt: skip
-            golden = self._golden(pl_module, low, names, axes, batch_sizes)
-            sample = take_rows(low, min(low[0].shape[0], INPUT_EXAMPLE_ROWS))
-            outputs = [
-                y.astype(numpy_dtype(self.precision)) if y.dtype.kind == "f" else y
-                for y in run_eager(pl_module, cast_inputs(sample, "fp32"))
-            ]
-        self.timings = {"export_verify": time.perf_counter() - start}
-        upload = PendingUpload(
-            paths=paths, names=names, inputs=[to_numpy(t) for t in sample], outputs=outputs,
-            dynamic_axes=axes, golden=golden, verification=list(self.verification),
-            checkpoint_path=checkpoint_path, score=score, step=step,
-            artifact_name=self.artifact_name, registered_model_name=self.registered_model_name,
-            alias=self.alias,
-        )  # fmt: skip
-        if not self.log_to_mlflow:
-            raise_on_failure(self.verification, rtol=self.rtol, atol=self.atol)
-            self._exported(checkpoint_path, score)
-            return None
-        upload.metadata = export_metadata(paths, self.precision, self.torchscript_method)
-        loggers = trainer.loggers if trainer is not None else []
-        upload.tracking_uri, upload.run_id = mlflow_target(
-            loggers, self.lightning.MLFlowLogger, self.tracking_uri
-        )
-        if not upload.passed:
-            self._upload(upload)  # logs the metrics and tags only, then raises
-        self._exported(checkpoint_path, score)
-        return upload
-
-    def _exported(self, checkpoint_path: str | None, score: float | None) -> None:
-        self.last_exported_checkpoint = checkpoint_path or ""
-        self.last_exported_score = score
-
-    def _golden(
-        self,
-        module: torch.nn.Module,
-        example: Example,
-        names: IONames,
-        axes: DynamicAxes,
-        batch_sizes: Sequence[int],
-    ) -> GoldenCases:
-        """The verification inputs (in the export's precision) and fp32 eager outputs."""
-        input_axes = [axes.get(name, {}) for name in names.inputs]
-        batches = verification_batches(example, batch_sizes, input_axes=input_axes)
-        inputs, outputs = [], []
-        for batch in batches.values():
-            expected = run_eager(module, cast_inputs(batch, "fp32"))
-            inputs.append({n: to_numpy(t) for n, t in zip(names.inputs, batch)})
-            outputs.append(dict(zip(names.outputs, expected)))
-        return GoldenCases(inputs, outputs, rtol=self.rtol, atol=self.atol)
-
-    def _export_dir(self, checkpoint_path: str | None) -> Path:
-        if self.output_dir is None:
-            self.output_dir = Path(tempfile.mkdtemp(prefix="export-best-"))
-            logger.info("%s writes exports to %s", type(self).__name__, self.output_dir)
-        stem = Path(checkpoint_path).stem if checkpoint_path else "current-weights"
-        return self.output_dir / stem
-
-    def _export_files(
-        self,
-        module: "pl.LightningModule",
-        example: Example,
-        names: IONames,
-        directory: Path,
-        axes: DynamicAxes,
-    ) -> dict[str, Path]:
-        paths: dict[str, Path] = {}
-        onnx_source: torch.nn.Module = module
-        if "torchscript" in self.formats:
-            paths["torchscript"], compiled = export_torchscript(
-                module, example, directory / TORCHSCRIPT_FILE, self.torchscript_method
-            )
-            if self.torchscript_method == "script":
-                onnx_source = compiled
-        elif self.torchscript_method == "script":
-            onnx_source = to_torchscript(module, example, "script")
-        if "onnx" in self.formats:
-            paths["onnx"] = export_onnx(
-                onnx_source, example, directory / ONNX_FILE, names, opset=self.opset,
-                dynamic_axes=axes, exporter=self.onnx_exporter,
-            )  # fmt: skip
-        return paths
-
-    def _upload(self, pending: PendingUpload) -> None:
-        """Upload ``pending``; raise its verification failure afterwards, if any."""
-
-        def remember_run(run_id: str) -> None:
-            self.run_id = run_id
-
-        try:
-            result = upload(pending, on_run=remember_run)
-        finally:
-            if not pending.passed:
-                raise_on_failure(pending.verification, rtol=self.rtol, atol=self.atol)
-        self.model_uri = result.logged.model_uri
-        self.registered_version = result.logged.registered_version
-        self.timings["upload"] = result.seconds
-        logger.info(
-            "%s: %s -> %s in %.2fs", type(self).__name__,
-            pending.checkpoint_path or "current weights", self.model_uri, result.seconds,
         )  # fmt: skip
 
 

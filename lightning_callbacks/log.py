@@ -13,6 +13,7 @@ One ``MLmodel`` carries:
 So one registered version serves both ``mlflow.onnx.load_model(uri)`` and
 ``mlflow.pytorch.load_model(uri)``, and the Triton deployment plugin can pick either flavor::
 
+    # using_tracking_uri and resolved_run: lightning_callbacks.mlflow_run
     with using_tracking_uri(uri), resolved_run(None, run_name="export") as (run_id, _):
         info = log_model(paths, names, inputs, outputs, run_id, artifact_name="model",
                          registered_model_name="fraud", alias="champion")
@@ -24,53 +25,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
-import os
-import re
 import shutil
-import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
-from urllib.parse import urlparse
 
 import numpy as np
 
+from lightning_callbacks.export import ONNX_EXTERNAL_DATA_FILE, ExportError, onnx_uses_external_data
+from lightning_callbacks.model_io import IONames
 from mlflow_triton.core.golden import GOLDEN_DIR, GoldenCases
-
-from lightning_callbacks.export import (
-    ONNX_EXTERNAL_DATA_FILE,
-    ExportError,
-    IONames,
-    onnx_uses_external_data,
-)
 
 logger = logging.getLogger(__name__)
 
-#: Seconds to wait for a TCP connection to an HTTP tracking server before giving up.
-CONNECT_TIMEOUT_S = 5.0
 #: Rows of the example input saved as the MLflow input example.
 INPUT_EXAMPLE_ROWS = 5
-
-
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
-_SECRET_QUERY = re.compile(
-    r"(?P<key>[?&](?:token|access_token|password|passwd|secret|key|signature|sig)=)[^&\s]+",
-    re.IGNORECASE,
-)
-
-
-def mask_credentials(text: str) -> str:
-    """``text`` with credentials of every URI in it replaced by ``***``.
-
-    Masks the user-info part (``https://user:token@host`` -> ``https://***@host``) and the
-    values of secret-looking query parameters (``token``, ``password``, ``sig``...), so
-    tracking URIs can appear in messages and log lines.
-    """
-    text = _USERINFO.sub(r"\g<scheme>***@", text)
-    return _SECRET_QUERY.sub(r"\g<key>***", text)
 
 
 class ExportLoggingError(ExportError):
@@ -105,54 +76,6 @@ class LoggedExport:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-@contextlib.contextmanager
-def using_tracking_uri(uri: str | None) -> Iterator[None]:
-    """Point MLflow's fluent API at ``uri`` for the block, then restore the previous state.
-
-    ``mlflow.set_tracking_uri`` also writes (or, for None, deletes) ``MLFLOW_TRACKING_URI`` in
-    ``os.environ``; both the module-level URI and the variable are restored here.
-    """
-    import mlflow
-
-    if uri is None or uri == mlflow.get_tracking_uri():
-        yield
-        return
-    # None when nothing was set, so that restoring it leaves MLflow resolving its default.
-    previous = mlflow.get_tracking_uri() if mlflow.tracking.is_tracking_uri_set() else None
-    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)
-        if previous_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous_env
-
-
-def check_reachable(tracking_uri: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
-    """Fail fast when an HTTP(S) tracking server does not accept connections.
-
-    MLflow's REST client retries for minutes; a TCP connect tells in seconds. Other schemes
-    (``file:``, ``sqlite:``, ``databricks``) are not checked.
-
-    Raises:
-        ConnectionError: naming the URI when the connection is refused or times out.
-    """
-    parsed = urlparse(tracking_uri)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        return
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parsed.hostname, port), timeout=timeout_s):
-            pass
-    except OSError as err:
-        raise ConnectionError(
-            f"MLflow tracking server {mask_credentials(tracking_uri)} is unreachable ({err})"
-        ) from err
-
-
 def pip_requirements(formats: Sequence[str]) -> list[str]:
     """One requirement list for every flavor in the model (MLflow adds ``mlflow`` itself)."""
     import mlflow.onnx
@@ -164,6 +87,17 @@ def pip_requirements(formats: Sequence[str]) -> list[str]:
     if "torchscript" in formats:
         reqs.update(mlflow.pytorch.get_default_pip_requirements())
     return sorted(reqs)
+
+
+def pyfunc_takes_example(paths: Mapping[str, Path], names: IONames) -> bool:
+    """Whether the model's ``python_function`` flavor can predict its own input example.
+
+    With ONNX it is onnxruntime's, which takes and returns tensors by name. Without ONNX it is
+    ``mlflow.pytorch``'s, which takes one array and returns one tensor: MLflow's check of the
+    input example would only log a warning for other models, so it is skipped for them (Triton
+    serves them by name all the same).
+    """
+    return "onnx" in paths or (len(names.inputs) == 1 and len(names.outputs) == 1)
 
 
 def build_signature(
@@ -349,12 +283,11 @@ def log_model(
         dynamic_axes: ``{tensor name: {axis: symbol}}`` marked ``-1`` in the signature.
         metadata: the MLmodel's ``metadata`` (e.g. which ONNX exporter and opset).
         golden: verification inputs and eager outputs, written to ``golden/`` in the model
-            directory (see :mod:`lightning_callbacks.golden`).
+            directory (see :mod:`mlflow_triton.core.golden`).
 
     Returns:
         The model URI, run and registered version.
     """
-    from mlflow import MlflowClient
     from mlflow.models import Model
 
     start = time.perf_counter()
@@ -367,6 +300,7 @@ def log_model(
         registered_model_name=registered_model_name, paths=paths, signature=signature,
         input_example=input_example, requirements=pip_requirements(list(paths)),
         metadata=dict(metadata) if metadata else None, golden=golden,
+        validate_serving_input=pyfunc_takes_example(paths, names),
     )  # fmt: skip
     logged = LoggedExport(model_uri=info.model_uri, run_id=run_id, artifact_name=artifact_name)
     logged.timings["log"] = time.perf_counter() - start
@@ -374,61 +308,22 @@ def log_model(
         "logged MLflow model %r (%s) with flavors %s to run %s in %.2fs",
         artifact_name, info.model_uri, sorted(info.flavors), run_id, logged.timings["log"],
     )  # fmt: skip
-    if registered_model_name is None:
-        return logged
-    start = time.perf_counter()
-    client = MlflowClient()
-    version = str(info.registered_model_version)
-    if alias:
-        client.set_registered_model_alias(registered_model_name, alias, version)
-    logged.registered_version = client.get_model_version(registered_model_name, version)
-    logged.timings["register"] = time.perf_counter() - start
-    logger.info(
-        "registered %s version %s%s in %.2fs",
-        registered_model_name, version, f" with alias @{alias}" if alias else "",
-        logged.timings["register"],
-    )  # fmt: skip
+    if registered_model_name is not None:
+        _set_alias(logged, registered_model_name, str(info.registered_model_version), alias)
     return logged
 
 
-def log_run_data(
-    run_id: str, metrics: Mapping[str, float], tags: Mapping[str, str], step: int = 0
-) -> None:
-    """Log metrics and tags to ``run_id`` in one batch (non-finite metrics become 1e308)."""
+def _set_alias(logged: LoggedExport, name: str, version: str, alias: str | None) -> None:
+    """Point ``alias`` at the version ``Model.log`` registered; keep the version in ``logged``."""
     from mlflow import MlflowClient
-    from mlflow.entities import Metric, RunTag
 
-    now = int(time.time() * 1000)
-    metric_entities = [
-        Metric(key, value if math.isfinite(value) else 1e308, now, step)
-        for key, value in metrics.items()
-    ]
-    MlflowClient().log_batch(
-        run_id, metrics=metric_entities, tags=[RunTag(k, str(v)) for k, v in tags.items()]
-    )
-
-
-@contextlib.contextmanager
-def resolved_run(run_id: str | None, run_name: str) -> Iterator[tuple[str, bool]]:
-    """Yield ``(run_id, started)``: the given run, else the active run, else a new one.
-
-    A run started here is ended on exit (``FAILED`` if the block raised).
-    """
-    import mlflow
-
-    if run_id is not None:
-        yield run_id, False
-        return
-    active = mlflow.active_run()
-    if active is not None:
-        yield active.info.run_id, False
-        return
-    run = mlflow.start_run(run_name=run_name)
-    status = "FINISHED"
-    try:
-        yield run.info.run_id, True
-    except BaseException:
-        status = "FAILED"
-        raise
-    finally:
-        mlflow.end_run(status=status)
+    start = time.perf_counter()
+    client = MlflowClient()
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    logged.registered_version = client.get_model_version(name, version)
+    logged.timings["register"] = time.perf_counter() - start
+    logger.info(
+        "registered %s version %s%s in %.2fs",
+        name, version, f" with alias @{alias}" if alias else "", logged.timings["register"],
+    )  # fmt: skip

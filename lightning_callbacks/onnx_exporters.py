@@ -17,6 +17,7 @@ Which exporter wrote a file is stored in the file's ``metadata_props``
 
 from __future__ import annotations
 
+import inspect
 import logging
 import warnings
 from pathlib import Path
@@ -106,10 +107,12 @@ def _dynamo(module, example, path, input_names, output_names, dynamic_axes, opse
     from torch.export import Dim
 
     dims: dict[str, Any] = {}
-    shapes = tuple(
+    shapes: tuple = tuple(
         {axis: dims.setdefault(symbol, Dim(symbol)) for axis, symbol in dynamic_axes.get(name, {}).items()}
         for name in input_names
     )
+    if _takes_only_var_positional(module):  # forward(self, *tensors), e.g. FlatForward
+        shapes = (shapes,)  # torch.export: one entry per parameter, *tensors is one
     kwargs: dict[str, Any] = {} if opset is None else {"opset_version": opset}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -118,6 +121,11 @@ def _dynamo(module, example, path, input_names, output_names, dynamic_axes, opse
             output_names=list(output_names), dynamic_shapes=shapes, verbose=False, **kwargs,
         )  # fmt: skip
     program.save(str(path), external_data=external_data)
+
+
+def _takes_only_var_positional(module: torch.nn.Module) -> bool:
+    parameters = inspect.signature(module.forward).parameters.values()
+    return [p.kind for p in parameters] == [inspect.Parameter.VAR_POSITIONAL]
 
 
 def record_exporter(path: Path, exporter: str) -> None:

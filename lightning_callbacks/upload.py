@@ -25,21 +25,19 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from mlflow_triton.core.golden import GoldenCases
-
-from lightning_callbacks.export import DynamicAxes, IONames
-from lightning_callbacks.log import (
-    ExportLoggingError,
-    LoggedExport,
+from lightning_callbacks.dynamic_axes import DynamicAxes
+from lightning_callbacks.log import ExportLoggingError, LoggedExport, log_model
+from lightning_callbacks.mlflow_run import (
     check_reachable,
-    log_model,
     log_run_data,
     mask_credentials,
     resolved_run,
     using_tracking_uri,
 )
+from lightning_callbacks.model_io import IONames
 from lightning_callbacks.onnx_exporters import recorded_exporter
 from lightning_callbacks.verify import VerificationResult
+from mlflow_triton.core.golden import GoldenCases
 
 logger = logging.getLogger(__name__)
 

@@ -24,12 +24,13 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from lightning_callbacks.export import Example, ExportError, IONames, flatten_outputs, take_rows
+from lightning_callbacks.export import ExportError
+from lightning_callbacks.model_io import Example, IONames, flatten_outputs, take_rows
 
 logger = logging.getLogger(__name__)
 
@@ -275,33 +276,15 @@ def verify_exports(
     start = time.perf_counter()
     input_axes = [dict((dynamic_axes or {}).get(name, {})) for name in names.inputs]
     batches = verification_batches(example, batch_sizes, input_axes=input_axes)
-    runners = {}
-    if "torchscript" in paths:
-        scripted = torch.jit.load(str(paths["torchscript"]), map_location="cpu")
-        scripted.eval()
-        runners["torchscript"] = lambda inputs: run_torchscript(scripted, inputs)
-    if "onnx" in paths:
-        session = onnx_session(paths["onnx"])
-        runners["onnx"] = lambda inputs: run_onnx(session, names, inputs)
+    runners = _runners(paths, names)
     results = []
     for size, inputs in batches.items():
         if reference is None:
             expected = run_eager(module, inputs)
         else:  # full precision reference: its own dtype for floating-point inputs
             expected = run_eager(reference, tuple(t.float() if t.is_floating_point() else t for t in inputs))
-        shapes = tuple(tuple(t.shape) for t in inputs)
         for fmt, run in runners.items():
-            try:
-                actual = run(inputs)
-            except Exception as err:  # the export cannot even run at this batch size
-                results.append(VerificationResult(
-                    fmt, size, np.inf, names.outputs[0], 0, atol, False,
-                    f"fails to run: {type(err).__name__}: {str(err).strip().splitlines()[0]}",
-                    shapes,
-                ))  # fmt: skip
-                continue
-            result = compare(fmt, size, expected, actual, names.outputs, rtol, atol)
-            results.append(dataclasses.replace(result, input_shapes=shapes))
+            results.append(_run_and_compare(fmt, run, size, inputs, expected, names, rtol, atol))
     summary = ", ".join(
         f"{r.format}@{r.batch_size}={r.max_abs_diff:.2g}{'' if r.passed else ' FAIL'}"
         for r in results
@@ -311,6 +294,44 @@ def verify_exports(
         rtol, atol, time.perf_counter() - start, summary,
     )  # fmt: skip
     return results
+
+
+Runner = Callable[[Example], list[np.ndarray]]
+
+
+def _runners(paths: Mapping[str, Path], names: IONames) -> dict[str, Runner]:
+    """One function per exported file: inputs in, outputs (numpy, in name order) out."""
+    runners: dict[str, Runner] = {}
+    if "torchscript" in paths:
+        scripted = torch.jit.load(str(paths["torchscript"]), map_location="cpu")
+        scripted.eval()
+        runners["torchscript"] = lambda inputs: run_torchscript(scripted, inputs)
+    if "onnx" in paths:
+        session = onnx_session(paths["onnx"])
+        runners["onnx"] = lambda inputs: run_onnx(session, names, inputs)
+    return runners
+
+
+def _run_and_compare(
+    fmt: str,
+    run: Runner,
+    size: int,
+    inputs: Example,
+    expected: Sequence[np.ndarray],
+    names: IONames,
+    rtol: float,
+    atol: float,
+) -> VerificationResult:
+    shapes = tuple(tuple(t.shape) for t in inputs)
+    try:
+        actual = run(inputs)
+    except Exception as err:  # the export cannot even run at this batch size
+        return VerificationResult(
+            fmt, size, np.inf, names.outputs[0], 0, atol, False,
+            f"fails to run: {type(err).__name__}: {str(err).strip().splitlines()[0]}", shapes,
+        )  # fmt: skip
+    result = compare(fmt, size, expected, actual, names.outputs, rtol, atol)
+    return dataclasses.replace(result, input_shapes=shapes)
 
 
 def raise_on_failure(results: Sequence[VerificationResult], rtol: float, atol: float) -> None:

@@ -33,7 +33,7 @@ def test_trained_model_serves_both_flavors_on_triton(stack, unique_name, tmp_pat
     }
     for name, config in deployments.items():
         client.create_deployment(name, model_uri, config=config)
-        response = client.predict(name, {"input": x})
+        response = client.predict(name, {"x": x})  # TinyRegressor.forward(self, x)
         np.testing.assert_allclose(
             np.asarray(response["predictions"]["output"]), expected, rtol=1e-4, atol=1e-5,
             err_msg=f"deployment {name} ({config}) differs from eager",
@@ -62,6 +62,6 @@ def test_fp16_export_is_verified_and_served_with_an_fp16_config(stack, unique_na
     config = httpclient.InferenceServerClient(url).get_model_config(unique_name)
     assert [t["data_type"] for t in (*config["input"], *config["output"])] == ["TYPE_FP16", "TYPE_FP16"]
     x = np.random.default_rng(4).normal(size=(5, 8)).astype(np.float16)
-    got = np.asarray(client.predict(unique_name, {"input": x})["predictions"]["output"])
+    got = np.asarray(client.predict(unique_name, {"x": x})["predictions"]["output"])
     expected = model.eval()(torch.from_numpy(x.astype(np.float32))).detach().numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-2, atol=1e-2)  # fp16 served vs fp32 eager

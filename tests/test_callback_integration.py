@@ -60,10 +60,10 @@ def test_fit_logs_one_registered_model_with_both_flavors(stack, unique_name, tmp
     mlmodel = Model.load(str(local))
     assert {"onnx", "pytorch", "python_function"} <= set(mlmodel.flavors)
     assert mlmodel.flavors["onnx"]["data"] == "model.onnx"
-    assert mlmodel.signature.inputs.input_names() == ["input"]
+    assert mlmodel.signature.inputs.input_names() == ["x"]  # TinyRegressor.forward(self, x)
     assert mlmodel.signature.outputs.input_names() == ["output"]
     assert mlmodel.saved_input_example_info is not None
-    assert mlmodel.load_input_example(str(local))["input"].shape == (4, 8)
+    assert mlmodel.load_input_example(str(local))["x"].shape == (4, 8)
 
     eager = best_eager(export.last_exported_checkpoint)
     session = onnxruntime.InferenceSession(
@@ -76,7 +76,7 @@ def test_fit_logs_one_registered_model_with_both_flavors(stack, unique_name, tmp
     assert isinstance(pytorch_flavor, torch.jit.ScriptModule)
     for x in batches():
         expected = eager(torch.from_numpy(x)).detach().numpy()
-        (from_onnx,) = session.run(["output"], {"input": x})
+        (from_onnx,) = session.run(["output"], {"x": x})
         np.testing.assert_allclose(from_onnx, expected, rtol=1e-4, atol=1e-5)
         for module in (scripted, pytorch_flavor):
             got = module(torch.from_numpy(x)).detach().numpy()

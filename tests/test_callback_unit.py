@@ -28,15 +28,14 @@ from lightning_callbacks import (
     ExportVerificationError,
 )
 from lightning_callbacks.export import (
-    IONames,
     check_batch_first,
     check_dynamic_batch,
     export_mode,
     export_onnx,
     export_torchscript,
-    resolve_example,
 )
 from lightning_callbacks.log import _DualFlavor, build_signature, pip_requirements
+from lightning_callbacks.model_io import ForwardIO, IONames, bind_example
 from lightning_callbacks.verify import compare, raise_on_failure, verify_exports
 
 
@@ -96,6 +95,15 @@ class BatchReduction(torch.nn.Module):
         return x.sum(dim=0, keepdim=True)
 
 
+def example_of(model: torch.nn.Module, sample=None) -> tuple[torch.Tensor, ...]:
+    return bind_example(model, sample).tensors
+
+
+def io_names(model, example, input_names=None, output_names=None) -> IONames:
+    """The names the callback gives ``model`` for ``example`` (call inside export_mode)."""
+    return IONames.resolve(ForwardIO.of(model, bind_example(model, example)), input_names, output_names)
+
+
 def fit(model: pl.LightningModule, callbacks: list[Callback], tmp_path: Path, **trainer_kwargs):
     trainer_kwargs = {
         "max_epochs": 1, "limit_train_batches": 3, "limit_val_batches": 1, "logger": False,
@@ -115,21 +123,21 @@ def fit(model: pl.LightningModule, callbacks: list[Callback], tmp_path: Path, **
 
 def test_export_and_verify_two_inputs_two_outputs(tmp_path):
     model = TwoInTwoOut()
-    example = resolve_example(model, (torch.randn(3, 4), torch.randn(3, 4)))
+    example = example_of(model, (torch.randn(3, 4), torch.randn(3, 4)))
     with export_mode(model):
-        names = IONames.resolve(model, example)
+        names = io_names(model, example)
         ts, _ = export_torchscript(model, example, tmp_path / "model.pt")
         ox = export_onnx(model, example, tmp_path / "model.onnx", names, opset=17)
         paths = {"torchscript": ts, "onnx": ox}
         results = verify_exports(model, paths, example, names, batch_sizes=(1, 5))
 
-    assert names == IONames(("input_0", "input_1"), ("output_0", "output_1"))
+    assert names == IONames(("x", "z"), ("output_0", "output_1"))  # forward(self, x, z)
     assert [(r.format, r.batch_size) for r in results] == [
         ("torchscript", 1), ("onnx", 1), ("torchscript", 5), ("onnx", 5)
     ]  # fmt: skip
     assert all(r.passed and r.max_abs_diff < 1e-5 for r in results)
     graph = onnx.load(str(ox)).graph
-    assert [i.name for i in graph.input] == ["input_0", "input_1"]
+    assert [i.name for i in graph.input] == ["x", "z"]
     assert all(v.type.tensor_type.shape.dim[0].dim_param for v in (*graph.input, *graph.output))
     assert model.training  # restored
 
@@ -144,9 +152,9 @@ def test_export_restores_device_and_training_mode(tmp_path):
 
 def test_batch_one_example_still_exports_dynamic_batch(tmp_path):
     model = TinyRegressor()
-    example = resolve_example(model, torch.randn(1, 8))
+    example = example_of(model, torch.randn(1, 8))
     with export_mode(model):
-        names = IONames.resolve(model, example)
+        names = io_names(model, example)
         path = export_onnx(model, example, tmp_path / "model.onnx", names)
         results = verify_exports(model, {"onnx": path}, example, names, batch_sizes=(1, 7))
     assert all(r.passed for r in results)
@@ -154,14 +162,14 @@ def test_batch_one_example_still_exports_dynamic_batch(tmp_path):
 
 def test_reduction_over_the_batch_is_rejected(tmp_path):
     model = BatchReduction()
-    example = resolve_example(model, torch.randn(3, 4))
+    example = example_of(model, torch.randn(3, 4))
     with export_mode(model), pytest.raises(ExportError, match="'output' has shape \\(1, 4\\)"):
-        check_batch_first(model, example, IONames.resolve(model, example))
+        check_batch_first(model, example, io_names(model, example))
 
 
 def test_fixed_batch_axis_in_the_graph_is_rejected(tmp_path):
     model = TinyRegressor()
-    example = resolve_example(model)
+    example = example_of(model)
     names = IONames(("input",), ("output",))
     with export_mode(model):  # no dynamic_axes: the legacy exporter fixes axis 0 to 4
         torch.onnx.export(model, example, str(tmp_path / "m.onnx"), input_names=["input"],
@@ -172,7 +180,7 @@ def test_fixed_batch_axis_in_the_graph_is_rejected(tmp_path):
 
 def test_check_dynamic_batch_names_missing_tensor(tmp_path):
     model = TinyRegressor()
-    example = resolve_example(model)
+    example = example_of(model)
     with export_mode(model):
         path = export_onnx(model, example, tmp_path / "m.onnx", IONames(("input",), ("output",)))
     with pytest.raises(ExportError, match="'features' is missing"):
@@ -182,9 +190,9 @@ def test_check_dynamic_batch_names_missing_tensor(tmp_path):
 def test_large_models_use_external_data(tmp_path, monkeypatch):
     monkeypatch.setattr(export_mod, "EXTERNAL_DATA_THRESHOLD_BYTES", 0)
     model = TinyRegressor()
-    example = resolve_example(model)
+    example = example_of(model)
     with export_mode(model):
-        names = IONames.resolve(model, example)
+        names = io_names(model, example)
         path = export_onnx(model, example, tmp_path / "model.onnx", names)
         results = verify_exports(model, {"onnx": path}, example, names)
     assert (tmp_path / "model.onnx.data").stat().st_size > 1000
@@ -196,28 +204,28 @@ def test_no_example_input_is_a_value_error():
     model = TinyRegressor()
     model.example_input_array = None
     with pytest.raises(ValueError, match="example_input_array"):
-        resolve_example(model)
+        example_of(model)
     with pytest.raises(ValueError, match="disagree on the batch size"):
-        resolve_example(model, (torch.zeros(2, 8), torch.zeros(3, 8)))
+        example_of(model, (torch.zeros(2, 8), torch.zeros(3, 8)))
     with pytest.raises(ValueError, match="batch axis"):
-        resolve_example(model, torch.tensor(1.0))
+        example_of(model, torch.tensor(1.0))
 
 
 def test_untraceable_model_suggests_script(tmp_path):
     model = Alternating()
-    example = resolve_example(model, torch.randn(2, 8))
+    example = example_of(model, torch.randn(2, 8))
     with export_mode(model), pytest.raises(ExportError, match='torchscript_method="script"'):
         export_torchscript(model, example, tmp_path / "model.pt")
 
 
 def test_io_names_are_checked():
     model = TinyRegressor()
-    example = resolve_example(model)
-    assert IONames.resolve(model, example, ["features"], ["y"]) == IONames(("features",), ("y",))
+    example = example_of(model)
+    assert io_names(model, example, ["features"], ["y"]) == IONames(("features",), ("y",))
     with pytest.raises(ValueError, match="1 output"):
-        IONames.resolve(model, example, output_names=["a", "b"])
+        io_names(model, example, output_names=["a", "b"])
     with pytest.raises(ValueError, match="must differ"):
-        IONames.resolve(model, example, ["x"], ["x"])
+        io_names(model, example, ["x"], ["x"])
 
 
 # --- verify.py ------------------------------------------------------------------------------
@@ -225,9 +233,9 @@ def test_io_names_are_checked():
 
 def test_data_dependent_trace_fails_verification_with_documented_message(tmp_path):
     model = DataDependent()
-    example = resolve_example(model)
+    example = example_of(model)
     with export_mode(model):
-        names = IONames.resolve(model, example)
+        names = io_names(model, example)
         with pytest.warns(RuntimeWarning, match="Python boolean"):
             ts, _ = export_torchscript(model, example, tmp_path / "model.pt")
         results = verify_exports(model, {"torchscript": ts}, example, names)
@@ -286,9 +294,9 @@ def test_one_model_directory_holds_both_flavors(tmp_path, monkeypatch):
 
     monkeypatch.setattr(export_mod, "EXTERNAL_DATA_THRESHOLD_BYTES", 0)  # exercise external data
     model = TinyRegressor()
-    example = resolve_example(model)
+    example = example_of(model)
     with export_mode(model):
-        names = IONames.resolve(model, example)
+        names = io_names(model, example)
         paths = {
             "torchscript": export_torchscript(model, example, tmp_path / "x" / "model.pt")[0],
             "onnx": export_onnx(model, example, tmp_path / "x" / "model.onnx", names),
@@ -306,7 +314,7 @@ def test_one_model_directory_holds_both_flavors(tmp_path, monkeypatch):
     assert set(loaded.flavors) == {"onnx", "pytorch", "python_function"}
     assert loaded.flavors["python_function"]["loader_module"] == "mlflow.onnx"
     assert (target / "model.onnx.data").exists() and (target / "data" / "model.pth").exists()
-    assert loaded.signature.inputs.input_names() == ["input"]
+    assert loaded.signature.inputs.input_names() == ["x"]  # TinyRegressor.forward(self, x)
     assert loaded.signature.outputs.input_names() == ["output"]
     assert loaded.signature.inputs.inputs[0].shape == (-1, 8)
     requirements = (target / "requirements.txt").read_text()
@@ -317,7 +325,7 @@ def test_one_model_directory_holds_both_flavors(tmp_path, monkeypatch):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert isinstance(mlflow.onnx.load_model(str(target)), onnx.ModelProto)
     pyfunc = mlflow.pyfunc.load_model(str(target))
-    out = pyfunc.predict({"input": example[0].numpy()})
+    out = pyfunc.predict({"x": example[0].numpy()})
     np.testing.assert_allclose(out["output"], expected, rtol=1e-4, atol=1e-5)
 
 
@@ -341,6 +349,8 @@ def test_one_model_directory_holds_both_flavors(tmp_path, monkeypatch):
         ({"registered_model_name": "m", "alias": "V3"}, "'V3' is reserved"),
         ({"opset": 3}, "`opset` must be None or an ONNX opset"),
         ({"artifact_name": "a/b"}, "`artifact_name`"),
+        ({"input_names": "tokens"}, r"`input_names` must be a list of unique non-empty names, e.g. \['tokens'\], got 'tokens'"),
+        ({"output_names": ["a", "a"]}, r"`output_names` must be a list of unique non-empty names.*\('a', 'a'\)"),
     ],
 )  # fmt: skip
 def test_invalid_arguments(kwargs, match):
@@ -447,10 +457,10 @@ class Tagger(torch.nn.Module):
 
 def test_dynamic_sequence_axis_is_exported_verified_at_two_lengths_and_marked_in_the_signature(tmp_path):
     model = Tagger()
-    example = resolve_example(model, torch.randint(0, 16, (3, 5)))
+    example = example_of(model, torch.randint(0, 16, (3, 5)))
     axes_given = {"tokens": {1: "seq"}, "scores": {1: "seq"}}
     with export_mode(model):
-        names = IONames.resolve(model, example, ["tokens"], ["scores"])
+        names = io_names(model, example, ["tokens"], ["scores"])
         axes = export_mod.resolve_dynamic_axes(names, example, [model(*example)], axes_given)
         path = export_onnx(model, example, tmp_path / "model.onnx", names, dynamic_axes=axes_given)
         results = verify_exports(model, {"onnx": path}, example, names, dynamic_axes=axes)
@@ -470,7 +480,7 @@ def test_dynamic_sequence_axis_is_exported_verified_at_two_lengths_and_marked_in
 
 def test_a_declared_dynamic_axis_that_came_out_fixed_is_rejected(tmp_path):
     model = Tagger()
-    example = resolve_example(model, torch.randint(0, 16, (3, 5)))
+    example = example_of(model, torch.randint(0, 16, (3, 5)))
     names = IONames(("tokens",), ("scores",))
     with export_mode(model):  # only the batch is dynamic in the file
         export_onnx(model, example, tmp_path / "m.onnx", names)
@@ -490,7 +500,7 @@ def test_a_declared_dynamic_axis_that_came_out_fixed_is_rejected(tmp_path):
 )
 def test_bad_dynamic_axes_are_named(axes, match):
     model = Tagger()
-    example = resolve_example(model, torch.randint(0, 16, (3, 5)))
+    example = example_of(model, torch.randint(0, 16, (3, 5)))
     names = IONames(("tokens",), ("scores",))
     with pytest.raises(ValueError, match=match):
         export_mod.resolve_dynamic_axes(names, example, [model(*example)], axes)
@@ -559,10 +569,10 @@ def test_dynamo_exporter_keeps_the_sequence_axis_and_is_recorded(tmp_path, monke
 
     monkeypatch.setattr(export_mod, "EXTERNAL_DATA_THRESHOLD_BYTES", 0)  # the >2 GiB path
     model = Tagger()
-    example = resolve_example(model, torch.randint(0, 16, (3, 5)))
+    example = example_of(model, torch.randint(0, 16, (3, 5)))
     axes_given = {"tokens": {1: "seq"}, "scores": {1: "seq"}}
     with export_mode(model):
-        names = IONames.resolve(model, example, ["tokens"], ["scores"])
+        names = io_names(model, example, ["tokens"], ["scores"])
         axes = export_mod.resolve_dynamic_axes(names, example, [model(*example)], axes_given)
         path = export_onnx(model, example, tmp_path / "model.onnx", names, dynamic_axes=axes_given, exporter="dynamo")
         results = verify_exports(model, {"onnx": path}, example, names, dynamic_axes=axes)
