@@ -31,6 +31,7 @@ import torch
 
 from lightning_callbacks.export import ExportError
 from lightning_callbacks.model_io import Example, IONames, flatten_outputs, take_rows
+from mlflow_triton.core.tolerance import element_differences
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +205,9 @@ def compare(
     rtol: float,
     atol: float,
 ) -> VerificationResult:
-    """Compare ``actual`` with ``expected`` output by output (NaN equals NaN)."""
+    """Compare ``actual`` with ``expected`` output by output, with the project's one tolerance
+    rule (:func:`mlflow_triton.core.tolerance.element_differences`: NaN equals NaN, an infinity
+    only itself)."""
     worst = (-np.inf, 0.0, 0.0, 0)  # (excess over tolerance, abs diff, allowed, output index)
     max_abs = 0.0
     if len(actual) != len(expected):
@@ -221,11 +224,7 @@ def compare(
             )  # fmt: skip
         if want.size == 0:
             continue
-        want64, got64 = want.astype(np.float64), got.astype(np.float64)
-        both_nan = np.isnan(want64) & np.isnan(got64)
-        diff = np.where(both_nan, 0.0, np.abs(got64 - want64))
-        diff = np.where(np.isnan(diff), np.inf, diff)
-        allowed = atol + rtol * np.abs(np.nan_to_num(want64))
+        diff, allowed = element_differences(want, got, rtol, atol)
         excess = diff - allowed
         flat = int(np.argmax(excess))
         max_abs = max(max_abs, float(diff.max()))

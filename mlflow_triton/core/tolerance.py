@@ -20,7 +20,22 @@ from typing import Mapping
 
 import numpy as np
 
-__all__ = ["compare_outputs", "within_tolerance"]
+__all__ = ["compare_outputs", "element_differences", "within_tolerance"]
+
+
+def element_differences(
+    expected: np.ndarray, actual: np.ndarray, rtol: float, atol: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Element-wise ``|actual - expected|`` (0 where they are the same value, NaN against NaN
+    included; ``inf`` for NaN against a number or different infinities) and what each element
+    is allowed (``atol + rtol * |expected|``), in float64. Both arrays have ``expected``'s shape,
+    which ``actual`` must have; numeric arrays only."""
+    want, got = np.asarray(expected, np.float64), np.asarray(actual, np.float64)
+    same = (want == got) | (np.isnan(want) & np.isnan(got))  # equal infinities, NaN against NaN
+    with np.errstate(invalid="ignore"):
+        diff = np.where(same, 0.0, np.abs(got - want))
+    diff = np.where(np.isnan(diff), np.inf, diff)
+    return diff, atol + rtol * np.abs(np.where(np.isfinite(want), want, 0.0))
 
 
 def within_tolerance(expected: np.ndarray, actual: np.ndarray, rtol: float, atol: float) -> tuple[bool, float]:
@@ -34,12 +49,7 @@ def within_tolerance(expected: np.ndarray, actual: np.ndarray, rtol: float, atol
     if want.dtype.kind not in "biufc" or got.dtype.kind not in "biufc":
         equal = bool(np.array_equal(want, got))
         return equal, 0.0 if equal else float("inf")
-    want, got = want.astype(np.float64), got.astype(np.float64)
-    same = (want == got) | (np.isnan(want) & np.isnan(got))  # equal infinities, NaN against NaN
-    with np.errstate(invalid="ignore"):
-        diff = np.where(same, 0.0, np.abs(got - want))
-    diff = np.where(np.isnan(diff), np.inf, diff)
-    allowed = atol + rtol * np.abs(np.where(np.isfinite(want), want, 0.0))
+    diff, allowed = element_differences(want, got, rtol, atol)
     return bool(np.all(diff <= allowed)), float(diff.max())
 
 
