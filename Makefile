@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo dev test bench clean
+.PHONY: demo dev test lint bench clean
 
 # The venv is (re)built when missing or when the dependency files change.
 $(STAMP): pyproject.toml setup.cfg constraints.txt
@@ -22,8 +22,13 @@ dev: $(STAMP)
 
 # Two workers, one test file each at a time: the suite waits on servers (loads, lease TTLs,
 # timeouts) as much as it computes, so two workers overlap the waits on this 2-core machine.
-test: $(STAMP)
+test: $(STAMP) lint
 	$(PY) -m pytest -n 2 --dist loadfile
+
+# Layers (import-linter's contracts in pyproject.toml) and ruff: CI fails when a layer is crossed.
+lint: $(STAMP)
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check mlflow_triton lightning_callbacks tests benchmarks examples
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
