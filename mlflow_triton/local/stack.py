@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
+from mlflow_triton.local.requirements import require_local_extra
+
 logger = logging.getLogger(__name__)
 
 AWS_TEST_CREDENTIALS = {
@@ -324,6 +326,12 @@ class LocalStack:
                     os.environ[key] = value
 
     def start(self) -> "LocalStack":
+        """Start every server and wait until each is healthy (stops them all if one fails).
+
+        Raises:
+            ModuleNotFoundError: the ``[local]`` extra is not installed (nothing started).
+        """
+        require_local_extra(self.with_mlflow)
         self.workdir.mkdir(parents=True, exist_ok=True)
         base_env = {"MLFLOW_DISABLE_TELEMETRY": "true", **os.environ, **AWS_TEST_CREDENTIALS}
         try:
