@@ -113,7 +113,7 @@ def test_readme_walkthrough_against_mlflow_triton_dev(tmp_path):
         assert f"source {BIN / 'activate'}\n" in printed  # tests run in the venv: how to get its `mlflow`
         result = subprocess.run(
             ["bash", "-e", "-o", "pipefail", "-c", rest], cwd=tmp_path, env={**env, **exports},
-            capture_output=True, text=True, timeout=400,
+            capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         walked = time.monotonic()
         assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
@@ -123,7 +123,7 @@ def test_readme_walkthrough_against_mlflow_triton_dev(tmp_path):
         # The Python API snippet, verbatim, in a fresh interpreter with the same exports.
         snippet = subprocess.run(
             [sys.executable, "-c", readme_block(PYTHON_MARKER, "python")], cwd=tmp_path,
-            env={**env, **exports}, capture_output=True, text=True, timeout=400,
+            env={**env, **exports}, capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         print(f"dev stack up (with the example model) in {up - started:.1f}s; walkthrough in "
               f"{walked - up:.1f}s; Python snippet in {time.monotonic() - walked:.1f}s")  # fmt: skip
