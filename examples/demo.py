@@ -9,15 +9,21 @@
 3. Deploys ``models:/tiny-regressor@production`` with the ``triton`` MLflow deployment target,
    once as ONNX and once as TorchScript, and prints Triton's answers next to eager PyTorch.
 4. Stops everything it started.
+
+It prints its story, not the libraries' chatter: MLflow's progress bars and run URLs,
+Lightning's banners and tips, and third-party warnings are off; ``python examples/demo.py -v``
+shows them (and the INFO logs of every library).
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +37,31 @@ from tiny_model import TinyRegressor, train  # noqa: E402
 from mlflow_triton.local.stack import LocalStack  # noqa: E402
 
 MODEL = "tiny-regressor"
+#: Libraries whose logs and warnings the demo leaves out unless -v.
+THIRD_PARTY = ("mlflow", "pytorch_lightning", "lightning", "lightning_fabric", "torch", "onnx", "onnxscript")
+
+
+def quiet_libraries() -> None:
+    """Only the demo's story: this project's INFO logs, nothing but errors from the libraries."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    import mlflow  # noqa: F401  (configures its own logger first, so the level below sticks)
+
+    for name in THIRD_PARTY:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    pattern = "|".join(THIRD_PARTY)
+    warnings.filterwarnings("ignore", module=rf"({pattern})(\.|$)")
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="also show the libraries' logs, bars and warnings")
+    verbose = parser.parse_args().verbose
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(name)s: %(message)s")
     logging.getLogger("mlflow_triton").setLevel(logging.INFO)
     logging.getLogger("lightning_callbacks").setLevel(logging.INFO)
+    if not verbose:
+        quiet_libraries()
     workdir = Path(tempfile.mkdtemp(prefix="mlflow-triton-demo-"))
     started = time.monotonic()
     print(f"[demo] starting moto S3, mlflow server and tritonserver under {workdir}")
@@ -47,15 +72,15 @@ def main() -> None:
         print("[demo] training with ExportBestCheckpoint (TorchScript + ONNX, verified, registered)")
         export = train(tracking_uri=stack.tracking_uri, registered_model_name=MODEL, alias="production",
                        workdir=workdir / "train")  # fmt: skip
-        print(f"[demo] registered {MODEL} version {export.registered_version.version} as @production "
-              f"({export.model_uri})")  # fmt: skip
+        version = export.registered_version.version
+        print(f"[demo] registered models:/{MODEL}/{version} (alias @production)")
 
         from mlflow.deployments import get_deploy_client
 
         client = get_deploy_client("triton")
-        deployments = {
-            MODEL: {"instance_kind": "cpu"},
-            f"{MODEL}-torchscript": {"instance_kind": "cpu", "flavor": "torchscript"},
+        deployments = {  # instance_kind=auto (the default): the CPU here, the GPUs of a GPU server
+            MODEL: {},
+            f"{MODEL}-torchscript": {"flavor": "torchscript"},
         }
         for name, config in deployments.items():
             result = client.create_deployment(name, f"models:/{MODEL}@production", config=config)

@@ -30,11 +30,23 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
-from lightning_callbacks.export import ExportError
-from lightning_callbacks.export_best import ExportBestCheckpointMixin, callback_class
-from lightning_callbacks.log import ExportLoggingError
-from lightning_callbacks.mlflow_run import mask_credentials
-from lightning_callbacks.verify import ExportVerificationError, VerificationResult
+#: Top-level modules that ``pip install 'mlflow-triton[lightning]'`` brings.
+_LIGHTNING_EXTRA = ("torch", "lightning", "pytorch_lightning", "onnxruntime", "onnxscript")
+
+try:
+    from lightning_callbacks.export import ExportError
+    from lightning_callbacks.export_best import ExportBestCheckpointMixin, callback_class
+    from lightning_callbacks.log import ExportLoggingError
+    from lightning_callbacks.mlflow_run import mask_credentials
+    from lightning_callbacks.verify import ExportVerificationError, VerificationResult
+except ModuleNotFoundError as err:  # by the missing module's name, not the message
+    if (err.name or "").partition(".")[0] not in _LIGHTNING_EXTRA:
+        raise
+    raise ModuleNotFoundError(
+        f"lightning_callbacks needs {err.name}, which is not installed: "
+        "pip install 'mlflow-triton[lightning]'",
+        name=err.name,
+    ) from err
 
 __all__ = [
     "ExportBestCheckpoint",

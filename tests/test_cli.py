@@ -49,6 +49,39 @@ def test_bad_options_exit_1_before_any_work(args, message, monkeypatch):
     assert result.exit_code == 1 and message in result.output, result.output
 
 
+BAD_KEY = ["sync", "--model", "fraud", "--repo", "s3://b/p", "--triton", "http://127.0.0.1:9", "-C", "instance_knd=cpu"]
+
+
+def test_an_error_is_one_line_and_a_hint():
+    result = CliRunner().invoke(cli, BAD_KEY)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    error, hint = result.output.strip().splitlines()
+    assert error.startswith("Error: Unknown config key(s) 'instance_knd' (did you mean 'instance_kind'?)")
+    assert error.endswith("response_cache.")  # the whole message on its first line
+    assert hint == "Hint: mlflow-triton --debug sync ... shows the traceback."
+
+
+def test_debug_prints_the_traceback_of_the_original_error():
+    result = CliRunner().invoke(cli, ["--debug", *BAD_KEY])
+    assert result.exit_code == 1
+    assert "Traceback (most recent call last)" in result.output and "MlflowException: Unknown config key" in result.output
+    assert result.output.strip().splitlines()[-1].startswith("Error: Unknown config key")  # no hint
+
+
+def test_an_unexpected_error_is_one_line_with_its_type(monkeypatch):
+    from mlflow_triton.cli import commands
+
+    def broken(spec):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(commands.promotion, "sync", broken)
+    result = CliRunner().invoke(cli, ["sync", "--model", "fraud", "--repo", "s3://b/p", "--triton", "http://127.0.0.1:9"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-2:] == [
+        "Error: RuntimeError: boom", "Hint: mlflow-triton --debug sync ... shows the traceback.",
+    ]  # fmt: skip
+
+
 # -- on the real stack -----------------------------------------------------------------------------
 @pytest.mark.integration
 def test_rollback_serves_the_previous_version_on_every_replica(stack, deployment):

@@ -12,8 +12,24 @@ from mlflow_triton.repository.layout import validate_model_name
 
 def test_defaults_cover_every_documented_key():
     config = DeploymentConfig.from_dict({})
-    assert (config.max_batch_size, config.dynamic_batching, config.instance_kind) == (32, True, "gpu")
+    # KIND_AUTO: Triton places instances on the GPUs of a server that has them, else on its CPU,
+    # so a create without -C loads on the CPU dev stack and on GPU servers alike.
+    assert (config.max_batch_size, config.dynamic_batching, config.instance_kind) == (32, True, "auto")
     assert config.keep_versions == 2 and config.protocol == "http"
+
+
+@pytest.mark.parametrize(
+    "given, suggestion",
+    [("instance_knd", "'instance_kind'"), ("max_batchsize", "'max_batch_size'"), ("repository", "'model_repository'")],
+)
+def test_unknown_keys_suggest_the_closest_valid_key(given, suggestion):
+    with pytest.raises(MlflowException) as err:
+        DeploymentConfig.from_dict({given: "1"})
+    first_line = err.value.message.splitlines()[0]
+    assert f"{given!r} (did you mean {suggestion}?)" in first_line and "Valid keys: model_repository" in first_line
+    with pytest.raises(MlflowException) as err:
+        DeploymentConfig.from_dict({"zzz": "1"})  # nothing close: no suggestion, the list
+    assert "did you mean" not in err.value.message and "Valid keys:" in err.value.message
 
 
 def test_cli_strings_are_converted():

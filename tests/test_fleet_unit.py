@@ -171,11 +171,28 @@ def test_list_from_triton_shows_every_model_and_replica_state():
     assert listed["idle"]["serving_version"] is None
 
 
+def test_replica_states_show_the_repository_s_versions_not_those_of_deleted_deployments():
+    """Triton's index remembers versions 1-4 of an earlier deployment of the same name; the
+    repository now holds 3 and 5: only those are listed, with the reason of each."""
+    index = [
+        {"name": "fraud", "version": v, "state": "UNAVAILABLE", "reason": "unloaded"} for v in ("1", "2", "4")
+    ] + [
+        {"name": "fraud", "version": "3", "state": "UNAVAILABLE", "reason": "unloaded"},
+        {"name": "fraud", "version": "5", "state": "READY", "reason": ""},
+        {"name": "fraud-other", "version": "3", "state": "READY", "reason": ""},
+    ]  # fmt: skip
+    states = replica_states({"http://a:8000": index}, "fraud", versions=[3, 5])
+    assert states == {"http://a:8000": {"versions": {"3": "UNAVAILABLE", "5": "READY"}, "reason": "version 3: unloaded"}}
+    assert list(states["http://a:8000"]["versions"]) == ["3", "5"]  # in version order
+    everything = replica_states({"http://a:8000": index}, "fraud")["http://a:8000"]
+    assert sorted(everything["versions"], key=int) == ["1", "2", "3", "4", "5"]
+
+
 def test_get_from_triton_shows_the_reason_of_a_failed_model_and_the_served_config():
     cluster = FakeCluster(FLEET)
     broken = describe_from_triton(cluster, "broken")
     assert broken["serving_version"] is None and broken["config"] is None
-    assert broken["servers"]["http://a:8000"]["reason"] == "unable to find backend 'nope'"
+    assert broken["servers"]["http://a:8000"]["reason"] == "version 1: unable to find backend 'nope'"
     fraud = describe_from_triton(cluster, "fraud")
     assert fraud["config"]["backend"] == "onnxruntime" and cluster.config_from == "http://a:8000"
     with pytest.raises(MlflowException) as err:

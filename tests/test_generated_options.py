@@ -33,8 +33,11 @@ GPU = mc.ModelInstanceGroup.KIND_GPU
 
 
 def generate(options: dict, flavor: str = "onnx", warmup=None, version: int = 4) -> mc.ModelConfig:
-    """Build from -C strings, print as config.pbtxt, parse back: what Triton would read."""
-    config = DeploymentConfig.from_dict(options)
+    """Build from -C strings, print as config.pbtxt, parse back: what Triton would read.
+
+    GPU instances unless ``options`` say otherwise: the GPU options tested here need them
+    (the default, ``auto``, is checked in tests/test_config.py)."""
+    config = DeploymentConfig.from_dict({"instance_kind": "gpu", **options})
     message = generated_config("fraud", flavor, ONNX_IO if flavor == "onnx" else TORCH_IO, config, version, warmup)
     parsed = parse_pbtxt(to_pbtxt(message))
     assert parsed == message
@@ -339,7 +342,7 @@ def test_publisher_refuses_a_bad_merged_config_before_claiming_a_version(tmp_pat
     )  # fmt: skip
     repository = LocalStore(tmp_path / "repo")
     config = DeploymentConfig.from_dict({
-        "model_repository": str(tmp_path / "repo"), "accelerator": "tensorrt",
+        "model_repository": str(tmp_path / "repo"), "accelerator": "tensorrt", "instance_kind": "gpu",
         "config_override": "instance_group { kind: KIND_CPU }",  # valid alone, refused merged
     })  # fmt: skip
     publisher = ModelPublisher(repository, TritonCluster(["http://127.0.0.1:9"]), config)

@@ -16,10 +16,10 @@ from models import Scorer, log_onnx, sample
 pytestmark = pytest.mark.integration
 
 
-def mlflow_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+def mlflow_cli(*args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
     result = subprocess.run(
         [sys.executable, "-m", "mlflow", "deployments", *args],
-        capture_output=True, text=True, env=dict(os.environ), timeout=300,
+        capture_output=True, text=True, env={**os.environ, **env}, timeout=300,
     )  # fmt: skip
     if check and result.returncode != 0:
         raise AssertionError(f"mlflow deployments {args} failed:\n{result.stdout}\n{result.stderr}")
@@ -64,6 +64,18 @@ def test_shell_errors_are_clear(stack, unique_name):
     assert bad_target.returncode != 0 and "Invalid Triton URL" in bad_target.stderr
     bad_key = mlflow_cli("create", "-t", "triton", "--name", "m", "-m", "models:/x/1", "-C", "batch=2", check=False)
     assert bad_key.returncode != 0 and "Unknown config key" in bad_key.stderr
+    # One line (the whole message) and a hint, not MLflow's 30-60 line traceback
+    for failed in (bad_name, bad_target, bad_key):
+        assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
+        assert failed.stderr.strip().splitlines() == [
+            failed.stderr.splitlines()[0], "Hint: set MLFLOW_TRITON_DEBUG=1 to see the traceback."
+        ] and failed.stderr.startswith("Error: ")  # fmt: skip
+    typo = mlflow_cli("create", "-t", "triton", "--name", "m", "-m", "models:/x/1", "-C", "instance_knd=cpu", check=False)
+    assert "'instance_knd' (did you mean 'instance_kind'?)" in typo.stderr.splitlines()[0]
+    debug = mlflow_cli("create", "-t", "triton", "--name", "m", "-m", "models:/x/1", "-C", "instance_knd=cpu",
+                       check=False, MLFLOW_TRITON_DEBUG="1")  # fmt: skip
+    assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
+    assert debug.stderr.strip().splitlines()[-1].startswith("mlflow.exceptions.MlflowException: Unknown config key")
 
 
 def test_run_local_serves_until_interrupted(tmp_path):

@@ -44,7 +44,7 @@ def test_torchscript_names_follow_libtorch_convention():
     assert [(t.name, t.source_name, t.data_type) for t in io.outputs] == [("OUTPUT__0", "y", "TYPE_FP64")]
     message = generated_config("m", "torchscript", io, DeploymentConfig(), 1)
     assert message.backend == "pytorch" and message.default_model_filename == "model.pt"
-    assert message.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    assert message.instance_group[0].kind == mc.ModelInstanceGroup.KIND_AUTO  # the default: GPUs where present
 
 
 def test_no_batching_keeps_full_shapes_and_no_batcher():

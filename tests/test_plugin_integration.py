@@ -85,6 +85,10 @@ def test_update_publishes_new_version_and_prunes(stack, unique_name, tmp_path):
     assert again["changed"] is False and again["bytes_uploaded"] == 0 and again["version"] == 3
     folders, _ = repository(stack).list_dir(f"{unique_name}/")
     assert sorted(folders) == ["2", "3"]
+    # Triton still remembers the pruned version 1; get lists the repository's versions only
+    servers = client.get_deployment(unique_name)["servers"]
+    assert {url: sorted(s["versions"]) for url, s in servers.items()} == {url: ["2", "3"] for url in stack.triton_urls}
+    assert all(s["versions"]["3"] == "READY" for s in servers.values())
     x = sample(2)
     out = client.predict(unique_name, {"features": x})["predictions"]["scores"]
     np.testing.assert_allclose(np.asarray(out), new(torch.from_numpy(x)).detach().numpy(), rtol=1e-4, atol=1e-5)

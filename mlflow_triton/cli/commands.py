@@ -12,7 +12,8 @@ Each command parses its options, calls :mod:`mlflow_triton.promotion` (or
     mlflow-triton dev       # moto S3 + MLflow + tritonserver on loopback until Ctrl-C
 
 Exit status: 0 on success, 1 when a model failed (its previous version still serves) or a
-command was refused, 2 for bad usage.
+command was refused, 2 for bad usage. An error prints as one line and a hint;
+``mlflow-triton --debug COMMAND`` also prints its traceback.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import click
 from mlflow.exceptions import MlflowException
 
 from mlflow_triton import promotion
+from mlflow_triton.cli.errors import ErrorReportingGroup
 from mlflow_triton.daemons.log_format import configure_logging
 from mlflow_triton.promotion import PromotionSpec, SyncReport
 
@@ -142,7 +144,7 @@ tls_key = click.option("--tls-key", type=click.Path(exists=True, dir_okay=False)
                        help="PEM private key of --tls-cert.")  # fmt: skip
 
 
-@click.group()
+@click.group(cls=ErrorReportingGroup)  # errors: one line and a hint; --debug adds the traceback
 @click.option(
     "--log-level", default="INFO", show_default=True,
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
@@ -275,8 +277,10 @@ def dev(workdir: str | None, replicas: int, example: bool) -> None:
     Prints the `export ...` lines that point `mlflow deployments -t triton` and `mlflow-triton`
     at it, and the MLflow UI URL. Stops only the processes it started.
     """
+    from mlflow_triton.local.requirements import require_local_extra
     from mlflow_triton.local.stack import LocalStack
 
+    require_local_extra()  # before anything is created or started: names the extra to install
     folder = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="mlflow-triton-dev-"))
     click.echo(f"Starting moto S3, mlflow server and {replicas} tritonserver(s) under {folder} ...", err=True)
     stack = LocalStack(folder, replicas=replicas)
@@ -300,6 +304,8 @@ def dev(workdir: str | None, replicas: int, example: bool) -> None:
                 click.echo(f"Registered {EXAMPLE_MODEL} versions {', '.join(versions)} "
                            f"(@{EXAMPLE_ALIAS} -> {versions[0]})", err=True)  # fmt: skip
             click.echo("# Paste into another shell:")
+            if sys.prefix != sys.base_prefix:  # a venv: its `mlflow` is not on the other shell's PATH
+                click.echo(f"source {shlex.quote(str(Path(sys.prefix) / 'bin' / 'activate'))}")
             for key, value in stack.env.items():
                 click.echo(f"export {key}={shlex.quote(value)}")
             click.echo(f"# MLflow UI: {stack.tracking_uri}")

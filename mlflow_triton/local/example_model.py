@@ -8,6 +8,11 @@ weights; the alias ``production`` points at version 1.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+from typing import Iterator
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -36,6 +41,25 @@ def linear_onnx(seed: int) -> onnx.ModelProto:
     return model
 
 
+@contextlib.contextmanager
+def _quiet_mlflow() -> Iterator[None]:
+    """No run URLs on stdout (where `mlflow-triton dev` prints only the lines to paste) and
+    none of MLflow's INFO/WARNING logs (onnxruntime's missing CUDA provider on a CPU machine)."""
+    url_variable = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+    saved_url, mlflow_logger = os.environ.get(url_variable), logging.getLogger("mlflow")
+    saved_level = mlflow_logger.level
+    os.environ[url_variable] = "true"
+    mlflow_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        mlflow_logger.setLevel(saved_level)
+        if saved_url is None:
+            os.environ.pop(url_variable, None)
+        else:
+            os.environ[url_variable] = saved_url
+
+
 def register_example(name: str = EXAMPLE_MODEL, versions: int = 2, alias: str = EXAMPLE_ALIAS) -> list[str]:
     """Log and register ``versions`` versions of the example under ``name``; alias → version 1.
 
@@ -44,12 +68,20 @@ def register_example(name: str = EXAMPLE_MODEL, versions: int = 2, alias: str = 
     Returns:
         The registered versions, e.g. ``["1", "2"]``.
     """
-    import mlflow
-    import mlflow.onnx
     from mlflow import MlflowClient
-    from mlflow.models import infer_signature
 
     example = np.array([[0.1, 0.2, 0.3, 0.4]], dtype=np.float32)
+    with _quiet_mlflow():
+        registered = _log_versions(name, versions, example)
+    MlflowClient().set_registered_model_alias(name, alias, registered[0])
+    return registered
+
+
+def _log_versions(name: str, versions: int, example: np.ndarray) -> list[str]:
+    import mlflow
+    import mlflow.onnx
+    from mlflow.models import infer_signature
+
     registered = []
     mlflow.set_experiment("mlflow-triton-dev")
     for seed in range(1, versions + 1):
@@ -65,5 +97,4 @@ def register_example(name: str = EXAMPLE_MODEL, versions: int = 2, alias: str = 
                 pip_requirements=mlflow.onnx.get_default_pip_requirements(),
             )  # fmt: skip
         registered.append(str(info.registered_model_version))
-    MlflowClient().set_registered_model_alias(name, alias, registered[0])
     return registered

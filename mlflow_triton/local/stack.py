@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 from mlflow_triton.local.processes import ManagedProcess, free_port
+from mlflow_triton.local.requirements import require_local_extra
 from mlflow_triton.local.servers import (
     make_backend_dir,
     mlflow_server,
@@ -123,6 +124,12 @@ class LocalStack:
                     os.environ[key] = value
 
     def start(self) -> "LocalStack":
+        """Start every server and wait until each is healthy (stops them all if one fails).
+
+        Raises:
+            ModuleNotFoundError: the ``[local]`` extra is not installed (nothing started).
+        """
+        require_local_extra(self.with_mlflow)
         self.workdir.mkdir(parents=True, exist_ok=True)
         base_env = {"MLFLOW_DISABLE_TELEMETRY": "true", **os.environ, **AWS_TEST_CREDENTIALS}
         try:

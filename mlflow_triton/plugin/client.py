@@ -20,6 +20,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 from mlflow_triton.flavors.registry import resolve_model
 from mlflow_triton.fleet.discovery import resolve_urls
 from mlflow_triton.fleet.server import TritonCluster
+from mlflow_triton.plugin.console import plugin_call
 from mlflow_triton.plugin.triton_view import describe_from_triton, list_from_triton, replica_states
 from mlflow_triton.repository.layout import validate_model_name
 from mlflow_triton.rollout.publisher import ModelPublisher
@@ -43,8 +44,12 @@ class TritonDeploymentClient(BaseDeploymentClient):
 
     Raises:
         MlflowException: INVALID_PARAMETER_VALUE for a malformed target URI.
+
+    Every public method runs under :func:`~mlflow_triton.plugin.console.plugin_call`: MLflow's
+    download progress bars stay off, and under MLflow's CLI an error prints as one line.
     """
 
+    @plugin_call
     def __init__(self, target_uri: str) -> None:
         super().__init__(target_uri)
         self.triton_urls = parse_target_uri(target_uri)
@@ -79,7 +84,9 @@ class TritonDeploymentClient(BaseDeploymentClient):
                 f"No deployment named {name!r} in {publisher.store.uri}.",
                 error_code=RESOURCE_DOES_NOT_EXIST,
             )
-        servers = replica_states(publisher.cluster.repository_index(), name)
+        # Triton remembers every version it ever loaded under this name, also those of
+        # deleted deployments: show the versions the repository holds now.
+        servers = replica_states(publisher.cluster.repository_index(), name, versions=state.versions)
         provenance = state.provenance.to_dict() if state.provenance else {}
         provenance.pop("config_pbtxt", None)
         history = publisher.read_history(name)
@@ -98,6 +105,7 @@ class TritonDeploymentClient(BaseDeploymentClient):
         }
 
     # -- the plugin contract -----------------------------------------------------------------
+    @plugin_call
     def create_deployment(
         self, name: str, model_uri: str, flavor: str | None = None,
         config: Mapping[str, Any] | None = None, endpoint: str | None = None,
@@ -112,7 +120,8 @@ class TritonDeploymentClient(BaseDeploymentClient):
             python_env (the server's): a packed environment ``.tar.gz`` for pyfunc models.
             max_batch_size (32): 0 disables batching.
             dynamic_batching (true), preferred_batch_size (none), max_queue_delay_microseconds (200).
-            instance_kind (gpu): ``gpu``, ``cpu`` or ``auto``; instance_count (1).
+            instance_kind (auto): ``auto`` (GPUs where the server has them, else CPU),
+                ``gpu`` or ``cpu``; instance_count (1).
             keep_versions (2): published versions kept, the serving one included.
             wait_ready_timeout (300): seconds to wait for READY on every replica.
             protocol (http): ``http`` or ``grpc`` (with ``grpc://`` URLs).
@@ -135,10 +144,11 @@ class TritonDeploymentClient(BaseDeploymentClient):
                                      config={"model_repository": "s3://models/triton"})
 
             $ mlflow deployments create -t triton --name fraud -m models:/fraud@production \\
-                -C model_repository=s3://models/triton -C instance_kind=gpu
+                -C model_repository=s3://models/triton
         """
         return self._publish(name, model_uri, flavor, config, mode="create")
 
+    @plugin_call
     def update_deployment(
         self, name: str, model_uri: str | None = None, flavor: str | None = None,
         config: Mapping[str, Any] | None = None, endpoint: str | None = None,
@@ -190,12 +200,14 @@ class TritonDeploymentClient(BaseDeploymentClient):
             **({"composing_models": {r.name: r.version for r in result.composing}} if result.composing else {}),
         }
 
+    @plugin_call
     def delete_deployment(
         self, name: str, config: Mapping[str, Any] | None = None, endpoint: str | None = None
     ) -> None:
         """Unload ``name`` from every replica and remove it from the repository (idempotent)."""
         self._publisher(self._config(config)).delete(name)
 
+    @plugin_call
     def list_deployments(self, endpoint: str | None = None) -> list[dict[str, Any]]:
         """Deployments with their serving version.
 
@@ -218,6 +230,7 @@ class TritonDeploymentClient(BaseDeploymentClient):
             for s in publisher.deployments()
         ]  # fmt: skip
 
+    @plugin_call
     def get_deployment(self, name: str, endpoint: str | None = None) -> dict[str, Any]:
         """State of ``name`` on each replica (Triton's reason for a failed load), plus, with a
         repository configured (see :meth:`list_deployments`), its provenance and history;
@@ -228,6 +241,7 @@ class TritonDeploymentClient(BaseDeploymentClient):
             return describe_from_triton(TritonCluster(self.replica_urls(), settings.protocol), name)
         return self._describe(self._publisher(settings), name)
 
+    @plugin_call
     def predict(
         self, deployment_name: str | None = None, inputs: Any = None, endpoint: str | None = None
     ) -> PredictionsResponse:
@@ -265,6 +279,7 @@ class TritonDeploymentClient(BaseDeploymentClient):
         )
 
 
+@plugin_call
 def run_local(*args: Any, **kwargs: Any) -> None:
     """Serve a model on an embedded local stack (moto S3 + CPU tritonserver) until Ctrl-C.
 
@@ -315,13 +330,15 @@ same repository as -C model_repository (or TRITON_MODEL_REPO).
 Config (-C key=value): model_repository, s3_endpoint_url,
 flavor (onnx|torchscript|triton|python_function), python_env (pyfunc: packed env .tar.gz),
 max_batch_size (32), dynamic_batching (true), preferred_batch_size, max_queue_delay_microseconds
-(200), instance_kind (gpu|cpu|auto), instance_count (1), keep_versions (2),
+(200), instance_kind (auto|gpu|cpu), instance_count (1), keep_versions (2),
 wait_ready_timeout (300), protocol (http|grpc), verify (true), lease_wait (120), lease_ttl (30),
 config_override (file or inline pbtxt), warmup (auto|true|false), accelerator (none|tensorrt|cuda),
 precision (fp16|fp32), trt_workspace_bytes, gpus (e.g. 0,1), response_cache (false).
 
 Every version is loaded and verified under a staging name on every replica before any
 client sees it; -C verify=false skips the smoke inference (loading is still checked).
+instance_kind=auto (the default) uses the GPUs of a server that has them, else its CPU.
+An error prints as one line; MLFLOW_TRITON_DEBUG=1 prints the traceback instead.
 
 Examples:
   mlflow deployments create -t triton --name fraud -m models:/fraud@production \\

@@ -10,7 +10,7 @@ repository is configured the client adds provenance and history on top
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
@@ -22,25 +22,40 @@ from mlflow_triton.repository.layout import STAGING_PREFIX
 Indexes = Mapping[str, "list[dict[str, Any]] | Exception"]
 
 
-def replica_states(indexes: Indexes, name: str) -> dict[str, dict[str, Any]]:
+def replica_states(
+    indexes: Indexes, name: str, versions: Iterable[int] | None = None
+) -> dict[str, dict[str, Any]]:
     """Each replica's view of model ``name``.
+
+    Args:
+        indexes: each replica's repository index (or the error reading it).
+        name: the model.
+        versions: the versions the repository holds now. Triton's index keeps an entry for
+            every version a replica ever loaded under ``name``, also those of deleted
+            deployments of the same name; with ``versions`` those others are left out.
+            None: every entry (what the replicas alone can say).
 
     Returns:
         ``{url: {"versions": {"3": "READY"}, "reason": "..."}}``; an empty ``versions`` when
         the replica knows the model but has not loaded it, ``{"state": "UNREACHABLE",
-        "error": ...}`` for a replica that did not answer. ``reason`` is Triton's text for a
-        version that failed to load (joined when several did).
+        "error": ...}`` for a replica that did not answer. ``reason`` is Triton's text for
+        each listed version that is not READY (``"version 2: unloaded"``), joined by ``; ``.
     """
+    wanted = None if versions is None else {str(v) for v in versions}
     servers: dict[str, dict[str, Any]] = {}
     for url, index in indexes.items():
         if isinstance(index, Exception):
             message = index.message if isinstance(index, MlflowException) else str(index)
             servers[url] = {"state": "UNREACHABLE", "error": message}
             continue
-        entries = [e for e in index if e.get("name") == name]
+        entries = [
+            e for e in index
+            if e.get("name") == name and e.get("version") and (wanted is None or str(e["version"]) in wanted)
+        ]  # fmt: skip
+        entries.sort(key=lambda e: int(e["version"]))
         servers[url] = {
-            "versions": {str(e["version"]): e.get("state") or "UNKNOWN" for e in entries if e.get("version")},
-            "reason": "; ".join(e["reason"] for e in entries if e.get("reason")),
+            "versions": {str(e["version"]): e.get("state") or "UNKNOWN" for e in entries},
+            "reason": "; ".join(f"version {e['version']}: {e['reason']}" for e in entries if e.get("reason")),
         }
     return servers
 

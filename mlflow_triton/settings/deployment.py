@@ -8,6 +8,7 @@ All validation happens here, before any upload or network call (target URIs are 
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -58,7 +59,12 @@ class DeploymentConfig:
         preferred_batch_size: preferred batch sizes for the dynamic batcher (none by default,
             as Triton recommends unless a model is measurably faster at given sizes).
         max_queue_delay_microseconds: how long the batcher may wait to form a batch.
-        instance_kind: ``gpu`` (KIND_GPU), ``cpu`` (KIND_CPU) or ``auto`` (KIND_AUTO).
+        instance_kind: ``auto`` (KIND_AUTO, the default), ``gpu`` (KIND_GPU) or ``cpu``
+            (KIND_CPU). Triton turns KIND_AUTO into KIND_GPU on every GPU of a server that has
+            GPUs and into KIND_CPU on one that has none, so the default loads on a CPU dev
+            stack and on GPU servers alike. ``gpu`` states the intent: a server without GPUs
+            then refuses the model, and GPU-only options (``accelerator``, ``gpus``, warmup
+            under ``warmup=auto``) need it.
         instance_count: model instances per device.
         keep_versions: published versions kept in the repository (the serving one included).
         wait_ready_timeout: seconds to wait for every server to report the version READY.
@@ -93,7 +99,7 @@ class DeploymentConfig:
     dynamic_batching: bool = True
     preferred_batch_size: list[int] = field(default_factory=list)
     max_queue_delay_microseconds: int = 200
-    instance_kind: str = "gpu"
+    instance_kind: str = "auto"
     instance_count: int = 1
     keep_versions: int = 2
     wait_ready_timeout: float = 300.0
@@ -140,8 +146,8 @@ class DeploymentConfig:
         unknown = sorted(set(config) - set(cls.keys()))
         if unknown:
             raise MlflowException.invalid_parameter_value(
-                f"Unknown config key(s) {unknown} for the triton target. "
-                f"Valid keys: {', '.join(cls.keys())}."
+                f"Unknown config key(s) {_with_suggestions(unknown, cls.keys())} for the triton "
+                f"target. Valid keys: {', '.join(cls.keys())}."
             )
         values: dict[str, Any] = {}
         for f in fields(cls):
@@ -218,6 +224,16 @@ class DeploymentConfig:
                 "(or a local directory), or set TRITON_MODEL_REPO."
             )
         return self.model_repository
+
+
+def _with_suggestions(unknown: list[str], valid: list[str]) -> str:
+    """``'instance_knd' (did you mean 'instance_kind'?), 'foo'``: the closest valid key of each
+    unknown one, when one is close enough (difflib's default similarity cutoff, 0.6)."""
+    described = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, valid, n=1)
+        described.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+    return ", ".join(described)
 
 
 _BOOL_WORDS = {"1": "true", "yes": "true", "on": "true", "true": "true",
