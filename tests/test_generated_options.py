@@ -238,7 +238,7 @@ def test_torchscript_warms_up_twice_for_the_profiling_executor():
 
 
 def test_warmup_auto_is_for_gpu_instance_groups():
-    assert warmup_enabled("auto", "gpu") and not warmup_enabled("auto", "cpu") and not warmup_enabled("auto", "auto")
+    assert warmup_enabled("auto", "gpu") and warmup_enabled("auto", "auto") and not warmup_enabled("auto", "cpu")
     assert warmup_enabled("true", "cpu") and not warmup_enabled("false", "gpu")
     assert DeploymentConfig.from_dict({"warmup": True}).warmup == "true"
     assert DeploymentConfig.from_dict({"warmup": "off"}).warmup == "false"

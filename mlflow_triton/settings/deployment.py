@@ -83,7 +83,7 @@ class DeploymentConfig:
         config_override: a ``ModelConfig`` fragment (a file path or inline pbtxt) merged into
             the generated config; kept in canonical text form (see
             :mod:`mlflow_triton.triton_config.override`).
-        warmup: ``auto`` (model_warmup for GPU instance groups), ``true`` or ``false``.
+        warmup: ``auto`` (model_warmup unless instance_kind is ``cpu``), ``true`` or ``false``.
         accelerator: ``tensorrt``, ``cuda`` or ``none``: ONNX Runtime's GPU execution
             accelerator (see :mod:`mlflow_triton.triton_config.acceleration`).
         precision: ``fp16`` or ``fp32`` for TensorRT (``precision_mode``).

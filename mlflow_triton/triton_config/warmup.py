@@ -10,7 +10,7 @@ The sample is the MLflow input example (the same one the smoke test sends), stor
 row-major files in ``NAME/warmup/<version>/`` (Triton reads ``input_data_file`` from the
 model directory's ``warmup`` folder); without an example, ``zero_data`` shaped like the
 signature with every dynamic dimension set to 1. ``-C warmup=auto`` (default) generates it for
-GPU instance groups only; ``true`` / ``false`` force it::
+instance groups that may be on GPUs (``gpu``, ``auto``); ``true`` / ``false`` force it::
 
     plan = plan_warmup(io, max_batch_size=32, example={"features": x}, version=3)
     plan.entries   # [ModelWarmup]; plan.files: {"3/input_0": b"..."}
@@ -42,8 +42,10 @@ class WarmupPlan:
 
 
 def warmup_enabled(mode: str, instance_kind: str) -> bool:
-    """``auto``: only for GPU instance groups, where first requests pay most for lazy init."""
-    return mode == "true" or (mode == "auto" and instance_kind == "gpu")
+    """``auto``: for instance groups that may be on GPUs (``gpu``, and ``auto``, which Triton
+    places on GPUs where the server has them), where first requests pay most for lazy init;
+    not for ``cpu``."""
+    return mode == "true" or (mode == "auto" and instance_kind in ("gpu", "auto"))
 
 
 def plan_warmup(
