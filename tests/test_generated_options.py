@@ -311,7 +311,7 @@ def test_flavors_without_execution_accelerators_refuse_them_in_their_plan(tmp_pa
 
     chosen = get(flavor)
     model = LoggedModel("models:/m/1", str(tmp_path), {"pytorch": {}, "triton": {"data": "m"}, "python_function": {}})
-    config = DeploymentConfig.from_dict({"accelerator": "tensorrt", "flavor": flavor})
+    config = DeploymentConfig.from_dict({"accelerator": "tensorrt", "instance_kind": "gpu", "flavor": flavor})
     with pytest.raises(MlflowException, match=f"accelerator=tensorrt is not available for {flavor} models") as err:
         chosen.plan(ModelSource(model, chosen, "m"), config, tmp_path)  # refused before any download
     assert err.value.error_code == "INVALID_PARAMETER_VALUE"
