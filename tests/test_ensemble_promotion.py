@@ -66,8 +66,9 @@ def register_pipeline(tmp: Path, name: str, scaler: str, factor: int) -> None:
         triton_flavor.log_model(root / "pipeline", name="model", composing_models=[root / scaler], registered_model_name=name)
 
 
-def assert_rolled_out_verified(client, name: str, scaler: str, factor: int, version: int) -> None:
-    for deployment in (scaler, name):
+def assert_rolled_out_verified(client, name: str, scaler: str, factor: int, versions: tuple[int, int]) -> None:
+    """``versions``: the scaler's and the ensemble's serving versions, each verified."""
+    for deployment, version in zip((scaler, name), versions, strict=True):
         described = client.get_deployment(deployment)
         assert described["serving_version"] == version, described
         serving = [e for e in described["history"] if e["event"] == "serving"][-1]
@@ -91,7 +92,7 @@ def test_sync_and_a_webhook_roll_out_an_ensemble_and_its_logged_step_each_verifi
         registry.set_registered_model_alias(name, ALIAS, "1")
         report = sync(spec)
         assert report.ok, [m.error for m in report.models]
-        assert_rolled_out_verified(client, name, scaler, factor=3, version=1)
+        assert_rolled_out_verified(client, name, scaler, factor=3, versions=(1, 1))
 
         register_pipeline(tmp_path, name, scaler, factor=5)
         registry.set_registered_model_alias(name, ALIAS, "2")
@@ -105,7 +106,10 @@ def test_sync_and_a_webhook_roll_out_an_ensemble_and_its_logged_step_each_verifi
             assert receiver.wait_idle(60)
         (model,) = [m for r in receiver.reports for m in r.models]
         assert model.action == "published", model.error
-        assert_rolled_out_verified(client, name, scaler, factor=5, version=2)
+        # The ensemble's own config did not change (version 1 keeps serving, now as registry
+        # version 2); its step did: version 2, verified before it served.
+        assert_rolled_out_verified(client, name, scaler, factor=5, versions=(2, 1))
+        assert client.get_deployment(name)["provenance"]["registered_version"] == "2"
     finally:
         for deployment in (name, scaler):
             client.delete_deployment(deployment)

@@ -215,7 +215,9 @@ class _Round:
         result = publisher.publish(
             model.deployment, source, mode="any", verify=self.spec.smoke_test, lease_wait_s=self.spec.lease_wait_s
         )
-        report.action = "published" if result.changed else "unchanged"
+        # An ensemble whose own files did not change still rolled out a changed composing model.
+        changed = result.changed or any(step.changed for step in result.composing)
+        report.action = "published" if changed else "unchanged"
         report.triton_version = result.version
         report.bytes_uploaded = result.bytes_uploaded
         report.bytes_copied = result.bytes_copied

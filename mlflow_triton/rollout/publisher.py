@@ -207,13 +207,14 @@ class ModelPublisher:
                 transaction = PublishTransaction(self, state, source, rollout, verify, Path(tmp))
                 try:
                     plan, located = transaction.plan()
-                except Unchanged:
-                    return self._unchanged(state, source, rollout, verify)
+                except Unchanged as unchanged:  # the same files: what must serve first may not be
+                    composing = prerequisites.publish_prerequisites(self, unchanged.plan, verify) if unchanged.plan else []
+                    return self._unchanged(state, source, rollout, verify, composing)
                 composing = prerequisites.publish_prerequisites(self, plan, verify)
                 try:
                     provenance, uploaded, copied = prerequisites.publish_restoring(self, transaction, plan, located, composing)
                 except Unchanged:
-                    return self._unchanged(state, source, rollout, verify)
+                    return self._unchanged(state, source, rollout, verify, composing)
             pruned = repair.prune(self, name, serving=provenance.version, rollout=rollout)
         logger.info("Published %s version %d in %.1fs", name, provenance.version, time.monotonic() - started)
         return PublishResult(
@@ -235,7 +236,10 @@ class ModelPublisher:
                 error_code=RESOURCE_DOES_NOT_EXIST,
             )
 
-    def _unchanged(self, state: DeploymentState, source: ModelSource, rollout: Rollout, verify: bool) -> PublishResult:
+    def _unchanged(
+        self, state: DeploymentState, source: ModelSource, rollout: Rollout, verify: bool,
+        composing: list[PublishResult] | None = None,
+    ) -> PublishResult:  # fmt: skip
         """Same bytes, same settings: record the registry coordinates and make sure it serves."""
         name, version, provenance = state.name, state.serving_version, state.provenance
         assert version is not None and provenance is not None
@@ -246,7 +250,10 @@ class ModelPublisher:
         repair.reload_missing(self, state, rollout, self.verifier_for(provenance) if verify else None)
         pruned = repair.prune(self, name, serving=version, rollout=rollout)
         logger.info("%s version %d already serves this model: nothing uploaded", name, version)
-        return PublishResult(name, version, version, False, flavor=provenance.flavor, provenance=provenance, pruned=pruned)
+        return PublishResult(
+            name, version, version, False, flavor=provenance.flavor, provenance=provenance, pruned=pruned,
+            composing=composing or [],
+        )  # fmt: skip
 
     def discard(self, name: str, version: int) -> None:
         """Remove an upload that will not serve (best effort: the original error matters more)."""

@@ -61,7 +61,17 @@ def claim_version(store: ModelRepositoryStore, name: str, first: int) -> int:
 
 
 class Unchanged(Exception):
-    """The serving version already holds this model with these settings."""
+    """The serving version already holds this model with these settings.
+
+    Attributes:
+        plan: the plan, when the model was planned before that was known (its prerequisites
+            may still have changed: an ensemble whose own files did not change, but one of
+            whose logged composing models did).
+    """
+
+    def __init__(self, plan: PublishPlan | None = None) -> None:
+        super().__init__()
+        self.plan = plan
 
 
 class PublishTransaction:
@@ -98,7 +108,7 @@ class PublishTransaction:
         plan = self.source.flavor.plan(self.source, self.config, self.workdir)
         located = locate(self.store, plan.files, plan.inspect, self.workdir)
         if located.entries is not None and serving is not None and serving.holds(located.entries, self.settings):
-            raise Unchanged()
+            raise Unchanged(plan)
         return plan, located
 
     def publish(self, plan: PublishPlan, located: Located) -> tuple[Provenance, int, int]:
