@@ -107,7 +107,7 @@ async def drive(url: str, model: str, concurrency: int, seconds: float, warmup: 
         entry = stats["model_stats"][0]
         return int(entry["inference_count"]), int(entry["execution_count"])
 
-    inferences, executions = (a - b for a, b in zip(counts(after), counts(stats_at_start or before)))
+    inferences, executions = (a - b for a, b in zip(counts(after), counts(stats_at_start or before), strict=True))
     latencies.sort()
     return {
         "requests_per_s": counted / seconds,
@@ -129,8 +129,8 @@ def main() -> None:
     from mlflow.deployments import get_deploy_client
 
     from mlflow_triton.local.stack import LocalStack
-    from mlflow_triton.triton_config.model_config import parse_pbtxt
     from mlflow_triton.repository.stores import open_store
+    from mlflow_triton.triton_config.model_config import parse_pbtxt
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-batching-"))
     stack = LocalStack(workdir / "stack", replicas=1, with_mlflow=False).start()

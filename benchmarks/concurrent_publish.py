@@ -159,8 +159,8 @@ def main() -> None:
     args = arguments.parse_args()
     quiet_logs()
     machine = machine_info()
-    from mlflow_triton.local.stack import LocalStack
     from mlflow_triton.fleet.server import TritonServer
+    from mlflow_triton.local.stack import LocalStack
 
     contention = Contention()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-concurrent-"))

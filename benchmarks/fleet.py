@@ -34,13 +34,13 @@ def main() -> None:
     quiet_logs()
 
     from mlflow import MlflowClient
-
-    from mlflow_triton.fleet.discovery import dns_resolver, set_resolver
-    from mlflow_triton.local.stack import LocalStack
-    from mlflow_triton.promotion import sync, watch
-    from mlflow_triton.fleet.server import TritonServer
     from test_fleet import FLEET_NAME, HOSTS, Fleet
     from test_promotion_support import ALIAS, register
+
+    from mlflow_triton.fleet.discovery import dns_resolver, set_resolver
+    from mlflow_triton.fleet.server import TritonServer
+    from mlflow_triton.local.stack import LocalStack
+    from mlflow_triton.promotion import sync, watch
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     info = machine_info()

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
-    MB,
     DownloadTraffic,
     S3Traffic,
     human_bytes,
@@ -118,13 +117,13 @@ def run_mode(mode: str, repeats: int, workdir: Path, s3_traffic: S3Traffic, down
     import mlflow
     from mlflow.deployments import get_deploy_client
 
-    from mlflow_triton.settings.deployment import DeploymentConfig
-    from mlflow_triton.local.stack import LocalStack
-    from mlflow_triton.triton_config.model_config import build_model_config, to_pbtxt
     from mlflow_triton.flavors.onnx import io_from_onnx
     from mlflow_triton.flavors.registry import resolve_model
     from mlflow_triton.fleet.server import TritonServer
+    from mlflow_triton.local.stack import LocalStack
     from mlflow_triton.repository.artifacts import download_artifact
+    from mlflow_triton.settings.deployment import DeploymentConfig
+    from mlflow_triton.triton_config.model_config import build_model_config, to_pbtxt
 
     stack = LocalStack(workdir / mode, replicas=1, mlflow_artifacts=mode).start()
     try:
@@ -143,7 +142,8 @@ def run_mode(mode: str, repeats: int, workdir: Path, s3_traffic: S3Traffic, down
                     floor_name, io_from_onnx(model_file), DeploymentConfig(**CPU), 1, "onnxruntime", "model.onnx"
                 ))  # fmt: skip
 
-                def run_floor():
+                # Each step binds this repeat's names: it runs now, inside the loop.
+                def run_floor(floor_name=floor_name, config_text=config_text, repeat=repeat):
                     floor = floor_publish(stack, s3, triton, model_file, config_text, floor_name)
                     if mode == "local":  # what the download path must fetch before uploading
                         started = time.perf_counter()
@@ -154,7 +154,7 @@ def run_mode(mode: str, repeats: int, workdir: Path, s3_traffic: S3Traffic, down
                         (workdir / f"fetch-{repeat}" / model_file.name).unlink()
                     floors.append(floor)
 
-                def run_plugin():
+                def run_plugin(plugin_name=plugin_name):
                     s3_traffic.reset()
                     downloads.bytes = 0
                     started = time.perf_counter()
@@ -163,7 +163,7 @@ def run_mode(mode: str, repeats: int, workdir: Path, s3_traffic: S3Traffic, down
                     plugins.append({"total": seconds, "result": result, "downloaded": downloads.bytes,
                                     **s3_traffic.snapshot()})  # fmt: skip
 
-                def run_unverified():  # staged load everywhere, no smoke inference
+                def run_unverified(plugin_name=plugin_name):  # staged load everywhere, no smoke inference
                     started = time.perf_counter()
                     client.create_deployment(f"{plugin_name}-nv", model_uri, config={**CPU, "verify": "false"})
                     unverified.append(time.perf_counter() - started)

@@ -219,8 +219,8 @@ def raw_transfer(mode: str, stack, source, workdir: Path) -> dict[str, float]:
 
 
 def run(mode: str, size_mib: int, workdir: Path) -> dict[str, Any]:
-    from mlflow_triton.local.stack import LocalStack
     from mlflow_triton.flavors.registry import resolve_model
+    from mlflow_triton.local.stack import LocalStack
 
     rows = int((size_mib * MB / 4) ** 0.5)
     stack = LocalStack(workdir / f"{mode}-{size_mib}", replicas=1, mlflow_artifacts=mode).start()

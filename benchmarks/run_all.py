@@ -51,110 +51,150 @@ def run(name: str, out: Path, timeout_s: float) -> tuple[dict[str, Any] | None, 
     return json.loads(out.read_text()), seconds, log
 
 
+def _publish_rows(publish: dict[str, Any]) -> list[list[str]]:
+    rows: list[list[str]] = []
+    for r in publish["results"]:
+        path = "download + upload" if r["mode"] == "local" else "server-side copy"
+        rows.append([f"publish 100 MiB ONNX, {path}", "plugin / (boto3 upload_file + Triton load)",
+                     f"{r['ratio']:.2f}  ({r['plugin_seconds']:.2f} s vs {r['floor_seconds']:.2f} s)",
+                     "<= 1.2", "yes" if r["ratio"] <= 1.2 else "no"])  # fmt: skip
+        if r["mode"] == "local":
+            rows.append(["", "plugin / (MLflow download + floor)",
+                         f"{r['ratio_vs_floor_plus_download']:.2f}", "", ""])  # fmt: skip
+        rows.append(["", "bytes through the plugin's process",
+                     f"{human_bytes(r['plugin_bytes_through_client'])}"
+                     f" ({r['plugin_copy_calls']} copy calls)", "", ""])  # fmt: skip
+        rows.append([f"no-op update ({r['mode']} artifacts)", "bytes uploaded / time",
+                     f"{r['noop_bytes_uploaded']} B / {r['noop_seconds']:.2f} s", "0 B, ~1 s",
+                     "yes" if r["noop_bytes_uploaded"] == 0 and r["noop_seconds"] <= 1.5 else "no"])  # fmt: skip
+    return rows
+
+
+def _batching_rows(batching: dict[str, Any]) -> list[list[str]]:
+    rows: list[list[str]] = []
+    ratios = {int(k): v for k, v in batching["ratios"].items()}
+    for concurrency, ratio in sorted(ratios.items()):
+        on = next(p for p in batching["points"] if p["model"] == "batched" and p["concurrency"] == concurrency)
+        off = next(p for p in batching["points"] if p["model"] == "unbatched" and p["concurrency"] == concurrency)
+        rows.append([f"dynamic batching, concurrency {concurrency}", "req/s on / off",
+                     f"{ratio:.2f}  ({on['requests_per_s']:.0f} vs {off['requests_per_s']:.0f} req/s)",
+                     ">= 3" if concurrency == 32 else "",
+                     ("yes" if ratio >= 3 else "no") if concurrency == 32 else ""])  # fmt: skip
+    return rows
+
+
+def _sync_rows(sync: dict[str, Any]) -> list[list[str]]:
+    rows: list[list[str]] = []
+    rows.append([f"no-op sync of {sync['models']} models, 2 replicas", "wall time (fresh ETag cache)",
+                 f"{sync['seconds']:.2f} s ({sync['per_model_ms']:.1f} ms/model)", "<= 5 s",
+                 "yes" if sync["seconds"] <= 5 else "no"])  # fmt: skip
+    if sync.get("watch_seconds") is not None:
+        rows.append([f"watch round over {sync['models']} models", "wall time (cache from the last round)",
+                     f"{sync['watch_seconds']:.2f} s", "<= 5 s",
+                     "yes" if sync["watch_seconds"] <= 5 else "no"])  # fmt: skip
+        for label, key in (("calls per no-op sync", "calls_sync"), ("calls per watch round", "calls_watch_round")):
+            counts = sync[key]
+            flat = (sum(counts.get("registry", {}).values()) <= 1 + sync["models"] // 1000
+                    and sum(counts.get("triton (2 replicas)", {}).values()) <= sync["replicas"])  # fmt: skip
+            gets = counts.get("s3", {}).get("GetObject", 0)
+            met = ("yes" if gets == 0 else "yes, but GETs: S3 has no batch GET") if flat else "no"
+            rows.append(["", label, _describe_calls(counts), "no per-model call where a batch exists", met])
+        rows.append(["", "real tritonserver: repository index vs loaded models (stats)",
+                     f"{sync['real_triton_index_ms']:.0f} ms over {sync['real_triton_index_entries']} "
+                     f"folders vs {sync.get('real_triton_stats_ms', float('nan')):.1f} ms", "(report)", ""])  # fmt: skip
+    if sync.get("sequential_seconds"):
+        rows.append(["", "same sync, one worker", f"{sync['sequential_seconds']:.2f} s", "", ""])
+    return rows
+
+
+def _concurrent_publish_rows(concurrent: dict[str, Any]) -> list[list[str]]:
+    rows: list[list[str]] = []
+    for triton, result in concurrent["results"].items():
+        rates = {int(k): v for k, v in result["models_per_s"].items()}
+        signs = {int(k): v[-1] for k, v in result["contention"].items()}
+        many = max(rates)
+        clean = all(s.get("pool full warnings", 0) == 0 and s.get("lease retries (held by another)", 0) == 0
+                    and s.get("S3 stores (boto3 clients) created", 0) <= 1 for s in signs.values())  # fmt: skip
+        where = "2 stub replicas" if triton == "stub" else "1 real tritonserver"
+        rows.append([f"publish {result['models']} tiny models concurrently, {where}",
+                     f"models/s, {many} workers / 1",
+                     f"{result['ratio']:.2f}x ({rates[many]:.2f} vs {rates[1]:.2f} models/s)",
+                     "(report)", ""])  # fmt: skip
+        rows.append(["", "pool-full warnings, lease retries, S3 clients per run",
+                     f"{signs[many].get('pool full warnings', 0)}, "
+                     f"{signs[many].get('lease retries (held by another)', 0)}, "
+                     f"{signs[many].get('S3 stores (boto3 clients) created', 0)}",
+                     "0, 0, 1", "yes" if clean else "no"])  # fmt: skip
+    return rows
+
+
+def _export_rows(export: dict[str, Any]) -> list[list[str]]:
+    rows: list[list[str]] = []
+    plain = export["runs"]["export + verify"]
+    rows.append(["callback export + verify (tiny_model)", "time / one epoch",
+                 f"{export['fraction_of_epoch']:.1f} x  ({plain['export_verify_seconds']:.2f} s vs "
+                 f"{1000 * plain['epoch_seconds']:.0f} ms)", "(report)", ""])  # fmt: skip
+    return rows
+
+
+def _publish_overhead_rows(overhead: dict[str, Any]) -> list[list[str]]:
+    rows: list[list[str]] = []
+    for r in overhead["results"]:
+        path = "download path (streamed)" if r["mode"] == "local" else "copy path"
+        ratio = r["overhead_ratio"]
+        rows.append([f"publish {r['size_mib']} MiB, {path}", "(publish - Triton loads) / raw transfer",
+                     f"{ratio:.2f}  ({r['publish']['seconds'] - r['publish']['load_seconds']:.2f} s vs "
+                     f"{r['raw_transfer']['seconds']:.2f} s)", "<= 1.15", "yes" if ratio <= 1.15 else "no"])  # fmt: skip
+        rows.append(["", "old ratio: publish / (raw transfer + one load)", f"{r['old_ratio']:.2f}", "", ""])
+        peak = max(r["publish"]["rss_peak"], r["rollback"]["rss_peak"]) / 2**20
+        rows.append(["", "peak RSS of the publishing process (publish, rollback)",
+                     f"{r['publish']['rss_peak'] / 2**20:.0f} / {r['rollback']['rss_peak'] / 2**20:.0f} MiB "
+                     f"(with children {r['publish']['rss_peak_tree'] / 2**20:.0f} MiB)", "<= 300 MiB",
+                     "yes" if peak <= 300 else "no"])  # fmt: skip
+        noop = r["noop"]["received"] + r["noop"]["streamed_bytes"] + r["noop"]["downloaded_bytes"]
+        rows.append(["", "bytes read by a no-op update", human_bytes(noop), "<= 10 KiB",
+                     "yes" if noop <= 10 * 1024 else "no"])  # fmt: skip
+    return rows
+
+
+def _copy_strategy_rows(copies: dict[str, Any]) -> list[list[str]]:
+    rows: list[list[str]] = []
+    for r in copies["results"]:
+        rows.append([f"server-side copy {r['size_mib']} MiB (moto)", "UploadPartCopy / CopyObject",
+                     f"{r['parts_over_single']:.2f}  ({r['upload_part_copy_s']:.2f} s vs {r['copy_object_s']:.2f} s)",
+                     "(sets the threshold)", ""])  # fmt: skip
+    return rows
+
+
+def _warmup_rows(warmup: dict[str, Any]) -> list[list[str]]:
+    rows: list[list[str]] = []
+    for flavor, ratio in warmup["ratios"].items():
+        cold, warm = (next(r for r in warmup["results"] if r["flavor"] == flavor and r["warmup"] == w)
+                      for w in ("false", "true"))  # fmt: skip
+        rows.append([f"first request after a reload, {flavor}", "latency without / with warmup",
+                     f"{ratio:.1f}  ({cold['first_ms']:.1f} vs {warm['first_ms']:.1f} ms; steady "
+                     f"{warm['steady_ms']:.1f} ms)", "(report)", ""])  # fmt: skip
+    return rows
+
+
+ROW_BUILDERS = {
+    "publish": _publish_rows,
+    "batching": _batching_rows,
+    "sync": _sync_rows,
+    "concurrent_publish": _concurrent_publish_rows,
+    "export": _export_rows,
+    "publish_overhead": _publish_overhead_rows,
+    "copy_strategy": _copy_strategy_rows,
+    "warmup": _warmup_rows,
+}
+
+
 def summary_rows(results: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """The summary table's rows, benchmark by benchmark, for those that ran."""
     rows = []
-    publish = results.get("publish")
-    if publish:
-        for r in publish["results"]:
-            path = "download + upload" if r["mode"] == "local" else "server-side copy"
-            rows.append([f"publish 100 MiB ONNX, {path}", "plugin / (boto3 upload_file + Triton load)",
-                         f"{r['ratio']:.2f}  ({r['plugin_seconds']:.2f} s vs {r['floor_seconds']:.2f} s)",
-                         "<= 1.2", "yes" if r["ratio"] <= 1.2 else "no"])  # fmt: skip
-            if r["mode"] == "local":
-                rows.append(["", "plugin / (MLflow download + floor)",
-                             f"{r['ratio_vs_floor_plus_download']:.2f}", "", ""])  # fmt: skip
-            rows.append(["", "bytes through the plugin's process",
-                         f"{human_bytes(r['plugin_bytes_through_client'])}"
-                         f" ({r['plugin_copy_calls']} copy calls)", "", ""])  # fmt: skip
-            rows.append([f"no-op update ({r['mode']} artifacts)", "bytes uploaded / time",
-                         f"{r['noop_bytes_uploaded']} B / {r['noop_seconds']:.2f} s", "0 B, ~1 s",
-                         "yes" if r["noop_bytes_uploaded"] == 0 and r["noop_seconds"] <= 1.5 else "no"])  # fmt: skip
-    batching = results.get("batching")
-    if batching:
-        ratios = {int(k): v for k, v in batching["ratios"].items()}
-        for concurrency, ratio in sorted(ratios.items()):
-            on = next(p for p in batching["points"] if p["model"] == "batched" and p["concurrency"] == concurrency)
-            off = next(p for p in batching["points"] if p["model"] == "unbatched" and p["concurrency"] == concurrency)
-            rows.append([f"dynamic batching, concurrency {concurrency}", "req/s on / off",
-                         f"{ratio:.2f}  ({on['requests_per_s']:.0f} vs {off['requests_per_s']:.0f} req/s)",
-                         ">= 3" if concurrency == 32 else "",
-                         ("yes" if ratio >= 3 else "no") if concurrency == 32 else ""])  # fmt: skip
-    sync = results.get("sync")
-    if sync:
-        rows.append([f"no-op sync of {sync['models']} models, 2 replicas", "wall time (fresh ETag cache)",
-                     f"{sync['seconds']:.2f} s ({sync['per_model_ms']:.1f} ms/model)", "<= 5 s",
-                     "yes" if sync["seconds"] <= 5 else "no"])  # fmt: skip
-        if sync.get("watch_seconds") is not None:
-            rows.append([f"watch round over {sync['models']} models", "wall time (cache from the last round)",
-                         f"{sync['watch_seconds']:.2f} s", "<= 5 s",
-                         "yes" if sync["watch_seconds"] <= 5 else "no"])  # fmt: skip
-            for label, key in (("calls per no-op sync", "calls_sync"), ("calls per watch round", "calls_watch_round")):
-                counts = sync[key]
-                flat = (sum(counts.get("registry", {}).values()) <= 1 + sync["models"] // 1000
-                        and sum(counts.get("triton (2 replicas)", {}).values()) <= sync["replicas"])  # fmt: skip
-                gets = counts.get("s3", {}).get("GetObject", 0)
-                met = ("yes" if gets == 0 else "yes, but GETs: S3 has no batch GET") if flat else "no"
-                rows.append(["", label, _describe_calls(counts), "no per-model call where a batch exists", met])
-            rows.append(["", "real tritonserver: repository index vs loaded models (stats)",
-                         f"{sync['real_triton_index_ms']:.0f} ms over {sync['real_triton_index_entries']} "
-                         f"folders vs {sync.get('real_triton_stats_ms', float('nan')):.1f} ms", "(report)", ""])  # fmt: skip
-        if sync.get("sequential_seconds"):
-            rows.append(["", "same sync, one worker", f"{sync['sequential_seconds']:.2f} s", "", ""])
-    concurrent = results.get("concurrent_publish")
-    if concurrent:
-        for triton, result in concurrent["results"].items():
-            rates = {int(k): v for k, v in result["models_per_s"].items()}
-            signs = {int(k): v[-1] for k, v in result["contention"].items()}
-            many = max(rates)
-            clean = all(s.get("pool full warnings", 0) == 0 and s.get("lease retries (held by another)", 0) == 0
-                        and s.get("S3 stores (boto3 clients) created", 0) <= 1 for s in signs.values())  # fmt: skip
-            where = "2 stub replicas" if triton == "stub" else "1 real tritonserver"
-            rows.append([f"publish {result['models']} tiny models concurrently, {where}",
-                         f"models/s, {many} workers / 1",
-                         f"{result['ratio']:.2f}x ({rates[many]:.2f} vs {rates[1]:.2f} models/s)",
-                         "(report)", ""])  # fmt: skip
-            rows.append(["", "pool-full warnings, lease retries, S3 clients per run",
-                         f"{signs[many].get('pool full warnings', 0)}, "
-                         f"{signs[many].get('lease retries (held by another)', 0)}, "
-                         f"{signs[many].get('S3 stores (boto3 clients) created', 0)}",
-                         "0, 0, 1", "yes" if clean else "no"])  # fmt: skip
-    export = results.get("export")
-    if export:
-        plain = export["runs"]["export + verify"]
-        rows.append(["callback export + verify (tiny_model)", "time / one epoch",
-                     f"{export['fraction_of_epoch']:.1f} x  ({plain['export_verify_seconds']:.2f} s vs "
-                     f"{1000 * plain['epoch_seconds']:.0f} ms)", "(report)", ""])  # fmt: skip
-    overhead = results.get("publish_overhead")
-    if overhead:
-        for r in overhead["results"]:
-            path = "download path (streamed)" if r["mode"] == "local" else "copy path"
-            ratio = r["overhead_ratio"]
-            rows.append([f"publish {r['size_mib']} MiB, {path}", "(publish - Triton loads) / raw transfer",
-                         f"{ratio:.2f}  ({r['publish']['seconds'] - r['publish']['load_seconds']:.2f} s vs "
-                         f"{r['raw_transfer']['seconds']:.2f} s)", "<= 1.15", "yes" if ratio <= 1.15 else "no"])  # fmt: skip
-            rows.append(["", "old ratio: publish / (raw transfer + one load)", f"{r['old_ratio']:.2f}", "", ""])
-            peak = max(r["publish"]["rss_peak"], r["rollback"]["rss_peak"]) / 2**20
-            rows.append(["", "peak RSS of the publishing process (publish, rollback)",
-                         f"{r['publish']['rss_peak'] / 2**20:.0f} / {r['rollback']['rss_peak'] / 2**20:.0f} MiB "
-                         f"(with children {r['publish']['rss_peak_tree'] / 2**20:.0f} MiB)", "<= 300 MiB",
-                         "yes" if peak <= 300 else "no"])  # fmt: skip
-            noop = r["noop"]["received"] + r["noop"]["streamed_bytes"] + r["noop"]["downloaded_bytes"]
-            rows.append(["", "bytes read by a no-op update", human_bytes(noop), "<= 10 KiB",
-                         "yes" if noop <= 10 * 1024 else "no"])  # fmt: skip
-    copies = results.get("copy_strategy")
-    if copies:
-        for r in copies["results"]:
-            rows.append([f"server-side copy {r['size_mib']} MiB (moto)", "UploadPartCopy / CopyObject",
-                         f"{r['parts_over_single']:.2f}  ({r['upload_part_copy_s']:.2f} s vs {r['copy_object_s']:.2f} s)",
-                         "(sets the threshold)", ""])  # fmt: skip
-    warmup = results.get("warmup")
-    if warmup:
-        for flavor, ratio in warmup["ratios"].items():
-            cold, warm = (next(r for r in warmup["results"] if r["flavor"] == flavor and r["warmup"] == w)
-                          for w in ("false", "true"))  # fmt: skip
-            rows.append([f"first request after a reload, {flavor}", "latency without / with warmup",
-                         f"{ratio:.1f}  ({cold['first_ms']:.1f} vs {warm['first_ms']:.1f} ms; steady "
-                         f"{warm['steady_ms']:.1f} ms)", "(report)", ""])  # fmt: skip
+    for name, build in ROW_BUILDERS.items():
+        if results.get(name):
+            rows.extend(build(results[name]))
     return rows
 
 

@@ -120,7 +120,6 @@ def register_models(count: int, workdir: Path, prefix: str = "sync-bench") -> li
     import torch
     from mlflow import MlflowClient
     from mlflow.models import infer_signature
-
     from models import Scorer, export_onnx, sample
 
     model = Scorer(seed=5)
@@ -265,10 +264,10 @@ PHASES = {  # label: (object, attribute) wrapped with a timer; missing ones are 
 
 def time_phases(run) -> tuple[dict[str, float], float]:
     """Seconds spent in each phase during ``run()``, summed over the worker threads."""
-    from mlflow_triton.promotion import reconcile as promotion
-    from mlflow_triton.rollout.publisher import ModelPublisher
-    from mlflow_triton.repository.snapshot import RepositoryCache
     from mlflow_triton.fleet.server import TritonCluster
+    from mlflow_triton.promotion import reconcile as promotion
+    from mlflow_triton.repository.snapshot import RepositoryCache
+    from mlflow_triton.rollout.publisher import ModelPublisher
 
     owners = {"promotion": promotion, "ModelPublisher": ModelPublisher, "TritonCluster": TritonCluster,
               "RepositoryCache": RepositoryCache, "_Round": promotion._Round}  # fmt: skip
@@ -333,12 +332,12 @@ def main() -> None:
     args = arguments.parse_args()
     quiet_logs()
     machine = machine_info()
+    from mlflow_triton.fleet.server import TritonServer
     from mlflow_triton.local.stack import LocalStack
     from mlflow_triton.promotion import load_spec, sync
     from mlflow_triton.promotion import reconcile as promotion
-    from mlflow_triton.repository.snapshot import RepositoryCache
     from mlflow_triton.repository.s3_store import S3Store
-    from mlflow_triton.fleet.server import TritonServer
+    from mlflow_triton.repository.snapshot import RepositoryCache
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-sync-"))
     stack = LocalStack(workdir / "stack", replicas=1).start()

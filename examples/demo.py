@@ -98,7 +98,7 @@ def main() -> None:
             output_name, values = next(iter(predictions.items()))
             got = np.asarray(values, dtype=np.float32)
             print(f"\n[demo] Triton inference from {name!r} (output {output_name!r}, batch of {len(x)}):")
-            for row_in, row_out, row_ref in zip(x, got, expected):
+            for row_in, row_out, row_ref in zip(x, got, expected, strict=True):
                 print(f"  x={np.array2string(row_in[:3], precision=2)}... -> triton={np.array2string(row_out, precision=4)}"
                       f"  eager={np.array2string(row_ref, precision=4)}")  # fmt: skip
             diff = float(np.max(np.abs(got - expected)))

@@ -46,8 +46,8 @@ def resolve_dynamic_axes(
         ValueError: for an unknown tensor name, an axis outside the tensor's rank, or a
             symbol that is not a non-empty string.
     """
-    ranks = dict(zip(names.inputs, (t.dim() for t in example)))
-    ranks.update(zip(names.outputs, (t.dim() for t in outputs)))
+    ranks = dict(zip(names.inputs, (t.dim() for t in example), strict=True))
+    ranks.update(zip(names.outputs, (t.dim() for t in outputs), strict=True))
     resolved: DynamicAxes = {name: {0: BATCH_AXIS_NAME} for name in ranks}
     for name, axes in (dynamic_axes or {}).items():
         if name not in ranks:

@@ -331,7 +331,7 @@ def check_batch_first(module: torch.nn.Module, example: Example, names: IONames)
     outputs = flatten_outputs(module(*batch))
     wrong = [
         f"{name!r} has shape {tuple(t.shape)}"
-        for name, t in zip(names.outputs, outputs)
+        for name, t in zip(names.outputs, outputs, strict=True)
         if t.dim() == 0 or t.shape[0] != size
     ]
     if wrong:

@@ -183,8 +183,8 @@ def golden_cases(
     inputs, outputs = [], []
     for batch in batches.values():
         expected = run_eager(flat, cast_inputs(batch, "fp32"))
-        inputs.append({n: to_numpy(t) for n, t in zip(names.inputs, batch)})
-        outputs.append(dict(zip(names.outputs, expected)))
+        inputs.append({n: to_numpy(t) for n, t in zip(names.inputs, batch, strict=True)})
+        outputs.append(dict(zip(names.outputs, expected, strict=True)))
     return GoldenCases(inputs, outputs, rtol=settings.rtol, atol=settings.atol)
 
 

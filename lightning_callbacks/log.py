@@ -123,8 +123,8 @@ def build_signature(
     from mlflow.models import infer_signature
     from mlflow.types.schema import Schema, TensorSpec
 
-    example = {name: np.ascontiguousarray(x) for name, x in zip(names.inputs, inputs)}
-    signature = infer_signature(example, dict(zip(names.outputs, outputs)))
+    example = {name: np.ascontiguousarray(x) for name, x in zip(names.inputs, inputs, strict=True)}
+    signature = infer_signature(example, dict(zip(names.outputs, outputs, strict=True)))
 
     axes = dynamic_axes or {}
 

@@ -59,7 +59,7 @@ class BoundExample:
 
     def call(self, module: torch.nn.Module, tensors: Sequence[torch.Tensor]) -> Any:
         """``module`` called with ``tensors`` (one per input, in order) the way it was bound."""
-        keywords = dict(zip(self.arguments[self.positional :], tensors[self.positional :]))
+        keywords = dict(zip(self.arguments[self.positional :], tensors[self.positional :], strict=False))
         return module(*tensors[: self.positional], **keywords)
 
 
@@ -103,7 +103,7 @@ def _split_sample(sample: Any) -> tuple[tuple, dict]:
 
 def _check_tensors(tensors: Sequence[Any], labels: Sequence[str]) -> None:
     batch_sizes = set()
-    for label, tensor in zip(labels, tensors):
+    for label, tensor in zip(labels, tensors, strict=True):
         if not isinstance(tensor, torch.Tensor):
             raise ValueError(
                 f"Example input {label} is a {type(tensor).__name__}; every input must be a "

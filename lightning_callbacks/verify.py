@@ -111,12 +111,12 @@ def _resize_axis(tensor: torch.Tensor, axis: int, size: int) -> torch.Tensor:
 def _alternate_sizes(example: Example, input_axes: Sequence[Mapping[int, str]]) -> Example:
     """``example`` with every non-batch dynamic axis :data:`ALTERNATE_SIZE_STEP` longer."""
     sizes: dict[str, int] = {}
-    for tensor, axes in zip(example, input_axes):
+    for tensor, axes in zip(example, input_axes, strict=True):
         for axis, symbol in axes.items():
             if axis > 0:
                 sizes.setdefault(symbol, tensor.shape[axis] + ALTERNATE_SIZE_STEP)
     resized = []
-    for tensor, axes in zip(example, input_axes):
+    for tensor, axes in zip(example, input_axes, strict=True):
         for axis, symbol in axes.items():
             if axis > 0:
                 tensor = _resize_axis(tensor, axis, sizes[symbol])
@@ -192,7 +192,7 @@ def onnx_session(path: Path):
 
 def run_onnx(session, names: IONames, inputs: Example) -> list[np.ndarray]:
     """Outputs of an ``onnxruntime`` session, in ``names.outputs`` order."""
-    feed = {name: t.numpy() for name, t in zip(names.inputs, inputs)}
+    feed = {name: t.numpy() for name, t in zip(names.inputs, inputs, strict=True)}
     return list(session.run(list(names.outputs), feed))
 
 
@@ -215,7 +215,7 @@ def compare(
             fmt, batch_size, np.inf, output_names[0], 0, atol, False,
             f"returns {len(actual)} outputs, eager returns {len(expected)}",
         )  # fmt: skip
-    for index, (want, got) in enumerate(zip(expected, actual)):
+    for index, (want, got) in enumerate(zip(expected, actual, strict=True)):
         got = np.asarray(got)
         if got.shape != want.shape:
             return VerificationResult(

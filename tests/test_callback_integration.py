@@ -14,10 +14,10 @@ import torch
 from mlflow import MlflowClient
 from mlflow.models import Model
 from pytorch_lightning.callbacks import ModelCheckpoint
+from test_callback_unit import DataDependent, fit
 
 from examples.tiny_model import TinyRegressor, train
 from lightning_callbacks import ExportBestCheckpoint, ExportVerificationError
-from test_callback_unit import DataDependent, fit
 
 pytestmark = [
     pytest.mark.integration,

@@ -14,9 +14,9 @@ import torch
 from mlflow import MlflowClient
 from mlflow.deployments import get_deploy_client
 from mlflow.models import Model
+from text_model import VOCAB, best_eager, train_tagger
 
 from mlflow_triton.flavors.source import read_logged_model
-from text_model import VOCAB, best_eager, train_tagger
 
 pytestmark = [
     pytest.mark.integration,

@@ -11,11 +11,11 @@ import threading
 import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
+from test_promotion_support import ALIAS, CPU, assert_every_replica_serves, deployment, register  # noqa: F401
 
 from mlflow_triton.cli import cli
 from mlflow_triton.promotion import load_spec, sync
 from mlflow_triton.rollout.publisher import ModelPublisher
-from test_promotion_support import ALIAS, CPU, assert_every_replica_serves, deployment, register  # noqa: F401
 
 
 # -- usage (no stack) ------------------------------------------------------------------------------

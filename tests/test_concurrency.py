@@ -19,9 +19,9 @@ import pytest
 import torch
 from mlflow.deployments import get_deploy_client
 from mlflow.models import infer_signature
+from models import Scorer, export_onnx, sample
 
 from mlflow_triton.fleet.server import TritonServer
-from models import Scorer, export_onnx, sample
 
 pytestmark = pytest.mark.integration
 CPU = {"instance_kind": "cpu"}

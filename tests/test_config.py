@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from mlflow.exceptions import MlflowException
 
+from mlflow_triton.repository.layout import validate_model_name
 from mlflow_triton.settings.deployment import DeploymentConfig
 from mlflow_triton.settings.target import parse_target_uri
-from mlflow_triton.repository.layout import validate_model_name
 
 
 def test_defaults_cover_every_documented_key():

@@ -24,11 +24,11 @@ import tritonclient.http as httpclient
 from mlflow import MlflowClient
 from mlflow.deployments import get_deploy_client
 from mlflow.models import infer_signature
+from test_promotion_support import assert_every_replica_serves, local, register
 from tritonclient.grpc import model_config_pb2 as mc
 
-from mlflow_triton.triton_config.model_config import parse_pbtxt
 from mlflow_triton.repository.stores import open_store
-from test_promotion_support import assert_every_replica_serves, local, register
+from mlflow_triton.triton_config.model_config import parse_pbtxt
 
 pytestmark = pytest.mark.integration
 CPU = {"instance_kind": "cpu"}

@@ -30,17 +30,15 @@ import time
 import numpy as np
 import pytest
 from mlflow import MlflowClient
-
-from mlflow_triton.settings.deployment import DeploymentConfig
-from mlflow_triton.repository.history import ServingHistory
-from mlflow_triton.repository.layout import LEASE_FILE
-from mlflow_triton.promotion import load_spec, sync
-from mlflow_triton.repository.layout import PROVENANCE_FILE
-from mlflow_triton.rollout.publisher import ModelPublisher
-from mlflow_triton.repository.layout import staging_name
-from mlflow_triton.fleet.server import TritonServer
 from models import sample
 from test_promotion_support import ALIAS, CPU, local, logged_model
+
+from mlflow_triton.fleet.server import TritonServer
+from mlflow_triton.promotion import load_spec, sync
+from mlflow_triton.repository.history import ServingHistory
+from mlflow_triton.repository.layout import LEASE_FILE, PROVENANCE_FILE, staging_name
+from mlflow_triton.rollout.publisher import ModelPublisher
+from mlflow_triton.settings.deployment import DeploymentConfig
 
 pytestmark = pytest.mark.integration
 #: 5 s keeps CI fast; CRASH_TEST_LEASE_TTL=30 measures recovery with the default TTL.

@@ -27,11 +27,11 @@ import torch
 from mlflow.deployments import get_deploy_client
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, infer_signature
+from models import Scorer, export_onnx, sample
 
 from mlflow_triton.flavors import triton as triton_flavor
 from mlflow_triton.repository.layout import staging_name
 from mlflow_triton.repository.stores import open_store
-from models import Scorer, export_onnx, sample
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 FLAVORS = ("onnx", "torchscript", "triton", "python_function")

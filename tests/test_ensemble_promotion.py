@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 from mlflow.deployments import get_deploy_client
+from test_webhooks import SECRET, event, post, signed_headers
 
 from mlflow_triton.daemons.webhooks import SECRET_ENV, WebhookReceiver
 from mlflow_triton.flavors import triton as triton_flavor
 from mlflow_triton.promotion import load_spec, sync
-from test_webhooks import SECRET, event, post, signed_headers
 
 ALIAS = "production"
 PIPELINE = """

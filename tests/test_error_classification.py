@@ -20,7 +20,6 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -28,9 +27,6 @@ import pytest
 from mlflow.exceptions import MlflowException
 from tritonclient.utils import InferenceServerException
 
-from mlflow_triton.local.stack import AWS_TEST_CREDENTIALS
-from mlflow_triton.local.processes import ManagedProcess, free_port
-from mlflow_triton.local.servers import make_backend_dir, moto_s3, tritonserver
 from mlflow_triton.fleet.server import (
     ModelNotFound,
     ReplicaUnreachable,
@@ -41,6 +37,9 @@ from mlflow_triton.fleet.server import (
     is_unreachable,
     raise_failures,
 )
+from mlflow_triton.local.processes import ManagedProcess, free_port
+from mlflow_triton.local.servers import make_backend_dir, moto_s3, tritonserver
+from mlflow_triton.local.stack import AWS_TEST_CREDENTIALS
 from mlflow_triton.repository.s3_store import S3Store
 
 CONFIG = (
@@ -387,7 +386,7 @@ def test_triton_that_lost_its_s3_repository_is_not_unreachable(s3_down):
     ]
     with ThreadPoolExecutor(len(calls)) as pool:
         errors = list(pool.map(lambda c: _call(*c[:3]), calls))
-    for err, (_, protocol, action, status) in zip(errors, calls):
+    for err, (_, protocol, action, status) in zip(errors, calls, strict=True):
         assert_answered(err)
         assert err.status == status, (protocol, action)
 

@@ -28,16 +28,16 @@ import torch
 from mlflow.deployments import get_deploy_client
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
+from models import Scorer, export_onnx, sample
 from onnx import TensorProto, helper, numpy_helper
 
-from mlflow_triton.repository import store as store_module
-from mlflow_triton.local.stack import AWS_TEST_CREDENTIALS, LocalStack
-from mlflow_triton.local.processes import free_port
-from mlflow_triton.triton_config.model_config import parse_pbtxt, serving_versions
 from mlflow_triton.fleet.server import TritonServer
+from mlflow_triton.local.processes import free_port
+from mlflow_triton.local.stack import AWS_TEST_CREDENTIALS, LocalStack
+from mlflow_triton.repository import store as store_module
 from mlflow_triton.repository.s3_store import S3Store
 from mlflow_triton.repository.store import MB
-from models import Scorer, export_onnx, sample
+from mlflow_triton.triton_config.model_config import parse_pbtxt, serving_versions
 
 pytestmark = pytest.mark.integration
 CPU = {"instance_kind": "cpu"}

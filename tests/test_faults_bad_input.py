@@ -25,13 +25,13 @@ import torch
 from mlflow.deployments import get_deploy_client
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
-
-from mlflow_triton.local.stack import LocalStack
-from mlflow_triton.local.processes import free_port
-from mlflow_triton.triton_config.model_config import parse_pbtxt, serving_versions
-from mlflow_triton.fleet.server import TritonServer
-from mlflow_triton.repository.stores import open_store
 from models import Scorer, export_onnx, sample
+
+from mlflow_triton.fleet.server import TritonServer
+from mlflow_triton.local.processes import free_port
+from mlflow_triton.local.stack import LocalStack
+from mlflow_triton.repository.stores import open_store
+from mlflow_triton.triton_config.model_config import parse_pbtxt, serving_versions
 
 pytestmark = pytest.mark.integration
 CPU = {"instance_kind": "cpu"}

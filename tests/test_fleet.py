@@ -22,17 +22,17 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 from mlflow.deployments.cli import commands as deployments_cli
-
-from mlflow_triton.plugin.client import TritonDeploymentClient
-from mlflow_triton.fleet.discovery import dns_resolver, set_resolver
-from mlflow_triton.local.stack import AWS_TEST_CREDENTIALS
-from mlflow_triton.local.processes import free_port
-from mlflow_triton.local.servers import make_backend_dir, tritonserver
-from mlflow_triton.promotion import sync, watch
-from mlflow_triton.promotion.spec import PromotionSpec
-from mlflow_triton.fleet.server import TritonError, TritonServer
 from models import sample
 from test_promotion_support import ALIAS, CPU, local, register
+
+from mlflow_triton.fleet.discovery import dns_resolver, set_resolver
+from mlflow_triton.fleet.server import TritonError, TritonServer
+from mlflow_triton.local.processes import free_port
+from mlflow_triton.local.servers import make_backend_dir, tritonserver
+from mlflow_triton.local.stack import AWS_TEST_CREDENTIALS
+from mlflow_triton.plugin.client import TritonDeploymentClient
+from mlflow_triton.promotion import sync, watch
+from mlflow_triton.promotion.spec import PromotionSpec
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)

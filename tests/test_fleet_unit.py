@@ -11,21 +11,21 @@ from types import SimpleNamespace as Obj
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import (
-    ErrorCode,
     INVALID_PARAMETER_VALUE,
     RESOURCE_DOES_NOT_EXIST,
     TEMPORARILY_UNAVAILABLE,
+    ErrorCode,
 )
 
 from mlflow_triton.fleet import discovery
-from mlflow_triton.rollout.audit import AuditTrail, mask_secrets, tag_key
-from mlflow_triton.plugin.client import TritonDeploymentClient
-from mlflow_triton.settings.target import parse_target_uri, target_options
 from mlflow_triton.fleet.discovery import resolve_urls, set_endpoint_slice_api, set_resolver
+from mlflow_triton.fleet.server import ReplicaUnreachable
+from mlflow_triton.plugin.client import TritonDeploymentClient
+from mlflow_triton.plugin.triton_view import describe_from_triton, list_from_triton, replica_states
 from mlflow_triton.promotion.reconcile import watch
 from mlflow_triton.promotion.spec import PromotionSpec
-from mlflow_triton.fleet.server import ReplicaUnreachable
-from mlflow_triton.plugin.triton_view import describe_from_triton, list_from_triton, replica_states
+from mlflow_triton.rollout.audit import AuditTrail, mask_secrets, tag_key
+from mlflow_triton.settings.target import parse_target_uri, target_options
 
 
 def code(err: MlflowException) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from configs import generated_config, signature_io
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from mlflow.exceptions import MlflowException
@@ -16,13 +17,11 @@ from mlflow.models import infer_signature
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import deserialize_bytes_tensor
 
-from mlflow_triton.triton_config.acceleration import TRT_ENGINE_CACHE_ROOT
 from mlflow_triton.settings.deployment import DeploymentConfig
-
-from mlflow_triton.triton_config.tensors import TENSOR_NAMES_PARAMETER
+from mlflow_triton.triton_config.acceleration import TRT_ENGINE_CACHE_ROOT
 from mlflow_triton.triton_config.model_config import parse_pbtxt, serving_versions, to_pbtxt
+from mlflow_triton.triton_config.tensors import TENSOR_NAMES_PARAMETER
 from mlflow_triton.triton_config.warmup import plan_warmup, warmup_enabled
-from configs import generated_config, signature_io
 
 SIGNATURE = infer_signature(
     {"x": np.zeros((2, 4), np.float32), "ids": np.zeros((2, 3), np.int64)}, {"y": np.zeros((2, 3), np.float32)}
@@ -322,16 +321,16 @@ def test_flavors_without_execution_accelerators_refuse_them_in_their_plan(tmp_pa
 def test_publisher_refuses_a_bad_merged_config_before_claiming_a_version(tmp_path):
     import mlflow.onnx
     import onnx
+    from models import Scorer, export_onnx, sample
 
-    from mlflow_triton.repository.state import read_state
-    from mlflow_triton.repository.history import ServingHistory
     from mlflow_triton.flavors.registry import resolve_model
+    from mlflow_triton.fleet.server import TritonCluster
+    from mlflow_triton.repository.history import ServingHistory
+    from mlflow_triton.repository.local_store import LocalStore
+    from mlflow_triton.repository.state import read_state
     from mlflow_triton.rollout.publisher import ModelPublisher
     from mlflow_triton.rollout.switch import Rollout
     from mlflow_triton.rollout.transaction import PublishTransaction
-    from mlflow_triton.fleet.server import TritonCluster
-    from mlflow_triton.repository.local_store import LocalStore
-    from models import Scorer, export_onnx, sample
 
     model_dir = tmp_path / "mlflow-model"
     x = sample()

@@ -16,20 +16,20 @@ import numpy as np
 import onnxruntime
 import pytest
 import tritonclient.http as httpclient
+from configs import generated_config
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from mlflow.deployments import get_deploy_client
-
-from mlflow_triton.settings.deployment import DeploymentConfig
-from mlflow_triton.triton_config.model_config import parse_pbtxt, to_pbtxt
-from mlflow_triton.flavors.onnx import io_from_onnx
-from mlflow_triton.fleet.server import TritonServer
-from mlflow_triton.repository.stores import open_store
-from mlflow_triton.repository.layout import WARMUP_FOLDER
-from mlflow_triton.triton_config.warmup import plan_warmup
-from configs import generated_config
 from models import Scorer, export_onnx, sample
 from test_promotion_support import logged_model
+
+from mlflow_triton.flavors.onnx import io_from_onnx
+from mlflow_triton.fleet.server import TritonServer
+from mlflow_triton.repository.layout import WARMUP_FOLDER
+from mlflow_triton.repository.stores import open_store
+from mlflow_triton.settings.deployment import DeploymentConfig
+from mlflow_triton.triton_config.model_config import parse_pbtxt, to_pbtxt
+from mlflow_triton.triton_config.warmup import plan_warmup
 
 pytestmark = pytest.mark.integration
 OVERRIDE = """

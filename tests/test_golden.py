@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from configs import generated_config
 from mlflow.exceptions import MlflowException
 
 from mlflow_triton.core.golden import GOLDEN_DIR, MANIFEST_FILE, GoldenCases
@@ -18,8 +19,6 @@ from mlflow_triton.rollout.verification import Candidate, SmokeTest
 from mlflow_triton.settings.deployment import DeploymentConfig
 from mlflow_triton.triton_config.model_config import to_pbtxt
 from mlflow_triton.triton_config.tensors import ModelIO, TensorSpec, provenance_entry
-
-from configs import generated_config
 
 
 def cases(scale: float = 1.0) -> GoldenCases:

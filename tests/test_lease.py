@@ -36,19 +36,18 @@ import pytest
 from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
 from mlflow.exceptions import MlflowException
-
-from mlflow_triton.settings.deployment import DeploymentConfig
-from mlflow_triton.repository.layout import LEASE_FILE
-from mlflow_triton.repository.lease import ConditionalWritesUnsupported, Lease, LeaseHeld, LeaseLost
-from mlflow_triton.local.processes import free_port
-from mlflow_triton.flavors.registry import resolve_model
-from mlflow_triton.rollout.publisher import ModelPublisher
-from mlflow_triton.repository.layout import CONFIG_FILE
-from mlflow_triton.rollout.switch import Rollout
-from mlflow_triton.repository.s3_store import S3Store
-from mlflow_triton.repository.local_store import LocalStore
-from mlflow_triton.repository.store import StoredObject
 from models import Scorer, log_onnx
+
+from mlflow_triton.flavors.registry import resolve_model
+from mlflow_triton.local.processes import free_port
+from mlflow_triton.repository.layout import CONFIG_FILE, LEASE_FILE
+from mlflow_triton.repository.lease import ConditionalWritesUnsupported, Lease, LeaseHeld, LeaseLost
+from mlflow_triton.repository.local_store import LocalStore
+from mlflow_triton.repository.s3_store import S3Store
+from mlflow_triton.repository.store import StoredObject
+from mlflow_triton.rollout.publisher import ModelPublisher
+from mlflow_triton.rollout.switch import Rollout
+from mlflow_triton.settings.deployment import DeploymentConfig
 
 integration = pytest.mark.integration
 CPU = {"instance_kind": "cpu"}
@@ -425,6 +424,93 @@ HOP_BY_HOP = {
 MAX_BODY = 64 * 1024 * 1024
 
 
+class _StrippingHandler(BaseHTTPRequestHandler):
+    """Forwards to ``proxy.target`` without the headers named in ``proxy.strip``."""
+
+    proxy: "HeaderStrippingProxy"
+
+    protocol_version = "HTTP/1.1"
+    timeout = 30
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def read_body(self) -> bytes | None:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks, size = [], 0
+            while (length := int(self.rfile.readline().split(b";")[0], 16)) > 0:
+                size += length
+                if size > MAX_BODY:
+                    raise ValueError("request body too large")
+                chunks.append(self.rfile.read(length))
+                self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass  # trailers
+            return b"".join(chunks)
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            raise ValueError("request body too large")
+        return self.rfile.read(length) if length else None
+
+    def forward(self) -> None:
+        try:
+            body = self.read_body()
+        except ValueError:
+            self.send_error(413)
+            self.close_connection = True
+            return
+        headers = {}
+        for header, value in self.headers.items():
+            if header.lower() in self.proxy.strip:
+                with self.proxy._lock:
+                    self.proxy.stripped[header.lower()] = self.proxy.stripped.get(header.lower(), 0) + 1
+            elif header.lower() not in HOP_BY_HOP:
+                headers[header] = value
+        if body is not None:
+            headers["Content-Length"] = str(len(body))
+        upstream = http.client.HTTPConnection(*self.proxy.target, timeout=30)
+        try:
+            upstream.request(self.command, self.path, body=body, headers=headers)
+            response = upstream.getresponse()
+            data = response.read()
+            response_headers = response.getheaders()
+            length = response.getheader("Content-Length", "0")
+        finally:
+            upstream.close()
+        # send_response_only: no second Date/Server header beside the store's own.
+        self.send_response_only(response.status, response.reason)
+        for header, value in response_headers:
+            if header.lower() not in HOP_BY_HOP:
+                self.send_header(header, value)
+        self.send_header("Content-Length", length if self.command == "HEAD" else str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = forward
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.slots = threading.BoundedSemaphore(16)  # one proxy's threads at most
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(timeout=30):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
 class HeaderStrippingProxy:
     """A loopback HTTP proxy in front of ``target`` that drops the request headers ``strip``.
 
@@ -446,87 +532,8 @@ class HeaderStrippingProxy:
         return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> "HeaderStrippingProxy":
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            timeout = 30
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def read_body(self) -> bytes | None:
-                if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-                    chunks, size = [], 0
-                    while (length := int(self.rfile.readline().split(b";")[0], 16)) > 0:
-                        size += length
-                        if size > MAX_BODY:
-                            raise ValueError("request body too large")
-                        chunks.append(self.rfile.read(length))
-                        self.rfile.readline()
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass  # trailers
-                    return b"".join(chunks)
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > MAX_BODY:
-                    raise ValueError("request body too large")
-                return self.rfile.read(length) if length else None
-
-            def forward(self) -> None:
-                try:
-                    body = self.read_body()
-                except ValueError:
-                    self.send_error(413)
-                    self.close_connection = True
-                    return
-                headers = {}
-                for header, value in self.headers.items():
-                    if header.lower() in proxy.strip:
-                        with proxy._lock:
-                            proxy.stripped[header.lower()] = proxy.stripped.get(header.lower(), 0) + 1
-                    elif header.lower() not in HOP_BY_HOP:
-                        headers[header] = value
-                if body is not None:
-                    headers["Content-Length"] = str(len(body))
-                upstream = http.client.HTTPConnection(*proxy.target, timeout=30)
-                try:
-                    upstream.request(self.command, self.path, body=body, headers=headers)
-                    response = upstream.getresponse()
-                    data = response.read()
-                    response_headers = response.getheaders()
-                    length = response.getheader("Content-Length", "0")
-                finally:
-                    upstream.close()
-                # send_response_only: no second Date/Server header beside the store's own.
-                self.send_response_only(response.status, response.reason)
-                for header, value in response_headers:
-                    if header.lower() not in HOP_BY_HOP:
-                        self.send_header(header, value)
-                self.send_header("Content-Length", length if self.command == "HEAD" else str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = forward
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-            block_on_close = False
-            slots = threading.BoundedSemaphore(16)
-
-            def process_request(self, request, client_address):
-                if not self.slots.acquire(timeout=30):
-                    self.shutdown_request(request)
-                    return
-                super().process_request(request, client_address)
-
-            def process_request_thread(self, request, client_address):
-                try:
-                    super().process_request_thread(request, client_address)
-                finally:
-                    self.slots.release()
-
-        self._server = Server(("127.0.0.1", self.port), Handler)
+        handler = type("Handler", (_StrippingHandler,), {"proxy": self})
+        self._server = _BoundedServer(("127.0.0.1", self.port), handler)
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
         return self
 

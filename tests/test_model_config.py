@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from configs import generated_config, signature_io
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
-from mlflow.types import Schema, ColSpec
 from mlflow.models.signature import ModelSignature
+from mlflow.types import ColSpec, Schema
+from models import Scorer, export_onnx
 from tritonclient.grpc import model_config_pb2 as mc
 
+from mlflow_triton.flavors.onnx import io_from_onnx
 from mlflow_triton.settings.deployment import DeploymentConfig
 from mlflow_triton.triton_config.model_config import parse_pbtxt, serving_versions, to_pbtxt
-from mlflow_triton.flavors.onnx import io_from_onnx
-from configs import generated_config, signature_io
-from models import Scorer, export_onnx
 
 
 def test_onnx_graph_gives_names_types_and_batch_axis(tmp_path):
@@ -99,7 +99,12 @@ def test_corrupt_onnx_is_rejected(tmp_path):
 
 
 def test_dtype_tables_come_from_tritonclient():
-    from mlflow_triton.triton_config.tensors import NUMPY_DTYPES, config_dtype, protocol_dtype, triton_type
+    from mlflow_triton.triton_config.tensors import (
+        NUMPY_DTYPES,
+        config_dtype,
+        protocol_dtype,
+        triton_type,
+    )
 
     assert set(NUMPY_DTYPES) == {
         "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",

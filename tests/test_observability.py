@@ -24,16 +24,16 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from prometheus_client.parser import text_string_to_metric_families
+from test_promotion_support import ALIAS, CPU, deployment, register  # noqa: F401
+from test_webhooks import SECRET, event, post, signed_headers
 
-from mlflow_triton.local.processes import free_port
 from mlflow_triton.daemons.log_format import JsonFormatter
 from mlflow_triton.daemons.metrics import RolloutMetrics, rollout_outcome
+from mlflow_triton.daemons.webhooks import SECRET_ENV, WebhookReceiver
+from mlflow_triton.local.processes import free_port
 from mlflow_triton.promotion import ModelReport, SyncReport, load_spec
 from mlflow_triton.promotion.reconcile import _is_refusal
 from mlflow_triton.rollout.switch import VersionRefused
-from mlflow_triton.daemons.webhooks import SECRET_ENV, WebhookReceiver
-from test_promotion_support import ALIAS, CPU, deployment, register  # noqa: F401
-from test_webhooks import SECRET, event, post, signed_headers
 
 
 def scrape(url: str, context: ssl.SSLContext | None = None) -> dict[tuple[str, tuple], float]:

@@ -17,20 +17,20 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from configs import generated_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, ErrorCode
+from models import Scorer, TwoHeads, export_onnx, sample
 from onnx import TensorProto, helper, numpy_helper
 from onnx.external_data_helper import set_external_data, uses_external_data
 
-from mlflow_triton.settings.deployment import DeploymentConfig
-from mlflow_triton.triton_config.tensors import ModelIO, TensorSpec
 from mlflow_triton.flavors.onnx import io_from_onnx, onnx_external_data
 from mlflow_triton.flavors.onnx_graph import onnx_graph_summary
 from mlflow_triton.repository.store import RANGE_READ_BYTES
-from configs import generated_config
-from models import Scorer, TwoHeads, export_onnx, sample
+from mlflow_triton.settings.deployment import DeploymentConfig
+from mlflow_triton.triton_config.tensors import ModelIO, TensorSpec
 
 INVALID = ErrorCode.Name(INVALID_PARAMETER_VALUE)
 

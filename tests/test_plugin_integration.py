@@ -7,10 +7,10 @@ import pytest
 import torch
 from mlflow.deployments import get_deploy_client
 from mlflow.exceptions import MlflowException
-
-from mlflow_triton.triton_config.model_config import parse_pbtxt, serving_versions
-from mlflow_triton.repository.stores import open_store
 from models import Scorer, TwoHeads, log_onnx, log_torchscript, sample
+
+from mlflow_triton.repository.stores import open_store
+from mlflow_triton.triton_config.model_config import parse_pbtxt, serving_versions
 
 pytestmark = pytest.mark.integration
 CPU = {"instance_kind": "cpu"}
@@ -123,7 +123,6 @@ def test_s3_artifacts_are_copied_server_side(stack, unique_name, tmp_path):
 def test_local_model_directory_is_downloaded_hashed_and_uploaded(stack, unique_name, tmp_path):
     import mlflow
     import onnx
-
     from models import export_onnx
 
     model_dir = tmp_path / "saved"
@@ -156,7 +155,6 @@ def test_onnx_external_data_is_published_with_the_model(stack, unique_name, tmp_
     import mlflow
     import onnx
     from mlflow.models import infer_signature
-
     from models import export_onnx
 
     class Wide(torch.nn.Module):

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 from mlflow.deployments import get_deploy_client
+from models import Scorer, log_onnx, sample
 
 from mlflow_triton.local.servers import make_backend_dir, tritonserver
 from mlflow_triton.repository.stores import open_store
-from models import Scorer, log_onnx, sample
 
 pytestmark = pytest.mark.integration
 CPU = {"instance_kind": "cpu"}

@@ -9,17 +9,16 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
-
-from mlflow_triton import promotion
-
-from mlflow_triton.rollout import verification
-from mlflow_triton.rollout.publisher import ModelPublisher
-from mlflow_triton.cli import cli
-from mlflow_triton.promotion import load_spec, sync
-from mlflow_triton.fleet.server import TritonServer
 from models import Scorer, log_onnx, sample
 from test_promotion_support import ALIAS, CPU, deployment, local, register  # noqa: F401 (fixture)
 from test_promotion_support import assert_every_replica_serves as _assert_serves
+
+from mlflow_triton import promotion
+from mlflow_triton.cli import cli
+from mlflow_triton.fleet.server import TritonServer
+from mlflow_triton.promotion import load_spec, sync
+from mlflow_triton.rollout import verification
+from mlflow_triton.rollout.publisher import ModelPublisher
 
 pytestmark = pytest.mark.integration
 
@@ -128,7 +127,6 @@ def test_alias_flip_has_zero_downtime(stack, deployment, tmp_path, record_proper
 def unloadable_onnx() -> bytes:
     """A well-formed ONNX graph (features -> scores, as the signature says) whose one node is
     an operator no runtime knows: the graph reads fine, every replica refuses to load it."""
-    import onnx
     from onnx import TensorProto, helper
 
     node = helper.make_node("NoSuchOperator", ["features"], ["scores"], domain="mlflow_triton.test")

@@ -13,9 +13,9 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+from models import Scorer, log_onnx, sample
 
 from mlflow_triton.plugin.client import TritonDeploymentClient
-from models import Scorer, log_onnx, sample
 
 CPU = {"instance_kind": "cpu"}
 ALIAS = "production"
@@ -53,7 +53,7 @@ def assert_every_replica_serves(urls: list[str], name: str, model: Scorer) -> No
 def deployment(stack, unique_name):
     """A fresh deployment (and registered model) name; unloaded and deleted afterwards."""
     yield unique_name
-    from mlflow_triton.settings.deployment import DeploymentConfig
     from mlflow_triton.rollout.publisher import ModelPublisher
+    from mlflow_triton.settings.deployment import DeploymentConfig
 
     ModelPublisher.for_config(DeploymentConfig.from_dict(CPU), stack.triton_urls).delete(unique_name)

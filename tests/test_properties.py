@@ -17,6 +17,7 @@ from pathlib import Path
 import mlflow.onnx
 import numpy as np
 import pytest
+from configs import generated_config, signature_io
 from google.protobuf import text_format
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -26,16 +27,15 @@ from mlflow.types.schema import Schema, TensorSpec
 from onnx import helper
 from tritonclient.grpc import model_config_pb2 as mc
 
-from mlflow_triton.settings.deployment import DeploymentConfig
-from mlflow_triton.settings.target import parse_target_uri
-from mlflow_triton.repository.layout import validate_model_name
-from mlflow_triton.triton_config.model_config import parse_pbtxt, serving_versions, to_pbtxt
 from mlflow_triton.fleet.server import TritonServer
-from mlflow_triton.repository.s3_store import S3Store
+from mlflow_triton.repository.layout import validate_model_name
 from mlflow_triton.repository.local_store import LocalStore
+from mlflow_triton.repository.s3_store import S3Store
 from mlflow_triton.repository.store import check_key
 from mlflow_triton.repository.stores import open_store
-from configs import generated_config, signature_io
+from mlflow_triton.settings.deployment import DeploymentConfig
+from mlflow_triton.settings.target import parse_target_uri
+from mlflow_triton.triton_config.model_config import parse_pbtxt, serving_versions, to_pbtxt
 
 TRITON_TYPES = {
     np.bool_: "TYPE_BOOL", np.uint8: "TYPE_UINT8", np.uint16: "TYPE_UINT16",
@@ -129,7 +129,7 @@ def test_signature_gives_a_config_that_round_trips_or_a_clear_error(inputs, outp
     assert serving_versions(parsed) == [version]
     for kind, schema, tensors in (("INPUT", inputs, parsed.input), ("OUTPUT", outputs, parsed.output)):
         assert len(tensors) == len(schema.inputs)
-        for index, (spec, tensor) in enumerate(zip(schema.inputs, tensors)):
+        for index, (spec, tensor) in enumerate(zip(schema.inputs, tensors, strict=True)):
             assert tensor.name == (f"{kind}__{index}" if flavor == "torchscript" else spec.name)
             assert mc.DataType.Name(tensor.data_type) == expected_type(spec.type)
             shape = list(spec.shape[1:] if batched else spec.shape)

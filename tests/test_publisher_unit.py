@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 
-from mlflow_triton.settings.deployment import DeploymentConfig
-from mlflow_triton.repository.state import read_state
+from mlflow_triton.fleet.server import TritonCluster
 from mlflow_triton.repository.history import ServingHistory
 from mlflow_triton.repository.layout import CLAIM_FILE
+from mlflow_triton.repository.local_store import LocalStore
+from mlflow_triton.repository.state import read_state
 from mlflow_triton.rollout.publisher import ModelPublisher
 from mlflow_triton.rollout.repair import never_served, previous_good
 from mlflow_triton.rollout.transaction import claim_version
-from mlflow_triton.fleet.server import TritonCluster
-from mlflow_triton.repository.local_store import LocalStore
+from mlflow_triton.settings.deployment import DeploymentConfig
 
 
 def publisher(tmp_path) -> ModelPublisher:

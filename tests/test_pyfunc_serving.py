@@ -22,11 +22,11 @@ from mlflow.models import infer_signature
 from sklearn.linear_model import LogisticRegression
 
 from mlflow_triton.flavors import triton as triton_flavor
+from mlflow_triton.flavors.pyfunc import EXECUTION_ENV_PARAMETER, PYFUNC_IO_PARAMETER, pyfunc_io
+from mlflow_triton.flavors.registry import resolve_model
+from mlflow_triton.repository.stores import open_store
 from mlflow_triton.settings.deployment import DeploymentConfig
 from mlflow_triton.triton_config.model_config import parse_pbtxt, to_pbtxt
-from mlflow_triton.flavors.registry import resolve_model
-from mlflow_triton.flavors.pyfunc import EXECUTION_ENV_PARAMETER, PYFUNC_IO_PARAMETER, pyfunc_io
-from mlflow_triton.repository.stores import open_store
 
 CPU = {"instance_kind": "cpu"}
 # Given, not inferred (that loads the model in a subprocess), and cloudpickle rather than the

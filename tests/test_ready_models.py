@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 from mlflow import MlflowClient
-
-from mlflow_triton.promotion import load_spec, sync
-from mlflow_triton.fleet.server import TritonCluster, TritonServer
 from test_promotion_support import ALIAS, CPU, deployment, register  # noqa: F401 (fixture)
+
+from mlflow_triton.fleet.server import TritonCluster, TritonServer
+from mlflow_triton.promotion import load_spec, sync
 
 pytestmark = pytest.mark.integration
 

@@ -14,6 +14,7 @@ import json
 import numpy as np
 import pytest
 from mlflow.deployments import get_deploy_client
+from test_promotion_support import CPU, assert_every_replica_serves, register
 
 from mlflow_triton.fleet.server import TritonServer
 from mlflow_triton.promotion import load_spec, rollback
@@ -23,7 +24,6 @@ from mlflow_triton.repository.stores import open_store
 from mlflow_triton.rollout import verification
 from mlflow_triton.rollout.publisher import ModelPublisher
 from mlflow_triton.settings.deployment import DeploymentConfig
-from test_promotion_support import CPU, assert_every_replica_serves, register
 
 pytestmark = pytest.mark.integration
 MODEL_FILES = ("model.onnx",)

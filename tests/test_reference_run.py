@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from models import Scorer, export_onnx, sample
 
 from mlflow_triton.rollout.reference_run import ReferenceRunFailed, run_reference
-from models import Scorer, export_onnx, sample
 
 
 def test_child_and_in_process_runs_agree(tmp_path):

@@ -12,12 +12,11 @@ from unittest import mock
 
 import pytest
 
-from mlflow_triton.repository.state import list_deployments, read_state
-from mlflow_triton.repository.layout import LEASE_FILE
 from mlflow_triton.local.stack import AWS_TEST_CREDENTIALS
-from mlflow_triton.repository.snapshot import RepositoryCache
-from mlflow_triton.repository.layout import staging_name
+from mlflow_triton.repository.layout import LEASE_FILE, staging_name
 from mlflow_triton.repository.local_store import LocalStore
+from mlflow_triton.repository.snapshot import RepositoryCache
+from mlflow_triton.repository.state import list_deployments, read_state
 
 
 def _config(name: str, *versions: int) -> bytes:

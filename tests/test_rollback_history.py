@@ -16,12 +16,12 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 from mlflow.deployments import get_deploy_client
 from mlflow.exceptions import MlflowException
+from test_promotion_support import CPU, assert_every_replica_serves, register
 
-from mlflow_triton.rollout import verification
 from mlflow_triton.cli import cli
 from mlflow_triton.promotion import load_spec, rollback
 from mlflow_triton.repository.stores import open_store
-from test_promotion_support import CPU, assert_every_replica_serves, register
+from mlflow_triton.rollout import verification
 
 pytestmark = pytest.mark.integration
 

@@ -23,9 +23,9 @@ import torch
 from mlflow.deployments import get_deploy_client
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
+from models import Scorer, export_onnx, sample
 
 from mlflow_triton.local.processes import free_port
-from models import Scorer, export_onnx, sample
 
 pytestmark = pytest.mark.integration
 CPU = {"instance_kind": "cpu"}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from mlflow.exceptions import MlflowException
 
-from mlflow_triton.repository.s3_store import S3Store
 from mlflow_triton.repository.local_store import LocalStore
+from mlflow_triton.repository.s3_store import S3Store
 from mlflow_triton.repository.store import check_key
 from mlflow_triton.repository.stores import open_store
 

@@ -17,13 +17,19 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.deployments import get_deploy_client
 from mlflow.exceptions import MlflowException
-
-from mlflow_triton.rollout import verification
-from mlflow_triton.promotion import load_spec, rollback, sync
-from mlflow_triton.fleet.server import TritonServer
 from models import sample
-from test_promotion_support import ALIAS, CPU, deployment, local, register  # noqa: F401 (fixture)
-from test_promotion_support import assert_every_replica_serves
+from test_promotion_support import (  # noqa: F401 (fixture)
+    ALIAS,
+    CPU,
+    assert_every_replica_serves,
+    deployment,
+    local,
+    register,
+)
+
+from mlflow_triton.fleet.server import TritonServer
+from mlflow_triton.promotion import load_spec, rollback, sync
+from mlflow_triton.rollout import verification
 
 pytestmark = pytest.mark.integration
 THREADS_PER_REPLICA = 2

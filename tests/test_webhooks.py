@@ -15,11 +15,8 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.webhooks.delivery import _generate_hmac_signature  # how MLflow signs deliveries
+from test_promotion_support import ALIAS, CPU, assert_every_replica_serves, deployment, register  # noqa: F401
 
-from mlflow_triton.local.processes import free_port
-from mlflow_triton.local.servers import mlflow_server
-from mlflow_triton.promotion import SyncReport, load_spec
-from mlflow_triton.rollout.publisher import ModelPublisher
 from mlflow_triton.daemons.webhooks import (
     SECRET_ENV,
     WebhookReceiver,
@@ -27,7 +24,10 @@ from mlflow_triton.daemons.webhooks import (
     signature,
     verify_signature,
 )
-from test_promotion_support import ALIAS, CPU, assert_every_replica_serves, deployment, register  # noqa: F401
+from mlflow_triton.local.processes import free_port
+from mlflow_triton.local.servers import mlflow_server
+from mlflow_triton.promotion import SyncReport, load_spec
+from mlflow_triton.rollout.publisher import ModelPublisher
 
 SECRET = "s3cr3t-for-tests-only"
 

@@ -307,7 +307,7 @@ class TritonCluster:
 
         urls = list(urls or self.urls)
         with ThreadPoolExecutor(max_workers=len(urls)) as pool:
-            return dict(zip(urls, pool.map(run, urls)))
+            return dict(zip(urls, pool.map(run, urls), strict=True))
 
     def load_model(self, name: str, version: int | None = None, urls: Sequence[str] | None = None) -> dict[str, Exception | None]:
         """Load ``name`` everywhere and wait for ``version`` READY; returns errors per URL."""

@@ -260,85 +260,98 @@ def validate_model_state(config: dict) -> None:
 
 def validate_io(config: dict, session) -> None:
     """``ModelInstanceState`` ctor, ``ValidateInputs`` and ``ValidateOutputs``."""
+    graph_inputs = _tensor_infos(session.get_inputs())
+    expected = _expected_input_count(config, graph_inputs)
+    if len(graph_inputs) != expected:
+        raise ModelConfigError(
+            f"unable to load model '{config['name']}', configuration expects {expected} inputs, "
+            f"model provides {len(graph_inputs)}"
+        )
+    initializers = _tensor_infos(session.get_overridable_initializers())
+    for io in config.get("input", []):
+        _validate_input(config, io, {**graph_inputs, **initializers})
+    _validate_outputs(config, _tensor_infos(session.get_outputs()))
+
+
+def _expected_input_count(config: dict, graph_inputs: dict) -> int:
+    """Inputs the graph must have: required, batch, sequence control (checked) and state ones."""
     model = config["name"]
     max_batch_size = int(config.get("max_batch_size", 0))
-    inputs, outputs = config.get("input", []), config.get("output", [])
-    graph_inputs = _tensor_infos(session.get_inputs())
-
+    inputs = config.get("input", [])
     expected = len(inputs) - sum(1 for io in inputs if io.get("optional"))
     expected += len(config.get("batch_input", []))
     sequence = config.get("sequence_batching")
-    if sequence is not None:
-        for kind in (*_BOOLEAN_CONTROLS, "CONTROL_SEQUENCE_CORRID"):
-            control = _sequence_control(sequence, kind)
-            if control is None:
-                continue
-            name, dtype = control
-            if name not in graph_inputs:
-                raise ModelConfigError(
-                    f"configuration specified sequence control '{name}', but model does not "
-                    "provide that input"
-                )
-            onnx_type, dims = graph_inputs[name]
-            debatched = dims[1:] if max_batch_size > 0 else dims
-            if debatched != [1]:
-                raise ModelConfigError(
-                    f"unable to load model '{model}', sequence control '{name}' in model has dims "
-                    f"{_shape_str(debatched)} but dims [1] is expected"
-                )
-            if _CONFIG_TO_ONNX.get(dtype) != onnx_type:
-                raise ModelConfigError(
-                    f"unable to load model '{model}', sequence control '{name}', the model expects "
-                    f"data-type {_ONNX_ELEMENT_TYPES.get(onnx_type, ('UNDEFINED',))[0]} but the "
-                    f"model configuration specifies data-type {dtype}"
-                )
-            expected += 1
-        expected += len(sequence.get("state", []))
+    if sequence is None:
+        return expected
+    for kind in (*_BOOLEAN_CONTROLS, "CONTROL_SEQUENCE_CORRID"):
+        control = _sequence_control(sequence, kind)
+        if control is None:
+            continue
+        name, dtype = control
+        if name not in graph_inputs:
+            raise ModelConfigError(
+                f"configuration specified sequence control '{name}', but model does not "
+                "provide that input"
+            )
+        onnx_type, dims = graph_inputs[name]
+        debatched = dims[1:] if max_batch_size > 0 else dims
+        if debatched != [1]:
+            raise ModelConfigError(
+                f"unable to load model '{model}', sequence control '{name}' in model has dims "
+                f"{_shape_str(debatched)} but dims [1] is expected"
+            )
+        if _CONFIG_TO_ONNX.get(dtype) != onnx_type:
+            raise ModelConfigError(
+                f"unable to load model '{model}', sequence control '{name}', the model expects "
+                f"data-type {_ONNX_ELEMENT_TYPES.get(onnx_type, ('UNDEFINED',))[0]} but the "
+                f"model configuration specifies data-type {dtype}"
+            )
+        expected += 1
+    return expected + len(sequence.get("state", []))
 
-    # ValidateInputs
-    initializers = _tensor_infos(session.get_overridable_initializers())
-    if len(graph_inputs) != expected:
+
+def _validate_input(config: dict, io: dict, allowed: dict) -> None:
+    """``ValidateInputs`` for one input; ``allowed``: graph inputs and overridable initializers."""
+    model = config["name"]
+    max_batch_size = int(config.get("max_batch_size", 0))
+    name, dtype = io["name"], io.get("data_type", "")
+    optional = bool(io.get("optional"))
+    if optional and max_batch_size != 0:
         raise ModelConfigError(
-            f"unable to load model '{model}', configuration expects {expected} inputs, model "
-            f"provides {len(graph_inputs)}"
+            f"unable to load model '{model}', optional input '{name}' is not supported for "
+            "models that support batching"
         )
-    allowed = {**graph_inputs, **initializers}
-    for io in inputs:
-        name, dtype = io["name"], io.get("data_type", "")
-        optional = bool(io.get("optional"))
-        if optional and max_batch_size != 0:
+    _check_allowed(name, allowed, "input")
+    onnx_type, model_shape = allowed[name]
+    _check_data_type(model, name, dtype, onnx_type, "input")
+    dims = _config_dims(io)
+    ragged = bool(io.get("allow_ragged_batch"))
+    if optional and ragged:
+        raise ModelConfigError(
+            f"unable to load model '{model}', configuration expects model provides input with "
+            f"shape [-1] for ragged input '{name}', which is not supported for optional input"
+        )
+    if ragged:
+        if model_shape != [-1]:
             raise ModelConfigError(
-                f"unable to load model '{model}', optional input '{name}' is not supported for "
-                "models that support batching"
+                f"unable to load model '{model}', configuration expects model provides input "
+                f"with shape [-1]  for ragged input '{name}', model provides "
+                f"{_shape_str(model_shape)}"
             )
-        _check_allowed(name, allowed, "input")
-        onnx_type, model_shape = allowed[name]
-        _check_data_type(model, name, dtype, onnx_type, "input")
-        dims = _config_dims(io)
-        ragged = bool(io.get("allow_ragged_batch"))
-        if optional and ragged:
-            raise ModelConfigError(
-                f"unable to load model '{model}', configuration expects model provides input with "
-                f"shape [-1] for ragged input '{name}', which is not supported for optional input"
-            )
-        if ragged:
-            if model_shape != [-1]:
-                raise ModelConfigError(
-                    f"unable to load model '{model}', configuration expects model provides input "
-                    f"with shape [-1]  for ragged input '{name}', model provides "
-                    f"{_shape_str(model_shape)}"
-                )
-        elif model_shape:
-            compare_dims_supported(model, name, model_shape, dims, max_batch_size, exact=False)
-        else:
-            _check_scalar(model, name, dims)
+    elif model_shape:
+        compare_dims_supported(model, name, model_shape, dims, max_batch_size, exact=False)
+    else:
+        _check_scalar(model, name, dims)
 
-    # ValidateOutputs
-    graph_outputs = _tensor_infos(session.get_outputs())
+
+def _validate_outputs(config: dict, graph_outputs: dict) -> None:
+    """``ValidateOutputs``: configured outputs (batch outputs skip shapes), sequence states."""
+    model = config["name"]
+    max_batch_size = int(config.get("max_batch_size", 0))
     batch_outputs = {
         target for bo in config.get("batch_output", []) for target in bo.get("target_name", [])
     }
-    for io in outputs:
+    for io in config.get("output", []):
         name, dtype = io["name"], io.get("data_type", "")
         _check_allowed(name, graph_outputs, "output")
         onnx_type, model_shape = graph_outputs[name]
@@ -350,7 +363,7 @@ def validate_io(config: dict, session) -> None:
             compare_dims_supported(model, name, model_shape, dims, max_batch_size, exact=True)
         else:
             _check_scalar(model, name, dims)
-    for state in (sequence or {}).get("state", []):
+    for state in (config.get("sequence_batching") or {}).get("state", []):
         name = state.get("output_name", "")
         _check_allowed(name, graph_outputs, "output")
         dtype = state.get("data_type", "")

@@ -171,42 +171,10 @@ def validate_io(config: dict, module) -> dict:
     model = config["name"]
     batched = int(config.get("max_batch_size", 0)) > 0
     inputs, outputs = config.get("input", []), config.get("output", [])
-
-    expected = len(inputs) + len(config.get("batch_input", []))
-    sequence = config.get("sequence_batching")
-    if sequence is not None:
-        for name in _sequence_controls(sequence):
-            if _named_index(name) is None:
-                raise ModelConfigError(
-                    f"input '{name}' does not follow <name>__<index> naming convention."
-                )
-            expected += 1
-        expected += len(sequence.get("state", []))
+    states = (config.get("sequence_batching") or {}).get("state", [])
 
     # ValidateInputs
-    arguments = list(module.forward.schema.arguments)
-    start = 1 if arguments and arguments[0].type.kind() == "ClassType" else 0
-    arguments = arguments[start:]
-    dict_input = len(arguments) == 1 and arguments[0].type.kind() == "DictType"
-    allowed = []
-    if arguments and not dict_input:
-        if any(arg.type.kind() == "DictType" for arg in arguments[1:]):
-            raise ModelConfigError(
-                "Multiple inputs of kind DictType were detected. Only a single input of type "
-                "Dict(str, Tensor) is supported."
-            )
-        for arg in arguments:
-            if arg.type.kind() not in ("TensorType", "ListType"):
-                raise ModelConfigError(
-                    f"An input of type '{arg.type.str()}' was detected in the model. Only a single "
-                    "input of type Dict(str, Tensor) or input(s) of type Tensor are supported."
-                )
-            allowed.append(arg.name)
-        if len(arguments) != expected:
-            raise ModelConfigError(
-                f"unable to load model '{model}', configuration expects {expected} inputs, model "
-                f"provides {len(arguments)}"
-            )
+    allowed, dict_input = _forward_arguments(config, module)
     if not inputs:
         raise ModelConfigError(
             "model configuration must contain at least one input, none were specified."
@@ -214,7 +182,7 @@ def validate_io(config: dict, module) -> dict:
     convention = naming_convention(config, allowed)
     for io in inputs:
         _check_data_type(model, io, batched, "input")
-    for state in (sequence or {}).get("state", []):
+    for state in states:
         _check_data_type(model, state, batched, "input state", "input_name")
 
     # ValidateOutputs
@@ -225,25 +193,73 @@ def validate_io(config: dict, module) -> dict:
     output_convention = naming_convention(config, [])
     for io in outputs:
         _check_data_type(model, io, batched, "output")
-    for state in (sequence or {}).get("state", []):
+    for state in states:
         _check_data_type(model, state, batched, "output state", "output_name")
+    return {
+        "dict_input": dict_input,
+        "input_order": _input_order(inputs, convention, allowed),
+        "output_indices": [
+            _named_index(io["name"]) if output_convention == NAMED_INDEX else position
+            for position, io in enumerate(outputs)
+        ],
+    }
 
-    def input_index(position: int, name: str) -> int:  # AddInputToMap
+
+def _expected_input_count(config: dict) -> int:
+    """Inputs forward() must take: configured and batch inputs, sequence controls and states."""
+    expected = len(config.get("input", [])) + len(config.get("batch_input", []))
+    sequence = config.get("sequence_batching")
+    if sequence is None:
+        return expected
+    for name in _sequence_controls(sequence):
+        if _named_index(name) is None:
+            raise ModelConfigError(
+                f"input '{name}' does not follow <name>__<index> naming convention."
+            )
+        expected += 1
+    return expected + len(sequence.get("state", []))
+
+
+def _forward_arguments(config: dict, module) -> tuple[list[str], bool]:
+    """forward()'s argument names (empty for one ``Dict(str, Tensor)`` argument) and whether
+    it takes that dict, checked against the configured input count."""
+    expected = _expected_input_count(config)
+    arguments = list(module.forward.schema.arguments)
+    start = 1 if arguments and arguments[0].type.kind() == "ClassType" else 0
+    arguments = arguments[start:]
+    dict_input = len(arguments) == 1 and arguments[0].type.kind() == "DictType"
+    if not arguments or dict_input:
+        return [], dict_input
+    if any(arg.type.kind() == "DictType" for arg in arguments[1:]):
+        raise ModelConfigError(
+            "Multiple inputs of kind DictType were detected. Only a single input of type "
+            "Dict(str, Tensor) is supported."
+        )
+    for arg in arguments:
+        if arg.type.kind() not in ("TensorType", "ListType"):
+            raise ModelConfigError(
+                f"An input of type '{arg.type.str()}' was detected in the model. Only a single "
+                "input of type Dict(str, Tensor) or input(s) of type Tensor are supported."
+            )
+    if len(arguments) != expected:
+        raise ModelConfigError(
+            f"unable to load model '{config['name']}', configuration expects {expected} inputs, "
+            f"model provides {len(arguments)}"
+        )
+    return [arg.name for arg in arguments], False
+
+
+def _input_order(inputs: list, convention: str, allowed: list[str]) -> list[str]:
+    """Config input names in forward() position order (``AddInputToMap``)."""
+
+    def input_index(position: int, name: str) -> int:
         if convention == FORWARD_ARGUMENT:
             return allowed.index(name)
         index = _named_index(name) if convention == NAMED_INDEX else None
         return position if index is None else index
 
     order = sorted(enumerate(io["name"] for io in inputs), key=lambda item: input_index(*item))
-    output_indices = [
-        _named_index(io["name"]) if output_convention == NAMED_INDEX else position
-        for position, io in enumerate(outputs)
-    ]
-    return {
-        "dict_input": dict_input,
-        "input_order": [name for _, name in order],
-        "output_indices": output_indices,
-    }
+    return [name for _, name in order]
 
 
 class TritonPythonModel:
