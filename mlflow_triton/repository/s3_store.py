@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, RESOURCE_DOES_NOT_EXIST
 
+from mlflow_triton.repository.s3_readers import CountingReader, RangeReader
 from mlflow_triton.repository.store import (
     MAX_CONCURRENCY,
     MAX_POOL_EXTRA,
@@ -250,7 +251,7 @@ class S3Store(ModelRepositoryStore):
         from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
 
-        counted = _CountingReader(reader)
+        counted = CountingReader(reader)
         try:
             self.client.upload_fileobj(
                 counted, self.bucket, self._key(key), Config=self.stream_config, Callback=progress
@@ -283,7 +284,7 @@ class S3Store(ModelRepositoryStore):
         if stat is None:
             return None
         parsed = urlparse(uri)
-        raw = _RangeReader(self.client, parsed.netloc, parsed.path.lstrip("/"), stat["size"])
+        raw = RangeReader(self.client, parsed.netloc, parsed.path.lstrip("/"), stat["size"])
         return io.BufferedReader(raw, buffer_size=buffer_bytes)
 
     def copy_from(self, source_uri: str, key: str) -> int | None:
@@ -364,51 +365,6 @@ class S3Store(ModelRepositoryStore):
         ]
         more = f" and {len(errors) - limit} more" if len(errors) > limit else ""
         return "; ".join(described) + more
-
-
-class _CountingReader:
-    """Forward-only (no ``seek``: boto3 then reads it in order) and counts the bytes read."""
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self._raw, self.size = raw, 0
-
-    def read(self, amount: int = -1) -> bytes:
-        data = self._raw.read(amount)
-        self.size += len(data)
-        return data
-
-
-class _RangeReader(io.RawIOBase):
-    """A read-only, seekable view of one S3 object, each read one ``Range`` GET."""
-
-    def __init__(self, client, bucket: str, key: str, size: int) -> None:
-        self.client, self.bucket, self.key, self.size, self.position = client, bucket, key, size, 0
-        self.name = key  # what error messages call the object (e.g. "model.onnx")
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.position
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
-        self.position = max(0, base + offset)
-        return self.position
-
-    def readinto(self, buffer) -> int:
-        if self.position >= self.size or len(buffer) == 0:
-            return 0
-        end = min(self.position + len(buffer), self.size) - 1
-        data = self.client.get_object(
-            Bucket=self.bucket, Key=self.key, Range=f"bytes={self.position}-{end}"
-        )["Body"].read()
-        buffer[: len(data)] = data
-        self.position += len(data)
-        return len(data)
 
 
 #: Largest object copied with one ``CopyObject`` request: S3's own limit, 5 GiB. Larger ones
