@@ -84,13 +84,7 @@ def rollback(
         )
     result = RollbackResult(deployment, version, state.serving_version, False, *registered)
     if version != state.serving_version:
-        try:
-            publisher.activate(
-                deployment, version, verify=spec.smoke_test, lease_wait_s=spec.lease_wait_s,
-                expected_serving=state.serving_version,
-            )  # fmt: skip
-        except KeyboardInterrupt as err:  # activate says what serves; else it is read at the edge
-            raise Interrupted.of(err, deployment, None, known=False) from err
+        _activate(publisher, spec, state, version)
         result.changed = True
     if set_alias:
         _move_alias(deployment, version, registered, set_alias)
@@ -102,6 +96,16 @@ def rollback(
         f"; alias {set_alias!r} moved" if set_alias else "",
     )  # fmt: skip
     return result
+
+
+def _activate(publisher: ModelPublisher, spec: PromotionSpec, state: DeploymentState, version: int) -> None:
+    try:
+        publisher.activate(
+            state.name, version, verify=spec.smoke_test, lease_wait_s=spec.lease_wait_s,
+            expected_serving=state.serving_version,
+        )  # fmt: skip
+    except KeyboardInterrupt as err:  # activate says what serves; if not, the CLI reads it
+        raise Interrupted.of(err, state.name, None, known=False) from err
 
 
 def serving_version(spec: PromotionSpec, deployment: str) -> int | None:
