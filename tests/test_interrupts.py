@@ -95,6 +95,22 @@ def test_reported_keeps_the_outcome_a_rollout_gave():
     assert str(told) == "Interrupted by SIGINT: nothing changed; 'fraud' still serves version 2 (candidate version 3 removed)"
 
 
+def test_reported_leaves_a_programs_own_handler_and_an_ignored_signal_alone():
+    received = []
+    own = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as for `cmd &` in a script
+    try:
+        with interrupts.reported("fraud", serving_now=lambda: 1):
+            send(signal.SIGTERM)
+            send(signal.SIGINT)
+            with interrupts.critical("the test switch"):
+                send(signal.SIGINT)
+        assert received == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, own)
+        signal.signal(signal.SIGINT, ignored)
+
+
 def test_under_a_click_command_the_outcome_is_one_line_and_exit_130_not_aborted():
     @click.command()
     def update() -> None:
@@ -317,8 +333,7 @@ def test_sync_stops_each_rollout_before_its_switch_and_exits_130(stack, register
     assert f"{name}: interrupted" in result.stdout
     assert f"nothing changed; '{name}' still serves version 2 (candidate version 3 removed)" in result.stdout
     assert result.stderr.strip().splitlines()[-1] == (
-        f"Interrupted by SIGINT: stopped before the switch (nothing changed for them): {name}; the other "
-        "models are as reported."
+        f"Interrupted by SIGINT: stopped before the switch, nothing changed for: {name}"
     )
     assert_serves_only(stack, name, 2)
     assert publisher(stack).read_state(name).versions == [1, 2]

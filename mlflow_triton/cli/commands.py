@@ -130,6 +130,14 @@ def _echo_report(report: SyncReport, as_json: bool) -> None:
             click.echo(model.describe())
 
 
+def _echo_interrupted(report: SyncReport, signum: int) -> None:
+    """The last line of an interrupted ``sync``: which models stopped before their switch."""
+    stopped = [m.deployment for m in report.interrupted]
+    said = f"stopped before the switch, nothing changed for: {', '.join(stopped)}" if stopped else "no rollout stopped"
+    others = "; the other models are as reported above" if len(stopped) < len(report.models) else ""
+    click.echo(f"Interrupted by {signal.Signals(signum).name}: {said}{others}", err=True)
+
+
 def _parse_listen(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, int] | None:
     if value is None:
         return None
@@ -174,9 +182,7 @@ def sync(as_json: bool, **options: Any) -> None:
         report = promotion.sync(spec, cancel=cancel)
     _echo_report(report, as_json)
     if cancel.is_set():
-        stopped = ", ".join(m.deployment for m in report.interrupted) or "none"
-        click.echo(f"Interrupted by {signal.Signals(cancel.signum).name}: stopped before the switch "
-                   f"(nothing changed for them): {stopped}; the other models are as reported.", err=True)  # fmt: skip
+        _echo_interrupted(report, cancel.signum)
         raise SystemExit(128 + cancel.signum)
     if not report.ok:
         for failure in report.failures:

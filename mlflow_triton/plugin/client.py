@@ -128,6 +128,8 @@ class TritonDeploymentClient(BaseDeploymentClient):
         Raises:
             MlflowException: RESOURCE_ALREADY_EXISTS if ``name`` exists; INVALID_PARAMETER_VALUE
                 for bad names, URIs or config; INTERNAL_ERROR when S3 or Triton fail.
+            Interrupted: SIGINT/SIGTERM (a ``KeyboardInterrupt`` naming the version that
+                serves; see :meth:`update_deployment`).
 
         Example::
 

@@ -42,6 +42,13 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _local = threading.local()  # .depth: critical sections the thread is in
 
 
+def _with_default_handlers() -> list[int]:
+    """The signals whose handling is Python's default: a program's own handler, or an
+    ignored signal (``cmd &`` in a script ignores SIGINT), is left alone."""
+    defaults = (signal.default_int_handler, signal.SIG_DFL, None)
+    return [sig for sig in SIGNALS if signal.getsignal(sig) in defaults]
+
+
 def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
@@ -196,7 +203,8 @@ def critical(what: str) -> Iterator[None]:
     failed = True
     try:
         for sig in SIGNALS:
-            previous[sig] = signal.signal(sig, defer)
+            if signal.getsignal(sig) != signal.SIG_IGN:  # an ignored signal stays ignored
+                previous[sig] = signal.signal(sig, defer)
         _local.depth = 1
         yield
         failed = False
@@ -239,7 +247,8 @@ def reported(deployment: str | None, serving_now: Callable[[], int | None] | Non
     interrupt leaves it as one truthful line.
 
     In the main thread, both signals raise :class:`Interrupted` (SIGTERM would otherwise end
-    the process at once, whatever it was doing). When the block is interrupted, the outcome
+    the process at once, whatever it was doing), unless the program handles or ignores them
+    itself. When the block is interrupted, the outcome
     line is printed to stderr and ``SystemExit(128 + signal)`` raised under a click command;
     elsewhere the :class:`Interrupted` is raised. An outcome that nobody filled in (the
     interrupt came before any rollout started) names the version ``serving_now()`` reads.
@@ -259,7 +268,7 @@ def reported(deployment: str | None, serving_now: Callable[[], int | None] | Non
     state, outer = _Reported(), _active
     previous = {}
     try:
-        for sig in SIGNALS:
+        for sig in _with_default_handlers():
             previous[sig] = signal.signal(sig, interrupt)
         _active = state
         yield
@@ -330,7 +339,7 @@ def cooperative() -> Iterator[Cancellation]:
 
     previous = {}
     try:
-        for sig in SIGNALS:
+        for sig in _with_default_handlers():
             previous[sig] = signal.signal(sig, request)
         yield cancel
     finally:
