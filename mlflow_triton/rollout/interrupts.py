@@ -132,7 +132,6 @@ class Interrupted(KeyboardInterrupt):
         signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
         return cls(signum, Outcome(deployment, changed, serving, known, detail))
 
-
     @classmethod
     def of_rollout(
         cls, err: BaseException, deployment: str, switched: int | None, before: int | None, known: bool,
@@ -248,10 +247,10 @@ def reported(deployment: str | None, serving_now: Callable[[], int | None] | Non
 
     In the main thread, both signals raise :class:`Interrupted` (SIGTERM would otherwise end
     the process at once, whatever it was doing), unless the program handles or ignores them
-    itself. When the block is interrupted, the outcome
-    line is printed to stderr and ``SystemExit(128 + signal)`` raised under a click command;
-    elsewhere the :class:`Interrupted` is raised. An outcome that nobody filled in (the
-    interrupt came before any rollout started) names the version ``serving_now()`` reads.
+    itself. When the block is interrupted, the outcome line is printed to stderr and
+    ``SystemExit(128 + signal)`` raised under a click command; elsewhere the
+    :class:`Interrupted` is raised. An outcome that nobody filled in (the interrupt came
+    before any rollout started) names the version ``serving_now()`` reads.
 
     Args:
         deployment: the deployment the command changes (None: the outcome is not about one).
