@@ -12,8 +12,10 @@ Each command parses its options, calls :mod:`mlflow_triton.promotion` (or
     mlflow-triton dev       # moto S3 + MLflow + tritonserver on loopback until Ctrl-C
 
 Exit status: 0 on success, 1 when a model failed (its previous version still serves) or a
-command was refused, 2 for bad usage. An error prints as one line and a hint;
-``mlflow-triton --debug COMMAND`` also prints its traceback.
+command was refused, 2 for bad usage, 128 + the signal number (130 for Ctrl-C) when SIGINT or
+SIGTERM stopped ``sync`` or ``rollback`` (a line on stderr says what serves; see
+:mod:`mlflow_triton.rollout.interrupts`). An error prints as one line and a hint; ``mlflow-triton --debug COMMAND`` also prints its
+traceback.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from mlflow_triton import promotion
 from mlflow_triton.cli.errors import ErrorReportingGroup
 from mlflow_triton.daemons.log_format import configure_logging
 from mlflow_triton.promotion import PromotionSpec, SyncReport
+from mlflow_triton.rollout import interrupts
 
 
 def _parse_config(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
@@ -129,6 +132,14 @@ def _echo_report(report: SyncReport, as_json: bool) -> None:
             click.echo(model.describe())
 
 
+def _echo_interrupted(report: SyncReport, signum: int) -> None:
+    """The last line of an interrupted ``sync``: which models stopped before their switch."""
+    stopped = [m.deployment for m in report.interrupted]
+    said = f"stopped before the switch, nothing changed for: {', '.join(stopped)}" if stopped else "no rollout stopped"
+    others = "; the other models are as reported above" if len(stopped) < len(report.models) else ""
+    click.echo(f"Interrupted by {signal.Signals(signum).name}: {said}{others}", err=True)
+
+
 def _parse_listen(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, int] | None:
     if value is None:
         return None
@@ -162,11 +173,19 @@ def cli(log_level: str, log_format: str) -> None:
 @spec_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def sync(as_json: bool, **options: Any) -> None:
-    """Reconcile once: publish each alias's version where another one serves."""
+    """Reconcile once: publish each alias's version where another one serves.
+
+    SIGINT/SIGTERM: each model stops before its switch (nothing changes for it), switches in
+    progress finish; the report says what serves, and the exit status is 128 + the signal.
+    """
     with _errors():
         spec = _load(**options)
-    report = promotion.sync(spec)
+    with interrupts.cooperative() as cancel:
+        report = promotion.sync(spec, cancel=cancel)
     _echo_report(report, as_json)
+    if cancel.is_set():
+        _echo_interrupted(report, cancel.signum)
+        raise SystemExit(128 + cancel.signum)
     if not report.ok:
         for failure in report.failures:
             click.echo(f"Error: {failure.deployment}: {failure.error}", err=True)
@@ -246,10 +265,15 @@ def serve_webhooks(host: str, port: int, tls_cert: str | None, tls_key: str | No
 @config
 @smoke
 def rollback(name: str, to_version: int | None, set_alias: str | None, **options: Any) -> None:
-    """Serve the previous good version of deployment NAME again, verified, on every replica."""
+    """Serve the previous good version of deployment NAME again, verified, on every replica.
+
+    SIGINT/SIGTERM before the switch changes nothing; during it, the switch finishes first.
+    Either way one line on stderr says which version serves (exit status 128 + the signal).
+    """
     with _errors():
         spec = _load(require_models=False, **options)
-        result = promotion.rollback(spec, name, to_version=to_version, set_alias=set_alias)
+        with interrupts.reported(name, serving_now=lambda: promotion.serving_version(spec, name)):
+            result = promotion.rollback(spec, name, to_version=to_version, set_alias=set_alias)
     registry = (
         f" (registry {result.registered_model} version {result.registered_version})"
         if result.registered_model else ""

@@ -23,6 +23,7 @@ from mlflow_triton.fleet.server import TritonCluster
 from mlflow_triton.plugin.console import plugin_call
 from mlflow_triton.plugin.triton_view import describe_from_triton, list_from_triton, replica_states
 from mlflow_triton.repository.layout import validate_model_name
+from mlflow_triton.rollout import interrupts
 from mlflow_triton.rollout.publisher import ModelPublisher
 from mlflow_triton.rollout.repair import previous_good
 from mlflow_triton.settings.deployment import DeploymentConfig
@@ -136,6 +137,8 @@ class TritonDeploymentClient(BaseDeploymentClient):
         Raises:
             MlflowException: RESOURCE_ALREADY_EXISTS if ``name`` exists; INVALID_PARAMETER_VALUE
                 for bad names, URIs or config; INTERNAL_ERROR when S3 or Triton fail.
+            Interrupted: SIGINT/SIGTERM (a ``KeyboardInterrupt`` naming the version that
+                serves; see :meth:`update_deployment`).
 
         Example::
 
@@ -158,30 +161,31 @@ class TritonDeploymentClient(BaseDeploymentClient):
         Without ``model_uri`` the serving model is republished with the new ``config``.
         Publishing the version that already serves uploads nothing. Versions beyond
         ``keep_versions`` are pruned. Same config keys as :meth:`create_deployment`.
+
+        Interrupted (SIGINT/SIGTERM), it stops before the switch and removes the candidate,
+        or, once the switch has begun, finishes and records it; then it says which version
+        serves (``mlflow deployments``: on stderr, exit status 130 for Ctrl-C; from Python:
+        :class:`~mlflow_triton.rollout.interrupts.Interrupted`, a ``KeyboardInterrupt``).
         """
-        if model_uri is None:
-            publisher = self._publisher(self._config(config))
-            state = publisher.read_state(name)
-            if not state.exists or not state.provenance:
-                raise MlflowException(
-                    f"No deployment named {name!r} to update; pass --model-uri or create it.",
-                    error_code=RESOURCE_DOES_NOT_EXIST,
-                )
-            # The same registry version, not the alias re-resolved: an update without a
-            # model URI changes settings, never the model.
-            model_uri = state.provenance.registry_uri
-            flavor = flavor or state.provenance.flavor
         return self._publish(name, model_uri, flavor, config, mode="update")
 
     def _publish(
-        self, name: str, model_uri: str, flavor: str | None, config: Mapping[str, Any] | None, mode: str
+        self, name: str, model_uri: str | None, flavor: str | None, config: Mapping[str, Any] | None, mode: str
     ) -> dict[str, Any]:
+        """Publish under :func:`~mlflow_triton.rollout.interrupts.reported`: SIGINT/SIGTERM stop it
+        before the switch (nothing changes) or after it is recorded, and leave one line saying
+        which version serves (under MLflow's CLI: on stderr, exit status 130 for Ctrl-C)."""
         validate_model_name(name)
         settings = self._config(config)
-        source = resolve_model(model_uri, flavor or settings.flavor)
-        publisher = self._publisher(settings)
-        started = time.monotonic()
-        result = publisher.publish(name, source, mode=mode, verify=settings.verify)
+        with interrupts.reported(name, serving_now=lambda: self._publisher(settings).read_state(name).serving_version):
+            try:
+                model_uri, flavor = self._model_to_publish(name, model_uri, flavor, settings)
+                source = resolve_model(model_uri, flavor or settings.flavor)
+                publisher = self._publisher(settings)
+            except KeyboardInterrupt as err:  # nothing was written yet
+                raise interrupts.Interrupted.of(err, name, False, known=False) from err
+            started = time.monotonic()
+            result = publisher.publish(name, source, mode=mode, verify=settings.verify)
         self._remember_repository(settings)
         return {
             "name": name,
@@ -199,6 +203,21 @@ class TritonDeploymentClient(BaseDeploymentClient):
             "seconds": round(time.monotonic() - started, 3),
             **({"composing_models": {r.name: r.version for r in result.composing}} if result.composing else {}),
         }
+
+    def _model_to_publish(
+        self, name: str, model_uri: str | None, flavor: str | None, settings: DeploymentConfig
+    ) -> tuple[str, str | None]:
+        """``model_uri`` and ``flavor``; without a model URI (an update that changes settings,
+        never the model), the registry version that serves, not its alias re-resolved."""
+        if model_uri is not None:
+            return model_uri, flavor
+        state = self._publisher(settings).read_state(name)
+        if not state.exists or not state.provenance:
+            raise MlflowException(
+                f"No deployment named {name!r} to update; pass --model-uri or create it.",
+                error_code=RESOURCE_DOES_NOT_EXIST,
+            )
+        return state.provenance.registry_uri, flavor or state.provenance.flavor
 
     @plugin_call
     def delete_deployment(

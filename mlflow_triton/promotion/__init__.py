@@ -24,7 +24,7 @@ Shell::
 
 from mlflow_triton.promotion.reconcile import SYNC_WORKERS, sync, watch
 from mlflow_triton.promotion.reports import Action, ModelReport, RollbackResult, SyncReport
-from mlflow_triton.promotion.rollback import rollback
+from mlflow_triton.promotion.rollback import rollback, serving_version
 from mlflow_triton.promotion.spec import (
     DEFAULT_ALIAS,
     DEFAULT_LEASE_WAIT_S,
@@ -36,5 +36,5 @@ from mlflow_triton.promotion.spec import (
 __all__ = [
     "Action", "DEFAULT_ALIAS", "DEFAULT_LEASE_WAIT_S", "ModelPromotion", "ModelReport",
     "PromotionSpec", "RollbackResult", "SYNC_WORKERS", "SyncReport", "load_spec", "rollback",
-    "sync", "watch",
+    "serving_version", "sync", "watch",
 ]  # fmt: skip

@@ -40,6 +40,8 @@ from mlflow_triton.promotion.reports import ModelReport, SyncReport
 from mlflow_triton.promotion.spec import ModelPromotion, PromotionSpec
 from mlflow_triton.repository.snapshot import RepositoryCache, RepositorySnapshot
 from mlflow_triton.repository.state import DeploymentState
+from mlflow_triton.rollout import interrupts
+from mlflow_triton.rollout.interrupts import Cancellation, Interrupted
 from mlflow_triton.rollout.publisher import ModelPublisher, ServingChanged
 from mlflow_triton.rollout.switch import VersionRefused
 
@@ -52,7 +54,8 @@ MAX_RECOMPARES = 3
 
 
 def sync(
-    spec: PromotionSpec, registered_model: str | None = None, cache: RepositoryCache | None = None
+    spec: PromotionSpec, registered_model: str | None = None, cache: RepositoryCache | None = None,
+    cancel: Cancellation | None = None,
 ) -> SyncReport:
     """Reconcile once: make every replica serve the version each alias points to.
 
@@ -65,6 +68,10 @@ def sync(
         registered_model: reconcile only this registered model (a webhook event).
         cache: contents of ``config.pbtxt`` and provenance kept from earlier rounds by ETag
             (:func:`watch` passes its own); without it this round reads them once per model.
+        cancel: once set (``mlflow-triton sync`` does on SIGINT/SIGTERM, see
+            :func:`mlflow_triton.rollout.interrupts.cooperative`), each model stops at its
+            next safe point before its switch and is reported ``interrupted``; switches in
+            progress finish.
 
     Returns:
         A :class:`SyncReport`; ``report.ok`` is False when a model failed (its previous
@@ -78,7 +85,7 @@ def sync(
     selected = spec.select(registered_model) if registered_model is not None else spec
     from mlflow import MlflowClient
 
-    round_ = _Round(MlflowClient(), selected, cache)
+    round_ = _Round(MlflowClient(), selected, cache, cancel)
     with ThreadPoolExecutor(max_workers=max(1, min(SYNC_WORKERS, len(selected.models)))) as pool:
         return SyncReport(list(pool.map(round_.reconcile, selected.models)))
 
@@ -90,9 +97,13 @@ class _Round:
     (:mod:`mlflow_triton.repository.snapshot`: one paginated listing instead of three
     requests per model)."""
 
-    def __init__(self, registry: Any, spec: PromotionSpec, cache: RepositoryCache | None = None) -> None:
+    def __init__(
+        self, registry: Any, spec: PromotionSpec, cache: RepositoryCache | None = None,
+        cancel: Cancellation | None = None,
+    ) -> None:  # fmt: skip
         self.registry = registry
         self.spec = spec
+        self.cancel = cancel
         self.stores: dict[Any, Any] = {}
         self.cache = cache if cache is not None else RepositoryCache()
         self.snapshots: dict[str, RepositorySnapshot | None] = {}
@@ -125,7 +136,7 @@ class _Round:
         pool) per repository."""
         with self._stores_lock:
             return ModelPublisher.for_config(
-                model.config, self.triton_urls, self.stores, target=self.spec.target_uri
+                model.config, self.triton_urls, self.stores, target=self.spec.target_uri, cancel=self.cancel
             )
 
     def _prelist(self, model: ModelPromotion) -> None:
@@ -159,6 +170,7 @@ class _Round:
         started = time.monotonic()
         report = ModelReport(model.registered_model, model.alias, model.deployment)
         try:
+            interrupts.checkpoint(self.cancel, f"reconciling {model.deployment!r}")
             if self.discovery_error is not None:
                 raise self.discovery_error
             target = _alias_version(self.registry, model, self.aliases)
@@ -174,12 +186,18 @@ class _Round:
                     if attempt == MAX_RECOMPARES - 1:
                         raise
                     logger.debug("%s changed while reconciling; comparing again", model.deployment)
+        except Interrupted as err:  # reported: the other models stop at their own safe point
+            outcome = Interrupted.of(err, model.deployment, False, report.previous_triton_version, known=False).outcome
+            report.action = "interrupted"
+            report.error = outcome.describe() if outcome else str(err)
+            report.triton_version = outcome.serving if outcome and outcome.known else report.previous_triton_version
         except Exception as err:  # reported, not raised: the other models still reconcile
             report.action = "failed"
             report.error = err.message if isinstance(err, MlflowException) else f"{type(err).__name__}: {err}"
             report.refused = _is_refusal(err)
         report.seconds = round(time.monotonic() - started, 3)
-        (logger.error if report.action == "failed" else logger.info)("%s", report.describe())
+        log = {"failed": logger.error, "interrupted": logger.warning}.get(report.action, logger.info)
+        log("%s", report.describe())
         return report
 
     def _reconcile_once(

@@ -5,14 +5,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-Action = Literal["unchanged", "published", "failed"]
+Action = Literal["unchanged", "published", "failed", "interrupted"]
 
 @dataclass
 class ModelReport:
     """What one reconciliation did to one model.
 
     Attributes:
-        action: ``unchanged``, ``published`` or ``failed``.
+        action: ``unchanged``, ``published``, ``failed`` or ``interrupted`` (stopped by
+            SIGINT/SIGTERM before its switch: nothing changed).
         registry_version: the registry version the alias points to (None if unresolved).
         previous_registry_version: the registry version that served before, per provenance.
         triton_version / previous_triton_version: repository (Triton) versions after / before.
@@ -21,7 +22,7 @@ class ModelReport:
         removed: version folders removed: left by an interrupted publish, or beyond
             ``keep_versions``.
         seconds: wall time of this model's reconciliation.
-        error: the reason of a failure.
+        error: the reason of a failure; for an interrupted model, what serves.
         refused: the failure is a refusal: a replica refused the candidate or it failed
             verification (the candidate was deleted; the previous version still serves).
     """
@@ -50,6 +51,8 @@ class ModelReport:
         head = f"{self.registered_model}@{self.alias} -> {self.deployment}"
         if self.action == "failed":
             return f"{head}: failed after {self.seconds:.1f}s: {self.error}"
+        if self.action == "interrupted":
+            return f"{head}: interrupted after {self.seconds:.1f}s: {self.error}"
         if self.action == "unchanged":
             extra = f"; reloaded on {', '.join(self.reloaded)}" if self.reloaded else ""
             extra += f"; removed versions {self.removed}" if self.removed else ""
@@ -76,8 +79,8 @@ class SyncReport:
 
     @property
     def ok(self) -> bool:
-        """True when no model failed."""
-        return all(m.action != "failed" for m in self.models)
+        """True when no model failed or was interrupted."""
+        return all(m.action not in ("failed", "interrupted") for m in self.models)
 
     @property
     def changed(self) -> bool:
@@ -86,6 +89,11 @@ class SyncReport:
     @property
     def failures(self) -> list[ModelReport]:
         return [m for m in self.models if m.action == "failed"]
+
+    @property
+    def interrupted(self) -> list[ModelReport]:
+        """The models a SIGINT/SIGTERM stopped before their switch."""
+        return [m for m in self.models if m.action == "interrupted"]
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "models": [m.to_dict() for m in self.models]}

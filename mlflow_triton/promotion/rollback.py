@@ -12,7 +12,9 @@ from mlflow_triton.fleet.discovery import resolve_urls
 from mlflow_triton.promotion.reports import RollbackResult
 from mlflow_triton.promotion.spec import PromotionSpec
 from mlflow_triton.repository.layout import validate_model_name
-from mlflow_triton.repository.state import DeploymentState
+from mlflow_triton.repository.state import DeploymentState, read_state
+from mlflow_triton.repository.stores import open_store
+from mlflow_triton.rollout.interrupts import Interrupted
 from mlflow_triton.rollout.publisher import ModelPublisher
 
 logger = logging.getLogger(__name__)
@@ -30,7 +32,8 @@ def rollback(
     undo``, as the serving history records it: never a version that was refused, nor one
     that was rolled back from. ``prune`` always keeps that version. The rollback is a rollout
     like any other (:meth:`ModelPublisher.activate`): the lease, verification under a staging
-    name when ``spec.smoke_test``, then the switch; a refused target changes nothing.
+    name when ``spec.smoke_test``, then the switch; a refused target changes nothing, and so
+    does an interrupt before the switch (one during it waits until it is recorded).
 
     The registry alias is not moved unless ``set_alias`` is given. A running ``watch`` (or the
     next ``sync``) then publishes the alias version again. Pass ``set_alias="production"`` to
@@ -81,10 +84,7 @@ def rollback(
         )
     result = RollbackResult(deployment, version, state.serving_version, False, *registered)
     if version != state.serving_version:
-        publisher.activate(
-            deployment, version, verify=spec.smoke_test, lease_wait_s=spec.lease_wait_s,
-            expected_serving=state.serving_version,
-        )  # fmt: skip
+        _activate(publisher, spec, state, version)
         result.changed = True
     if set_alias:
         _move_alias(deployment, version, registered, set_alias)
@@ -96,6 +96,23 @@ def rollback(
         f"; alias {set_alias!r} moved" if set_alias else "",
     )  # fmt: skip
     return result
+
+
+def _activate(publisher: ModelPublisher, spec: PromotionSpec, state: DeploymentState, version: int) -> None:
+    try:
+        publisher.activate(
+            state.name, version, verify=spec.smoke_test, lease_wait_s=spec.lease_wait_s,
+            expected_serving=state.serving_version,
+        )  # fmt: skip
+    except KeyboardInterrupt as err:  # activate says what serves; if not, the CLI reads it
+        raise Interrupted.of(err, state.name, None, known=False) from err
+
+
+def serving_version(spec: PromotionSpec, deployment: str) -> int | None:
+    """The version ``deployment`` serves now, as its repository pins it (what an interrupted
+    ``rollback`` tells the user)."""
+    config = spec.config_for(deployment)
+    return read_state(open_store(config.require_repository(), config.s3_endpoint_url), deployment).serving_version
 
 
 def _target_version(publisher: ModelPublisher, state: DeploymentState, to_version: int | None) -> int:

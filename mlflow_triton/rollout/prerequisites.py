@@ -3,13 +3,15 @@
 A plan (:class:`~mlflow_triton.flavors.base.PublishPlan`) lists them; every publish executes
 them the same way, whoever started it (the plugin, ``sync``, ``watch``, a webhook,
 ``rollback``): each is published first as its own verified rollout (unchanged files upload
-nothing), and if the model itself is then refused, each serves again the version it served
-before, the one the model's previous version was verified with.
+nothing), and if the model itself is then refused, or interrupted before its switch, each
+serves again the version it served before, the one the model's previous version was verified
+with.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +23,8 @@ from mlflow_triton.flavors.registry import resolve_model
 from mlflow_triton.fleet.server import ReplicaUnreachable
 from mlflow_triton.repository.lease import LeaseLost
 from mlflow_triton.repository.provenance import Provenance
+from mlflow_triton.rollout import interrupts
+from mlflow_triton.rollout.interrupts import Interrupted
 from mlflow_triton.rollout.transaction import PublishTransaction, Unchanged
 
 if TYPE_CHECKING:
@@ -44,7 +48,15 @@ def publish_prerequisites(publisher: "ModelPublisher", plan: PublishPlan, verify
             "beside it nor deployed in the repository. Log them with "
             "triton.log_model(..., composing_models=[...]) or deploy them first."
         )
-    return [publisher.publish(p.deployment, p.source, verify=verify) for p in plan.prerequisites]
+    published: list["PublishResult"] = []
+    try:
+        for prerequisite in plan.prerequisites:
+            published.append(publisher.publish(prerequisite.deployment, prerequisite.source, verify=verify))
+    except KeyboardInterrupt as err:
+        _restore_interrupted(publisher, published)
+        # The outcome is the model's own (nothing changed for it): its publish fills it in.
+        raise Interrupted(err.signum if isinstance(err, Interrupted) else signal.SIGINT) from err
+    return published
 
 
 def publish_restoring(
@@ -57,6 +69,10 @@ def publish_restoring(
         return transaction.publish(plan, located)
     except (Unchanged, ReplicaUnreachable, LeaseLost):
         raise  # the config may pin the new version already: the rerun it asks for finishes it
+    except Interrupted as err:
+        if err.outcome is not None and err.outcome.changed is False:
+            _restore_interrupted(publisher, composing)
+        raise
     except MlflowException as err:
         restored = restore(publisher, composing)
         if not restored:
@@ -81,6 +97,15 @@ def restore(publisher: "ModelPublisher", results: list["PublishResult"]) -> list
         except MlflowException as err:
             logger.error("Could not restore %s version %s: %s", result.name, result.previous_version, err.message)
     return restored
+
+
+def _restore_interrupted(publisher: "ModelPublisher", results: list["PublishResult"]) -> None:
+    """After an interrupt before the model's switch: its prerequisites serve again what they
+    served before (signals wait: this is the roll back of what the interrupt stopped)."""
+    if any(r.changed for r in results):
+        with interrupts.critical("restoring the composing models"):
+            restored = restore(publisher, results)
+        logger.warning("Interrupted: composing models restored to the versions they served: %s", ", ".join(restored))
 
 
 def republish_prerequisites(publisher: "ModelPublisher", provenance: Provenance, verify: bool) -> None:

@@ -6,8 +6,9 @@ A publish never overwrites a served version. Under the deployment's lease
 (:mod:`mlflow_triton.rollout.transaction`): loaded and verified under a staging name, then
 switched in. What must serve first (an ensemble's composing models, the plan's prerequisites)
 is published first, each as its own verified rollout, and restored if the model itself is
-refused. Every caller (the plugin, ``sync``, ``watch``, webhooks, ``rollback``) goes through
-here, so every caller gets the same guarantees::
+refused. An interrupt stops it before the switch, or after it once it is recorded
+(:mod:`mlflow_triton.rollout.interrupts`). Every caller (the plugin, ``sync``, ``watch``,
+webhooks, ``rollback``) goes through here, so every caller gets the same guarantees::
 
     publisher = ModelPublisher.for_config(config, ["http://t1:8000", "http://t2:8000"])
     result = publisher.publish("fraud", resolve_model("models:/fraud@production"))
@@ -40,7 +41,8 @@ from mlflow_triton.repository.provenance import Provenance, read_provenance, wri
 from mlflow_triton.repository.state import DeploymentState, list_deployments, read_state
 from mlflow_triton.repository.store import ModelRepositoryStore
 from mlflow_triton.repository.stores import open_store
-from mlflow_triton.rollout import prerequisites, repair
+from mlflow_triton.rollout import interrupts, prerequisites, repair
+from mlflow_triton.rollout.interrupts import Cancellation, Interrupted
 from mlflow_triton.rollout.switch import Rollout, VersionRefused
 from mlflow_triton.rollout.transaction import PublishTransaction, Unchanged
 from mlflow_triton.rollout.verification import Candidate, SmokeTest, Verifier
@@ -93,27 +95,31 @@ class ModelPublisher:
         store / cluster / config: the repository, its replicas and the deployment config
             (``config.lease_ttl`` and ``config.lease_wait`` shape the lease).
         target: where the replicas were found (a target URI), named by the audit tags.
+        cancel: set by the command to stop its rollouts at their next safe point before the
+            switch (:mod:`mlflow_triton.rollout.interrupts`; ``sync`` on SIGINT/SIGTERM).
     """
 
     def __init__(
         self, store: ModelRepositoryStore, cluster: TritonCluster, config: DeploymentConfig,
-        target: str | None = None,
+        target: str | None = None, cancel: Cancellation | None = None,
     ) -> None:  # fmt: skip
         self.store = store
         self.cluster = cluster
         self.config = config
         self.target = target
+        self.cancel = cancel
 
     @classmethod
     def for_config(
         cls, config: DeploymentConfig, triton_urls: Sequence[str], stores: dict[Any, Any] | None = None,
-        target: str | None = None,
+        target: str | None = None, cancel: Cancellation | None = None,
     ) -> "ModelPublisher":
         """The publisher of ``config``'s repository for the replicas ``triton_urls``.
 
         ``stores`` shares one store (one boto3 client, thread-safe) between the deployments of
         one reconciliation that use the same repository. ``target`` (the target URI the
-        replicas were found from) is what the audit tags say the model serves on.
+        replicas were found from) is what the audit tags say the model serves on. ``cancel``:
+        see the class.
         """
         key = (config.require_repository(), config.s3_endpoint_url)
         store = stores.get(key) if stores is not None else None
@@ -122,7 +128,7 @@ class ModelPublisher:
             if stores is not None:
                 stores[key] = store
         cluster = TritonCluster(list(triton_urls), config.protocol, timeout_s=config.wait_ready_timeout)
-        return cls(store, cluster, config, target)
+        return cls(store, cluster, config, target, cancel)
 
     # -- reading -----------------------------------------------------------------------------
     def read_state(self, name: str) -> DeploymentState:
@@ -147,8 +153,12 @@ class ModelPublisher:
             wait_s: how long to wait for a live holder (default: ``config.lease_wait``).
         """
         wait = self.config.lease_wait if wait_s is None else wait_s
-        with Lease(self.store, name, ttl_s=self.config.lease_ttl, wait_s=wait) as held:
+        held = Lease(self.store, name, ttl_s=self.config.lease_ttl, wait_s=wait).acquire()
+        try:
             yield held
+        finally:
+            with interrupts.critical(f"releasing the lease of {name!r}"):  # else the next publisher waits its TTL
+                held.release()
 
     def rollout_for(self, name: str, lease: Lease) -> Rollout:
         """The rollout of ``name`` by the holder of ``lease``, with the deployment's history."""
@@ -195,32 +205,48 @@ class ModelPublisher:
                 was refused (nothing changed); TEMPORARILY_UNAVAILABLE when a replica is down.
         """
         validate_model_name(name)
+        interrupts.checkpoint(self.cancel, f"publishing {name!r}")
         self.store.check()
         self.check_servers()
         started = time.monotonic()
-        with self.lease(name, lease_wait_s) as lease:
-            state = self.read_state(name)
-            self._check_mode(state, mode)
-            rollout = self.rollout_for(name, lease)
-            repair.remove_leftovers(self, state, rollout)
-            with tempfile.TemporaryDirectory(prefix="mlflow-triton-") as tmp:
-                transaction = PublishTransaction(self, state, source, rollout, verify, Path(tmp))
-                try:
-                    plan, located = transaction.plan()
-                except Unchanged as unchanged:  # the same files: what must serve first may not be
-                    composing = prerequisites.publish_prerequisites(self, unchanged.plan, verify) if unchanged.plan else []
-                    return self._unchanged(state, source, rollout, verify, composing)
-                composing = prerequisites.publish_prerequisites(self, plan, verify)
-                try:
-                    provenance, uploaded, copied = prerequisites.publish_restoring(self, transaction, plan, located, composing)
-                except Unchanged:
-                    return self._unchanged(state, source, rollout, verify, composing)
-            pruned = repair.prune(self, name, serving=provenance.version, rollout=rollout)
-        logger.info("Published %s version %d in %.1fs", name, provenance.version, time.monotonic() - started)
+        rollout: Rollout | None = None
+        serving, known = None, False  # for the outcome of an interrupt
+        try:
+            with self.lease(name, lease_wait_s) as lease:
+                state = self.read_state(name)
+                serving, known = state.serving_version, True
+                self._check_mode(state, mode)
+                rollout = self.rollout_for(name, lease)
+                result = self._execute(state, source, rollout, verify)
+                if result.changed:
+                    result.pruned = repair.prune(self, name, serving=result.version, rollout=rollout)
+        except KeyboardInterrupt as err:
+            after = "stopped after the switch; the next publish finishes any pruning"
+            raise Interrupted.of_rollout(err, name, rollout and rollout.switched, serving, known, after) from err
+        if result.changed:
+            logger.info("Published %s version %d in %.1fs", name, result.version, time.monotonic() - started)
+        return result
+
+    def _execute(self, state: DeploymentState, source: ModelSource, rollout: Rollout, verify: bool) -> PublishResult:
+        """Under the lease: repair what an interrupted publisher left, then publish ``source``
+        as one transaction, or find that it already serves (pruning is the caller's)."""
+        repair.remove_leftovers(self, state, rollout)
+        with tempfile.TemporaryDirectory(prefix="mlflow-triton-") as tmp:
+            transaction = PublishTransaction(self, state, source, rollout, verify, Path(tmp))
+            try:
+                plan, located = transaction.plan()
+            except Unchanged as unchanged:  # the same files: what must serve first may not be
+                composing = prerequisites.publish_prerequisites(self, unchanged.plan, verify) if unchanged.plan else []
+                return self._unchanged(state, source, rollout, verify, composing)
+            composing = prerequisites.publish_prerequisites(self, plan, verify)
+            try:
+                provenance, uploaded, copied = prerequisites.publish_restoring(self, transaction, plan, located, composing)
+            except Unchanged:
+                return self._unchanged(state, source, rollout, verify, composing)
         return PublishResult(
-            name, provenance.version, state.serving_version, True, bytes_uploaded=uploaded,
-            bytes_copied=copied, flavor=provenance.flavor, provenance=provenance, pruned=pruned,
-            verified=verify, composing=composing,
+            state.name, provenance.version, state.serving_version, True, bytes_uploaded=uploaded,
+            bytes_copied=copied, flavor=provenance.flavor, provenance=provenance, verified=verify,
+            composing=composing,
         )  # fmt: skip
 
     def _check_mode(self, state: DeploymentState, mode: str) -> None:
@@ -255,12 +281,15 @@ class ModelPublisher:
             composing=composing or [],
         )  # fmt: skip
 
-    def discard(self, name: str, version: int) -> None:
-        """Remove an upload that will not serve (best effort: the original error matters more)."""
+    def discard(self, name: str, version: int) -> bool:
+        """Remove an upload that will not serve (best effort: the original error matters more);
+        True when it is gone."""
         try:
             repair.delete_version(self.store, name, version)
+            return True
         except Exception as err:
             logger.warning("Could not remove the partial upload %s: %s", self.store.url(f"{name}/{version}/"), err)
+            return False
 
     # -- activate, repair, delete ------------------------------------------------------------------
     def activate(
@@ -285,27 +314,39 @@ class ModelPublisher:
         provenance = self.read_provenance(name, version)
         if provenance is not None and provenance.prerequisites:
             prerequisites.republish_prerequisites(self, provenance, verify)
-        with self.lease(name, lease_wait_s) as lease:
-            state = self.read_state(name)
-            if expected_serving is not None and state.serving_version != expected_serving:
-                raise ServingChanged(
-                    f"{name!r} now serves version {state.serving_version}, not {expected_serving}: "
-                    "another publish happened; choose the rollback target again."
-                )
-            provenance = self.read_provenance(name, version)
-            if version not in state.versions or provenance is None:
-                raise MlflowException(
-                    f"{name!r} has no published version {version} in {self.store.uri} "
-                    f"(versions: {state.versions}).",
-                    error_code=RESOURCE_DOES_NOT_EXIST,
-                )
-            rollout = self.rollout_for(name, lease)
-            repair.remove_leftovers(self, state, rollout)
-            self._switch_back(rollout, state, provenance, verify)
+        rollout: Rollout | None = None
+        serving, known = None, False  # for the outcome of an interrupt
+        try:
+            with self.lease(name, lease_wait_s) as lease:
+                state = self.read_state(name)
+                serving, known = state.serving_version, True
+                provenance = self._rollback_target(state, version, expected_serving)
+                rollout = self.rollout_for(name, lease)
+                repair.remove_leftovers(self, state, rollout)
+                self._switch_back(rollout, state, provenance, verify)
+        except KeyboardInterrupt as err:
+            raise Interrupted.of_rollout(err, name, rollout and rollout.switched, serving, known, "rolled back") from err
         return PublishResult(
             name, version, state.serving_version, True, flavor=provenance.flavor, provenance=provenance,
             verified=verify,
         )  # fmt: skip
+
+    def _rollback_target(self, state: DeploymentState, version: int, expected_serving: int | None) -> Provenance:
+        """The provenance of ``version``, checked against what the caller expected to serve."""
+        name = state.name
+        if expected_serving is not None and state.serving_version != expected_serving:
+            raise ServingChanged(
+                f"{name!r} now serves version {state.serving_version}, not {expected_serving}: "
+                "another publish happened; choose the rollback target again."
+            )
+        provenance = self.read_provenance(name, version)
+        if version not in state.versions or provenance is None:
+            raise MlflowException(
+                f"{name!r} has no published version {version} in {self.store.uri} "
+                f"(versions: {state.versions}).",
+                error_code=RESOURCE_DOES_NOT_EXIST,
+            )
+        return provenance
 
     def _switch_back(self, rollout: Rollout, state: DeploymentState, provenance: Provenance, verify: bool) -> None:
         version, name = provenance.version, state.name
@@ -362,3 +403,4 @@ class ModelPublisher:
             lease.check("deleting the deployment")
             removed = self.store.delete_prefix(f"{name}/")  # the lease object goes with it
         logger.info("Deleted %s (%d objects) from %s", name, removed, self.store.uri)
+

@@ -17,6 +17,10 @@ an unverified version under the deployment's own name:
    without failing in-flight requests: the old version serves until the new one is READY),
    and the history records it as ``serving``.
 
+Once the switch has begun, SIGINT and SIGTERM wait until it is finished (or rolled back) and
+recorded (:mod:`mlflow_triton.rollout.interrupts`); the staging model is removed whatever
+interrupts the verification.
+
 What the switch loads is the same bytes with the same config as what was verified, only under
 the deployment's name. If a replica still refuses it there (it crashed, ran out of memory),
 the previous config is restored and every replica that did not refuse it (it switched, or
@@ -26,7 +30,7 @@ its load timed out and may still finish) is reloaded on the previous version.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -45,6 +49,7 @@ from mlflow_triton.repository.layout import CONFIG_FILE, staging_name, warmup_pr
 from mlflow_triton.repository.lease import Lease, LeaseLost
 from mlflow_triton.repository.provenance import Provenance
 from mlflow_triton.repository.store import ModelRepositoryStore
+from mlflow_triton.rollout import interrupts
 from mlflow_triton.rollout.audit import AuditTrail
 from mlflow_triton.rollout.verification import Candidate, VerificationUnavailable, Verifier
 from mlflow_triton.triton_config import model_config as mcfg
@@ -70,6 +75,7 @@ class Rollout:
         history: the deployment's serving history (recorded and saved here).
         target: where the replicas were found (a target URI), for the audit tags; default:
             the replica URLs.
+        switched: the version :meth:`switch` switched in and recorded as serving, if any.
     """
 
     store: ModelRepositoryStore
@@ -78,6 +84,8 @@ class Rollout:
     lease: Lease
     history: ServingHistory
     target: str | None = None
+    #: The version this rollout switched in and recorded as serving (None: none yet).
+    switched: int | None = field(default=None, init=False)
 
     # -- staging -----------------------------------------------------------------------------
     def staging_left_over(self) -> bool:
@@ -133,10 +141,11 @@ class Rollout:
             except MlflowException as err:
                 raise VersionRefused(f"{self.name!r} version {version} failed verification: {err.message}") from err
         finally:
-            try:
-                self.clean_staging(urls)
-            except Exception as err:  # the next rollout removes it; the outcome stands
-                logger.warning("Could not remove the staging model %s: %s", staging, err)
+            with interrupts.critical(f"removing the staging model {staging}"):
+                try:
+                    self.clean_staging(urls)
+                except Exception as err:  # the next rollout removes it; the outcome stands
+                    logger.warning("Could not remove the staging model %s: %s", staging, err)
 
     # -- switching ---------------------------------------------------------------------------
     def switch(
@@ -144,7 +153,8 @@ class Rollout:
         via: Via, verified: bool, **details: Any,
     ) -> None:  # fmt: skip
         """Pin ``version`` in config.pbtxt and load it everywhere; the history records it as
-        ``staged`` before the config write and ``serving`` after.
+        ``staged`` before the config write and ``serving`` after. SIGINT and SIGTERM wait
+        until it is done (:func:`~mlflow_triton.rollout.interrupts.critical`).
 
         Raises:
             LeaseLost: before writing anything, if this publisher lost its lease.
@@ -153,6 +163,13 @@ class Rollout:
             VersionRefused: a replica refused it; the previous config is back (the caller
                 records the refusal, with what it knows of the version).
         """
+        with interrupts.critical(f"the switch of {self.name!r} to version {version}"):
+            self._switch(version, message, previous_config, previous_version, via, verified, **details)
+
+    def _switch(
+        self, version: int, message: Any, previous_config: bytes | None, previous_version: int | None,
+        via: Via, verified: bool, **details: Any,
+    ) -> None:  # fmt: skip
         self.lease.check("the config swap")
         self.history.record("staged", version, via, verified=verified)
         self.history.save(self.store)
@@ -162,6 +179,7 @@ class Rollout:
         failed = {url: err for url, err in errors.items() if err is not None}
         if not failed:
             self.record_serving(version, via, verified, previous=previous_version, **details)
+            self.switched = version
             return
         if all(is_unreachable(err) for err in failed.values()):
             raise ReplicaUnreachable(

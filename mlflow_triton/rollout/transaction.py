@@ -14,7 +14,10 @@ lease, after the repair of what an interrupted publisher left. In order:
 5. the rollout: loaded and verified under the staging name, then switched in.
 
 A refused version is deleted and recorded as refused; the repository and the serving version
-are left as they were. Nothing here asks which flavor the model is.
+are left as they were. An interrupt (:mod:`mlflow_triton.rollout.interrupts`) before the
+switch removes the candidate the same way; during the switch it is deferred until the switch
+is recorded; a requested stop (``sync``) is checked between the steps. Nothing here asks which
+flavor the model is.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from mlflow_triton.repository.references import file_digest, save_reference
 from mlflow_triton.repository.state import DeploymentState
 from mlflow_triton.repository.store import ModelRepositoryStore
 from mlflow_triton.repository.transfer import Located, locate, read_inspection, transfer
-from mlflow_triton.rollout import repair
+from mlflow_triton.rollout import interrupts, repair
+from mlflow_triton.rollout.interrupts import Interrupted
 from mlflow_triton.rollout.smoke_inputs import SmokeInputs, derive_smoke_inputs
 from mlflow_triton.rollout.switch import Rollout, VersionRefused
 from mlflow_triton.rollout.verification import SmokeTest, VerificationUnavailable, runtime_available
@@ -117,6 +121,7 @@ class PublishTransaction:
         io = self._io(plan, located)
         if io is not None:  # refuse what Triton cannot take, or an example that does not fit, before any claim
             self._build(plan, io, 0)
+        interrupts.checkpoint(self.publisher.cancel, f"claiming a version of {self.name!r}")
         pending = self._pending_upload(located)
         version = pending or self._claim_version()
         self.switching = False
@@ -127,13 +132,17 @@ class PublishTransaction:
                 verifier.start_reference(self.name, version, provenance, None if pending else located.complete_local_copy)
             self.rollout.verify(version, message, provenance, verifier)
             self._keep_reference(verifier, provenance)
-            self.switching = True
-            self.rollout.switch(
-                version, message, self.state.config_bytes, self.state.serving_version, "publish",
-                verified=verifier is not None, **self._registry_details(),
-            )  # fmt: skip
+            interrupts.checkpoint(self.publisher.cancel, f"the switch of {self.name!r} to version {version}")
+            with interrupts.critical(f"the switch of {self.name!r} to version {version}"):
+                self.switching = True
+                self.rollout.switch(
+                    version, message, self.state.config_bytes, self.state.serving_version, "publish",
+                    verified=verifier is not None, **self._registry_details(),
+                )  # fmt: skip
         except Unchanged:
             raise
+        except KeyboardInterrupt as err:
+            raise self._interrupted(err, version, self.switching) from err
         except BaseException as err:
             self._fail(err, version, version_prefix(self.name, version), self.switching)
             raise
@@ -164,6 +173,7 @@ class PublishTransaction:
             self.store.write_bytes(f"{self.name}/{WARMUP_FOLDER}/{filename}", data)
         verifier = SmokeTest(self.store, self.publisher.cluster, plan.flavor, self.smoke) if self.verify else None
         provenance = self._provenance(plan, located, io, message, version, verifier)
+        interrupts.checkpoint(self.publisher.cancel, f"staging {self.name!r} version {version}")
         self.rollout.lease.check("writing the provenance")
         write_provenance(self.store, provenance)
         return provenance, message, verifier
@@ -259,6 +269,19 @@ class PublishTransaction:
             if same and {e["file"] for e in provenance.files} <= present:
                 return version
         return None
+
+    def _interrupted(self, err: KeyboardInterrupt, version: int, switching: bool) -> Interrupted:
+        """What an interrupt leaves: after the switch (the signal was deferred until it was
+        recorded), the new version serves; before it, the candidate is removed (unless
+        another publisher may hold the lease by now) and nothing changed."""
+        if self.rollout.switched == version:
+            return Interrupted.of(err, self.name, changed=True, serving=version, detail="the switch had begun and was finished")
+        if switching:  # not a signal (they are deferred): what serves is read at the command's edge
+            return Interrupted.of(err, self.name, changed=None, known=False)
+        with interrupts.critical(f"removing the candidate {self.name!r} version {version}"):
+            removed = self.rollout.lease.held_locally() and self.publisher.discard(self.name, version)
+        detail = f"candidate version {version} {'removed' if removed else 'left for the next publish to remove'}"
+        return Interrupted.of(err, self.name, changed=False, serving=self.state.serving_version, detail=detail)
 
     def _fail(self, err: BaseException, version: int, prefix: str, switching: bool) -> None:
         """What a failure leaves: a refused version is removed and recorded; an unverified one
