@@ -8,15 +8,16 @@ import time
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
-from mlflow_triton.settings.deployment import validate_model_name
 from mlflow_triton.fleet.discovery import resolve_urls
 from mlflow_triton.promotion.reports import RollbackResult
 from mlflow_triton.promotion.spec import PromotionSpec
-from mlflow_triton.triton_config.model_config import parse_pbtxt
+from mlflow_triton.repository.concurrency import concurrently
 from mlflow_triton.rollout.publisher import ModelPublisher, PublishResult, ServingChanged
-from mlflow_triton.rollout.repair import remove_leftovers
-from mlflow_triton.rollout.switch import VersionRefused
+from mlflow_triton.rollout.repair import previous_good, remove_leftovers
+from mlflow_triton.rollout.switch import Rollout, VersionRefused
 from mlflow_triton.rollout.verification import SmokeTest, Verifier
+from mlflow_triton.settings.deployment import validate_model_name
+from mlflow_triton.triton_config.model_config import parse_pbtxt
 
 logger = logging.getLogger(__name__)
 
@@ -62,15 +63,15 @@ def rollback(
     publisher = ModelPublisher.for_config(
         spec.config_for(deployment), resolve_urls(spec.triton_urls), target=spec.target_uri
     )
-    state = publisher.read_state(deployment)
+    # Independent reads, at once (each S3 request costs a round trip of latency).
+    state, history = concurrently(lambda: publisher.read_state(deployment), lambda: publisher.read_history(deployment))
     if not state.exists or state.serving_version is None:
         raise MlflowException(
             f"No deployment named {deployment!r} in {publisher.store.uri}.",
             error_code=RESOURCE_DOES_NOT_EXIST,
         )
-    history = publisher.read_history(deployment)
     if to_version is None:
-        version = publisher.previous_good(deployment, state)
+        version = previous_good(state, history)
         if version is None:
             raise MlflowException(
                 f"{deployment!r} has no earlier known-good version to roll back to (serving "
@@ -143,20 +144,23 @@ def activate(
     publisher.store.check()
     publisher.check_servers()
     with publisher.lease(name, lease_wait_s) as lease:
-        state = publisher.read_state(name)
+        # Under the lease nothing changes between these reads: all three at once.
+        state, provenance, history = concurrently(
+            lambda: publisher.read_state(name), lambda: publisher.read_provenance(name, version),
+            lambda: publisher.read_history(name),
+        )  # fmt: skip
         if expected_serving is not None and state.serving_version != expected_serving:
             raise ServingChanged(
                 f"{name!r} now serves version {state.serving_version}, not {expected_serving}: "
                 "another publish happened; choose the rollback target again."
             )
-        provenance = publisher.read_provenance(name, version)
         if version not in state.versions or provenance is None:
             raise MlflowException(
                 f"{name!r} has no published version {version} in {publisher.store.uri} "
                 f"(versions: {state.versions}).",
                 error_code=RESOURCE_DOES_NOT_EXIST,
             )
-        rollout = publisher.rollout_for(name, lease)
+        rollout = Rollout(publisher.store, publisher.cluster, name, lease, history, target=publisher.target)
         remove_leftovers(publisher, state, rollout)
         message = parse_pbtxt(provenance["config_pbtxt"])
         try:

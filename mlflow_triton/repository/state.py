@@ -1,4 +1,5 @@
-"""What the repository says about a deployment: one ``config.pbtxt`` read and one listing.
+"""What the repository says about a deployment: ``config.pbtxt`` and the folder listing, read
+at once, then the serving version's provenance (two round trips of latency, three requests).
 
 Layout of deployment ``NAME`` (Triton's repository layout plus files of ours that Triton
 ignores)::
@@ -18,10 +19,11 @@ from typing import Any
 
 from mlflow.exceptions import MlflowException
 
-from mlflow_triton.triton_config import model_config as mcfg
-from mlflow_triton.settings.deployment import validate_model_name
+from mlflow_triton.repository.concurrency import concurrently
 from mlflow_triton.repository.lease import LEASE_FILE
 from mlflow_triton.repository.store import ModelRepositoryStore
+from mlflow_triton.settings.deployment import validate_model_name
+from mlflow_triton.triton_config import model_config as mcfg
 
 CONFIG_FILE = "config.pbtxt"
 PROVENANCE_FILE = "mlflow-triton.json"
@@ -53,9 +55,18 @@ class DeploymentState:
 
 
 def read_state(store: ModelRepositoryStore, name: str) -> DeploymentState:
+    """``name``'s state. The config and the listing are independent reads and run at once;
+    the provenance needs the version the config pins.
+
+    Unlocked, the two may be taken in either order, so a version pinned by a concurrent
+    publisher can be missing from ``versions`` (as in a
+    :class:`~mlflow_triton.repository.snapshot.RepositorySnapshot`, which lists first); a
+    writer reads the state under the deployment's lease, where nobody else writes.
+    """
     validate_model_name(name)
-    config_bytes = store.read_bytes(f"{name}/{CONFIG_FILE}")
-    folders, files = store.list_dir(f"{name}/")
+    config_bytes, (folders, files) = concurrently(
+        lambda: store.read_bytes(f"{name}/{CONFIG_FILE}"), lambda: store.list_dir(f"{name}/")
+    )
     versions = sorted(int(f) for f in folders if f.isdigit())
     config = mcfg.parse_pbtxt(config_bytes) if config_bytes is not None else None
     serving = mcfg.serving_versions(config) if config is not None else []
