@@ -17,17 +17,23 @@ from mlflow.deployments import BaseDeploymentClient, PredictionsResponse
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
-from mlflow_triton.settings.deployment import DeploymentConfig, parse_target_uri, target_options, validate_model_name
-from mlflow_triton.fleet.discovery import resolve_urls
-from mlflow_triton.triton_config.model_config import as_arrays, tensor_names
 from mlflow_triton.flavors.model_source import resolve_model
+from mlflow_triton.flavors.triton_source import publish_composing_models, restore_composing_models
+from mlflow_triton.fleet.discovery import resolve_urls
+from mlflow_triton.fleet.server import ReplicaUnreachable, TritonCluster
+from mlflow_triton.plugin.triton_view import describe_from_triton, list_from_triton, replica_states
+from mlflow_triton.repository.concurrency import concurrently
+from mlflow_triton.repository.lease import LeaseLost
 from mlflow_triton.rollout.publisher import ModelPublisher
 from mlflow_triton.rollout.repair import previous_good
-from mlflow_triton.repository.lease import LeaseLost
-from mlflow_triton.fleet.server import ReplicaUnreachable, TritonCluster
-from mlflow_triton.flavors.triton_source import publish_composing_models, restore_composing_models
-from mlflow_triton.plugin.triton_view import describe_from_triton, list_from_triton, replica_states
 from mlflow_triton.rollout.verification import SmokeTest
+from mlflow_triton.settings.deployment import (
+    DeploymentConfig,
+    parse_target_uri,
+    target_options,
+    validate_model_name,
+)
+from mlflow_triton.triton_config.model_config import as_arrays, tensor_names
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +80,8 @@ class TritonDeploymentClient(BaseDeploymentClient):
         return ModelPublisher.for_config(config, self.replica_urls(), target=self.target_uri)
 
     def _describe(self, publisher: ModelPublisher, name: str) -> dict[str, Any]:
-        state = publisher.read_state(name)
+        # Independent S3 reads at once (a round trip of latency each on AWS).
+        state, history = concurrently(lambda: publisher.read_state(name), lambda: publisher.read_history(name))
         if not state.exists:
             raise MlflowException(
                 f"No deployment named {name!r} in {publisher.store.uri}.",
@@ -83,7 +90,6 @@ class TritonDeploymentClient(BaseDeploymentClient):
         servers = replica_states(publisher.cluster.repository_index(), name)
         provenance = dict(state.provenance or {})
         provenance.pop("config_pbtxt", None)
-        history = publisher.read_history(name)
         return {
             "name": name,
             "serving_version": state.serving_version,
