@@ -183,6 +183,7 @@ def _s3_latency_rows(latency: dict[str, Any] | None) -> list[list[str]]:
         if low in entry and low != high:
             measured += f" (at {low} ms: {entry[low]['seconds']:.2f} s; latency cost {at_high - entry[low]['seconds']:+.2f} s)"
         requests = "; ".join(f"{family} {sum(ops.values())}" for family, ops in sorted(entry[high]["s3"].items()))
+        requests += f" ({entry[high]['serial_round_trips']} of this process's in series)"
         rows.append([f"S3 at {high} ms per request: {label}", "wall time; S3 requests by client",
                      f"{measured}; {requests or 'none'}", f"<= {target:g} s" if target else "(report)",
                      ("yes" if at_high <= target else "no") if target else ""])  # fmt: skip

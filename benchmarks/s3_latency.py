@@ -25,10 +25,12 @@ Each no-op update and rollback is also measured with a what-if that the package 
 its loaded models instead of the repository index, which makes tritonserver poll every model
 folder of the repository (two S3 requests per folder, in series).
 
-Printed: wall time (median), the S3 requests of each operation by client and operation
-(``boto3``: this process, including MLflow's artifact client; ``triton``: tritonserver's
-reads), registry REST calls, and the ordered boto3 requests of one no-op update and one
-rollback (what runs in series). Targets at 20 ms: sync <= 10 s, watch round <= 5 s, no-op
+Printed: wall time (median) at each delay, the S3 requests of each operation by client and
+operation (``boto3``: this process, including MLflow's artifact client; ``triton``:
+tritonserver's reads), how many of this process's requests ran in series (the longest chain of
+requests each sent after the previous one's answer: the latency cost is about that many times
+the delay, whatever the CPU load), registry REST calls, and the timed boto3 requests of one
+no-op update and one rollback. Targets at 20 ms: sync <= 10 s, watch round <= 5 s, no-op
 update <= 1 s.
 
 Run::
@@ -54,7 +56,8 @@ DEPLOYMENT = "latency-bench"
 
 
 class S3CallLog:
-    """boto3's S3 calls in this process, in order: ``(seconds since start, operation, key)``."""
+    """boto3's S3 calls in this process: ``(start, end, operation, key)``, seconds since
+    :meth:`start`, from botocore's events (the request context carries each call's start)."""
 
     def __init__(self) -> None:
         import boto3
@@ -62,25 +65,49 @@ class S3CallLog:
         if boto3.DEFAULT_SESSION is None:
             boto3.setup_default_session()
         self.enabled = False
-        self.calls: list[tuple[float, str, str]] = []
+        self.calls: list[tuple[float, float, str, str]] = []
         self._started = 0.0
         self._lock = threading.Lock()
-        boto3.DEFAULT_SESSION.events.register("before-parameter-build.s3.*", self._log)
+        events = boto3.DEFAULT_SESSION.events
+        events.register("before-parameter-build.s3.*", self._begin)
+        events.register("after-call.s3.*", self._end)
+        events.register("after-call-error.s3.*", self._end)
 
     def start(self) -> None:
         with self._lock:
             self.calls, self._started, self.enabled = [], time.perf_counter(), True
 
-    def stop(self) -> list[tuple[float, str, str]]:
+    def stop(self) -> list[tuple[float, float, str, str]]:
         with self._lock:
             self.enabled = False
-            return list(self.calls)
+            return sorted(self.calls)
 
-    def _log(self, params: dict[str, Any], model: Any, **_: Any) -> None:
+    def _begin(self, params: dict[str, Any], model: Any, context: dict[str, Any], **_: Any) -> None:
         if self.enabled:
             where = params.get("Key") or params.get("Prefix") or params.get("Bucket", "")
+            context["s3_latency_bench"] = (time.perf_counter() - self._started, model.name, str(where))
+
+    def _end(self, context: dict[str, Any], **_: Any) -> None:
+        begun = context.pop("s3_latency_bench", None)
+        if begun is not None and self.enabled:
+            started, operation, where = begun
             with self._lock:
-                self.calls.append((time.perf_counter() - self._started, model.name, str(where)))
+                self.calls.append((started, time.perf_counter() - self._started, operation, where))
+
+
+def serial_round_trips(calls: list[tuple[float, float, str, str]]) -> int:
+    """The longest chain of calls each of which started after the previous one ended: the
+    round trips an operation waits for one after another (its latency cost is about this
+    many times the delay of one request, whatever the CPU load)."""
+    ordered = sorted(calls)
+    by_end = sorted(range(len(ordered)), key=lambda i: ordered[i][1])
+    depth, best, done = [0] * len(ordered), 0, 0
+    for i, (started, _, _, _) in enumerate(ordered):
+        while done < len(ordered) and ordered[by_end[done]][1] <= started:
+            best = max(best, depth[by_end[done]])
+            done += 1
+        depth[i] = best + 1
+    return max(depth, default=0)
 
 
 class Measure:
@@ -94,20 +121,20 @@ class Measure:
         proxy.set_delay(delay_ms)
         proxy.take()
         self.registry.calls.clear()
-        if keep_log:
-            self.log.start()
+        self.log.start()
         started = time.perf_counter()
         try:
             result = operation()
         finally:
             seconds = time.perf_counter() - started
-            calls = self.log.stop() if keep_log else None
+            calls = self.log.stop()
             proxy.set_delay(0)
         counts = proxy.take()
         return {
             "seconds": seconds, "result": result, "s3": counts,
             "s3_total": {family: sum(ops.values()) for family, ops in counts.items()},
-            "registry": dict(self.registry.calls), "log": calls,
+            "serial_round_trips": serial_round_trips(calls),
+            "registry": dict(self.registry.calls), "log": calls if keep_log else None,
         }  # fmt: skip
 
 
@@ -140,6 +167,7 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "seconds": median([r["seconds"] for r in runs]), "runs": [round(r["seconds"], 3) for r in runs],
         "s3": first["s3"], "s3_total": first["s3_total"], "registry": first["registry"], "log": first["log"],
+        "serial_round_trips": first["serial_round_trips"],
     }  # fmt: skip
 
 
@@ -161,20 +189,24 @@ def sync_and_watch(measure: Measure, spec: Any, repeats: int, delays: list[float
 
     def on_report(report) -> None:
         seconds = time.perf_counter() - marks[-1]
+        calls = measure.log.stop()
         proxy.set_delay(0)  # the pause between rounds is not measured
         counts = proxy.take()
         assert all(m.action == "unchanged" for m in report.models)
         delay = order[len(rounds)]
-        rounds.append({"delay": delay, "seconds": seconds, "s3": counts,
+        rounds.append({"delay": delay, "seconds": seconds, "s3": counts, "serial_round_trips": serial_round_trips(calls),
                        "s3_total": {k: sum(v.values()) for k, v in counts.items()}})  # fmt: skip
         if len(rounds) < len(order):
             proxy.set_delay(order[len(rounds)])
+        measure.log.start()
         marks.append(time.perf_counter())
 
     proxy.set_delay(order[0])
     proxy.take()
+    measure.log.start()
     marks.append(time.perf_counter())
     watch(spec, interval_s=0.001, max_rounds=len(order), on_report=on_report)
+    measure.log.stop()
     proxy.set_delay(0)
     steady = rounds[1:]
     return {
@@ -184,6 +216,7 @@ def sync_and_watch(measure: Measure, spec: Any, repeats: int, delays: list[float
                 "seconds": median([r["seconds"] for r in steady if r["delay"] == d]),
                 "runs": [round(r["seconds"], 3) for r in steady if r["delay"] == d],
                 "s3": next(r["s3"] for r in steady if r["delay"] == d),
+                "serial_round_trips": next(r["serial_round_trips"] for r in steady if r["delay"] == d),
             }
             for d in delays
         },
@@ -216,9 +249,9 @@ def describe(counts: dict[str, dict[str, int]]) -> str:
     ) or "none"
 
 
-def describe_log(log: list[tuple[float, str, str]] | None, prefix: str) -> str:
-    """One line per call: ``+0.123 s  GetObject  repo/latency-bench/config.pbtxt``."""
-    return "\n".join(f"  +{t:6.3f} s  {op:26} {key.removeprefix(prefix)}" for t, op, key in log or [])
+def describe_log(log: list[tuple[float, float, str, str]] | None, prefix: str) -> str:
+    """One line per call: ``+0.123 s  +0.145 s  GetObject  repo/latency-bench/config.pbtxt``."""
+    return "\n".join(f"  {t:6.3f}-{e:6.3f} s  {op:18} {key.removeprefix(prefix)}" for t, e, op, key in log or [])
 
 
 def main() -> None:
@@ -300,8 +333,8 @@ def report(args: Any, delays: list[float], machine: dict[str, Any], figures: dic
 
     def row(label: str, entry: dict[str, Any], target: str) -> list[str]:
         cost = f"{entry[high]['seconds'] - entry[low]['seconds']:+.2f} s" if low in entry and low != high else "-"
-        return [label, _seconds(entry.get(low)) if low != high else "-", _seconds(entry.get(high)), cost, target,
-                describe(entry[high]["s3"])]  # fmt: skip
+        return [label, _seconds(entry.get(low)) if low != high else "-", _seconds(entry.get(high)), cost,
+                str(entry[high]["serial_round_trips"]), target, describe(entry[high]["s3"])]  # fmt: skip
 
     rows = [
         row(f"one-shot sync, {n} models (fresh cache)", figures["sync"], "<= 10 s"),
@@ -320,8 +353,11 @@ def report(args: Any, delays: list[float], machine: dict[str, Any], figures: dic
         ]  # fmt: skip
     print(f"\nS3 through the proxy at {low} and {high} ms per request, side by side; machine: "
           f"{machine['nproc']} x {machine['cpu']}, load at start {machine['load_average']}")  # fmt: skip
-    print(table(rows, ["operation", f"at {low} ms", f"at {high} ms", "latency cost", "target",
+    print(table(rows, ["operation", f"at {low} ms", f"at {high} ms", "difference", "boto3 in series", "target",
                        f"S3 requests at {high} ms (client: operation count)"]))  # fmt: skip
+    print("boto3 in series: the longest chain of this process's S3 requests each sent after the previous "
+          "one's answer (its latency cost is about that many times the delay); tritonserver's requests "
+          "run in series inside the Triton calls the operation waits for.")
     for delay in (low, high):
         print(f"at {delay} ms: sync runs {figures['sync'][delay]['runs']}; watch rounds {figures['watch'][delay]['runs']}")
     cold = figures["watch_cold_first_round"]
