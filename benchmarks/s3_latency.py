@@ -224,6 +224,26 @@ def sync_and_watch(measure: Measure, spec: Any, repeats: int, delays: list[float
     }  # fmt: skip
 
 
+def sync_by_prefetch_workers(measure: Measure, spec: Any, repeats: int, delay: float, workers: list[int]) -> dict:
+    """One-shot syncs at ``delay`` with the round reading ``w`` deployments' states at once, for
+    each ``w`` in turn (8: as many as the round's workers, which read them one by one before
+    the reads moved ahead of them). Empty where the package reads no states ahead."""
+    from mlflow_triton.promotion import sync
+    from mlflow_triton.repository import snapshot
+
+    if not hasattr(snapshot, "PREFETCH_WORKERS"):
+        return {}
+    default, runs = snapshot.PREFETCH_WORKERS, {w: [] for w in workers}
+    try:
+        for _ in range(repeats):
+            for count in workers:
+                snapshot.PREFETCH_WORKERS = count
+                runs[count].append(measure(lambda: sync(spec), delay))
+    finally:
+        snapshot.PREFETCH_WORKERS = default
+    return {str(w): _summary(r) for w, r in runs.items()}
+
+
 def staging_check_by_statistics():
     """What-if (``rollout/switch.py`` is not changed here): ``Rollout.staging_left_over`` asks
     each replica for its loaded models (one statistics call) instead of the repository index,
@@ -261,6 +281,8 @@ def main() -> None:
     arguments.add_argument("--delays", default="0,20", help="milliseconds per S3 request, compared side by side")
     arguments.add_argument("--repeats", type=int, default=3)
     arguments.add_argument("--no-large-repository", action="store_true", help="skip step 3 (minutes at 20 ms)")
+    arguments.add_argument("--prefetch-workers", default="8,32",
+                           help="one-shot syncs at the highest delay with these many reads at once, side by side")
     args = arguments.parse_args()
     delays = sorted(float(d) for d in args.delays.split(","))
     quiet_logs()
@@ -304,6 +326,9 @@ def main() -> None:
                 stub.loaded.update(names)  # what the replicas would answer with every model loaded
             print(f"cloned {cloned} objects ({time.perf_counter() - started:.0f} s)", flush=True)
             figures.update(sync_and_watch(measure, spec, args.repeats, delays))
+            figures["sync_by_prefetch_workers"] = sync_by_prefetch_workers(
+                measure, spec, args.repeats, delays[-1], [int(w) for w in args.prefetch_workers.split(",")]
+            )  # fmt: skip
             print("sync and watch measured", flush=True)
             if not args.no_large_repository:
                 figures["large"] = update_and_rollback(measure, client, one, uri, changed, 1, delays[-1:])
@@ -358,6 +383,9 @@ def report(args: Any, delays: list[float], machine: dict[str, Any], figures: dic
     print("boto3 in series: the longest chain of this process's S3 requests each sent after the previous "
           "one's answer (its latency cost is about that many times the delay); tritonserver's requests "
           "run in series inside the Triton calls the operation waits for.")
+    for count, entry in figures.get("sync_by_prefetch_workers", {}).items():
+        print(f"one-shot sync at {high} ms, {count} state reads at once: {entry['seconds']:.2f} s "
+              f"(runs {entry['runs']}), {entry['serial_round_trips']} boto3 requests in series")
     for delay in (low, high):
         print(f"at {delay} ms: sync runs {figures['sync'][delay]['runs']}; watch rounds {figures['watch'][delay]['runs']}")
     cold = figures["watch_cold_first_round"]

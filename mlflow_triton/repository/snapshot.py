@@ -136,12 +136,13 @@ class RepositorySnapshot:
             provenance = json.loads(raw) if raw else None
         return DeploymentState(name, config, config_bytes, versions, serving_version, provenance, LEASE_FILE in files)
 
-    def states(self, names: Iterable[str], workers: int = PREFETCH_WORKERS) -> dict[str, DeploymentState]:
-        """:meth:`state` of each of ``names``, ``workers`` deployments read at once (each
-        deployment's config, then its provenance). A deployment whose reads fail is left out,
-        for the caller to read again and report on its own.
+    def states(self, names: Iterable[str], workers: int | None = None) -> dict[str, DeploymentState]:
+        """:meth:`state` of each of ``names``, ``workers`` (default :data:`PREFETCH_WORKERS`)
+        deployments read at once (each deployment's config, then its provenance). A deployment
+        whose reads fail is left out, for the caller to read again and report on its own.
         """
         wanted = sorted(set(names))
+        workers = PREFETCH_WORKERS if workers is None else workers
 
         def read(name: str) -> DeploymentState | None:
             try:
