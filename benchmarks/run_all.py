@@ -35,6 +35,7 @@ BENCHMARKS = {
     "copy_strategy": ["copy_strategy.py"],
     "warmup": ["warmup.py"],
     "fleet": ["fleet.py"],
+    "s3_latency": ["s3_latency.py"],
 }
 
 
@@ -195,6 +196,37 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[list[str]]:
     for name, build in ROW_BUILDERS.items():
         if results.get(name):
             rows.extend(build(results[name]))
+    rows += _s3_latency_rows(results.get("s3_latency"))
+    return rows
+
+
+def _s3_latency_rows(latency: dict[str, Any] | None) -> list[list[str]]:
+    """One row per operation measured through the delaying S3 proxy (``s3_latency.py``)."""
+    if not latency:
+        return []
+    low, high = (str(d) for d in (latency["delays_ms"][0], latency["delays_ms"][-1]))
+    n = latency["models"]
+    operations = [
+        (f"one-shot sync of {n} models", latency.get("sync"), 10.0),
+        (f"watch round over {n} models", latency.get("watch"), 5.0),
+        ("no-op update (small repository)", (latency.get("small") or {}).get("update"), 1.0),
+        ("rollback (small repository)", (latency.get("small") or {}).get("rollback"), None),
+        (f"no-op update (repository of {n} models)", (latency.get("large") or {}).get("update"), 1.0),
+        (f"rollback (repository of {n} models)", (latency.get("large") or {}).get("rollback"), None),
+    ]  # fmt: skip
+    rows = []
+    for label, entry, target in operations:
+        if not entry or high not in entry:
+            continue
+        at_high = entry[high]["seconds"]
+        measured = f"{at_high:.2f} s"
+        if low in entry and low != high:
+            measured += f" (at {low} ms: {entry[low]['seconds']:.2f} s; latency cost {at_high - entry[low]['seconds']:+.2f} s)"
+        requests = "; ".join(f"{family} {sum(ops.values())}" for family, ops in sorted(entry[high]["s3"].items()))
+        requests += f" ({entry[high]['serial_round_trips']} of this process's in series)"
+        rows.append([f"S3 at {high} ms per request: {label}", "wall time; S3 requests by client",
+                     f"{measured}; {requests or 'none'}", f"<= {target:g} s" if target else "(report)",
+                     ("yes" if at_high <= target else "no") if target else ""])  # fmt: skip
     return rows
 
 

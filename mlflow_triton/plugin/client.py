@@ -22,6 +22,7 @@ from mlflow_triton.fleet.discovery import resolve_urls
 from mlflow_triton.fleet.server import TritonCluster
 from mlflow_triton.plugin.console import plugin_call
 from mlflow_triton.plugin.triton_view import describe_from_triton, list_from_triton, replica_states
+from mlflow_triton.repository.concurrency import concurrently
 from mlflow_triton.repository.layout import validate_model_name
 from mlflow_triton.rollout import interrupts
 from mlflow_triton.rollout.publisher import ModelPublisher
@@ -79,7 +80,8 @@ class TritonDeploymentClient(BaseDeploymentClient):
         return ModelPublisher.for_config(config, self.replica_urls(), target=self.target_uri)
 
     def _describe(self, publisher: ModelPublisher, name: str) -> dict[str, Any]:
-        state = publisher.read_state(name)
+        # Independent S3 reads at once (a round trip of latency each on AWS).
+        state, history = concurrently(lambda: publisher.read_state(name), lambda: publisher.read_history(name))
         if not state.exists:
             raise MlflowException(
                 f"No deployment named {name!r} in {publisher.store.uri}.",
@@ -90,7 +92,6 @@ class TritonDeploymentClient(BaseDeploymentClient):
         servers = replica_states(publisher.cluster.repository_index(), name, versions=state.versions)
         provenance = state.provenance.to_dict() if state.provenance else {}
         provenance.pop("config_pbtxt", None)
-        history = publisher.read_history(name)
         return {
             "name": name,
             "serving_version": state.serving_version,

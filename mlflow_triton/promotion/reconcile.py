@@ -42,7 +42,8 @@ from mlflow_triton.repository.snapshot import RepositoryCache, RepositorySnapsho
 from mlflow_triton.repository.state import DeploymentState
 from mlflow_triton.rollout import interrupts
 from mlflow_triton.rollout.interrupts import Cancellation, Interrupted
-from mlflow_triton.rollout.publisher import ModelPublisher, ServingChanged
+from mlflow_triton.rollout.publisher import ModelPublisher
+from mlflow_triton.rollout.results import ServingChanged
 from mlflow_triton.rollout.switch import VersionRefused
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,8 @@ class _Round:
     search instead of one call per model), the model versions each replica has loaded (one
     statistics call per replica), shared stores, and each repository's listing
     (:mod:`mlflow_triton.repository.snapshot`: one paginated listing instead of three
-    requests per model)."""
+    requests per model), then the states of its models, many read at once (the round's two
+    GETs per model otherwise wait in series behind :data:`SYNC_WORKERS` workers)."""
 
     def __init__(
         self, registry: Any, spec: PromotionSpec, cache: RepositoryCache | None = None,
@@ -107,6 +109,9 @@ class _Round:
         self.stores: dict[Any, Any] = {}
         self.cache = cache if cache is not None else RepositoryCache()
         self.snapshots: dict[str, RepositorySnapshot | None] = {}
+        #: ``(repository, deployment)``: the state read from the round's listing ahead of the
+        #: workers, many deployments at once (S3 has no batch GET: overlap hides its latency).
+        self.prefetched: dict[tuple[str, str], DeploymentState] = {}
         self._snapshot_lock = threading.Lock()
         self._stores_lock = threading.Lock()
         # Looked up again every round: a replica added or replaced behind a dns+ name is found.
@@ -123,7 +128,10 @@ class _Round:
             aliases = pool.submit(_all_aliases, registry, {m.registered_model for m in spec.models})
             ready = pool.submit(TritonCluster(self.triton_urls).ready_models) if self.triton_urls else None
             if len(spec.models) >= 2 and self.discovery_error is None:
-                list(pool.map(self._prelist, {m.config.model_repository: m for m in spec.models}.values()))
+                by_repository: dict[Any, list[ModelPromotion]] = {}
+                for model in spec.models:
+                    by_repository.setdefault(model.config.model_repository, []).append(model)
+                list(pool.map(self._prelist, by_repository.values()))
             self.aliases = aliases.result()
             if ready is not None:
                 try:
@@ -139,13 +147,18 @@ class _Round:
                 model.config, self.triton_urls, self.stores, target=self.spec.target_uri, cancel=self.cancel
             )
 
-    def _prelist(self, model: ModelPromotion) -> None:
-        """List ``model``'s repository ahead of the workers; a failure is left for the
-        workers to meet again and report per model."""
+    def _prelist(self, models: list[ModelPromotion]) -> None:
+        """List the repository of ``models`` ahead of the workers and read their states, many
+        at once; a failure is left for the workers to meet again and report per model."""
         try:
-            self._snapshot(self._publisher(model).store)
+            store = self._publisher(models[0]).store
+            snapshot = self._snapshot(store)
         except Exception as err:
-            logger.debug("Listing the repository of %s ahead of the round failed: %s", model.deployment, err)
+            logger.debug("Listing the repository of %s ahead of the round failed: %s", models[0].deployment, err)
+            return
+        if snapshot is not None:
+            states = snapshot.states(m.deployment for m in models)
+            self.prefetched.update({(store.uri, name): state for name, state in states.items()})
 
     def _snapshot(self, store: Any) -> RepositorySnapshot | None:
         """The round's listing of ``store`` (listed once; None if it cannot list recursively)."""
@@ -163,6 +176,9 @@ class _Round:
         reads of :meth:`read_state`, or a store that cannot list recursively."""
         if len(self.spec.models) < 2:
             return None
+        prefetched = self.prefetched.get((publisher.store.uri, name))
+        if prefetched is not None:
+            return prefetched
         snapshot = self._snapshot(publisher.store)
         return snapshot.state(name) if snapshot is not None else None
 

@@ -11,11 +11,14 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 from mlflow_triton.fleet.discovery import resolve_urls
 from mlflow_triton.promotion.reports import RollbackResult
 from mlflow_triton.promotion.spec import PromotionSpec
+from mlflow_triton.repository.concurrency import concurrently
+from mlflow_triton.repository.history import ServingHistory
 from mlflow_triton.repository.layout import validate_model_name
 from mlflow_triton.repository.state import DeploymentState, read_state
 from mlflow_triton.repository.stores import open_store
 from mlflow_triton.rollout.interrupts import Interrupted
 from mlflow_triton.rollout.publisher import ModelPublisher
+from mlflow_triton.rollout.repair import previous_good
 
 logger = logging.getLogger(__name__)
 
@@ -53,35 +56,22 @@ def rollback(
             INVALID_PARAMETER_VALUE for a version that was refused; INTERNAL_ERROR when the
             target fails verification (the serving version is untouched).
 
-    Example::
-
-        rollback(load_spec(require_models=False), "fraud")    # mlflow-triton rollback fraud
+    Example: ``rollback(load_spec(require_models=False), "fraud")`` (``mlflow-triton rollback fraud``).
     """
     validate_model_name(deployment)
     started = time.monotonic()
     publisher = ModelPublisher.for_config(
         spec.config_for(deployment), resolve_urls(spec.triton_urls), target=spec.target_uri
     )
-    state = publisher.read_state(deployment)
+    # Independent reads, at once (each S3 request costs a round trip of latency).
+    state, history = concurrently(lambda: publisher.read_state(deployment), lambda: publisher.read_history(deployment))
     if not state.exists or state.serving_version is None:
         raise MlflowException(
             f"No deployment named {deployment!r} in {publisher.store.uri}.",
             error_code=RESOURCE_DOES_NOT_EXIST,
         )
-    version = _target_version(publisher, state, to_version)
-    provenance = publisher.read_provenance(deployment, version) if version in state.versions else None
-    if provenance is None:
-        raise MlflowException(
-            f"{deployment!r} has no published version {version} in {publisher.store.uri} "
-            f"(versions kept: {state.versions}).",
-            error_code=RESOURCE_DOES_NOT_EXIST,
-        )
-    registered = provenance.registered_model, provenance.registered_version
-    if set_alias and not all(registered):
-        raise MlflowException.invalid_parameter_value(
-            f"{deployment!r} version {version} was not published from the Model Registry "
-            f"(model URI {provenance.model_uri}), so no alias can point at it."
-        )
+    version = _target_version(state, history, to_version)
+    registered = _registered_version(publisher, state, version, set_alias)
     result = RollbackResult(deployment, version, state.serving_version, False, *registered)
     if version != state.serving_version:
         _activate(publisher, spec, state, version)
@@ -90,11 +80,8 @@ def rollback(
         _move_alias(deployment, version, registered, set_alias)
         result.alias_set = set_alias
     result.seconds = round(time.monotonic() - started, 3)
-    logger.info(
-        "Rolled back %s to version %d (was %s; registry %s version %s)%s", deployment, version,
-        state.serving_version, registered[0], registered[1],
-        f"; alias {set_alias!r} moved" if set_alias else "",
-    )  # fmt: skip
+    logger.info("Rolled back %s to version %d (was %s; registry %s version %s)%s", deployment, version,
+                state.serving_version, *registered, f"; alias {set_alias!r} moved" if set_alias else "")  # fmt: skip
     return result
 
 
@@ -115,10 +102,32 @@ def serving_version(spec: PromotionSpec, deployment: str) -> int | None:
     return read_state(open_store(config.require_repository(), config.s3_endpoint_url), deployment).serving_version
 
 
-def _target_version(publisher: ModelPublisher, state: DeploymentState, to_version: int | None) -> int:
+def _registered_version(
+    publisher: ModelPublisher, state: DeploymentState, version: int, set_alias: str | None
+) -> tuple[str | None, str | None]:
+    """(registered model, registry version) that repository ``version`` was published from;
+    refused up front when the version is not kept, or ``set_alias`` has nothing to point at."""
+    deployment = state.name
+    provenance = publisher.read_provenance(deployment, version) if version in state.versions else None
+    if provenance is None:
+        raise MlflowException(
+            f"{deployment!r} has no published version {version} in {publisher.store.uri} "
+            f"(versions kept: {state.versions}).",
+            error_code=RESOURCE_DOES_NOT_EXIST,
+        )
+    registered = provenance.registered_model, provenance.registered_version
+    if set_alias and not all(registered):
+        raise MlflowException.invalid_parameter_value(
+            f"{deployment!r} version {version} was not published from the Model Registry "
+            f"(model URI {provenance.model_uri}), so no alias can point at it."
+        )
+    return registered
+
+
+def _target_version(state: DeploymentState, history: ServingHistory, to_version: int | None) -> int:
     """``to_version``, unless it was refused; by default the previous good serving version."""
     if to_version is None:
-        version = publisher.previous_good(state.name, state)
+        version = previous_good(state, history)
         if version is None:
             raise MlflowException(
                 f"{state.name!r} has no earlier known-good version to roll back to (serving "
@@ -126,7 +135,6 @@ def _target_version(publisher: ModelPublisher, state: DeploymentState, to_versio
                 error_code=RESOURCE_DOES_NOT_EXIST,
             )
         return version
-    history = publisher.read_history(state.name)
     if to_version in history.refused() and to_version not in history.served():
         raise MlflowException.invalid_parameter_value(
             f"{state.name!r} version {to_version} was refused when it was rolled out; "

@@ -36,11 +36,12 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import ABORTED, INVALID_STATE, RESOURCE_ALREADY_EXISTS
 
+from mlflow_triton.repository.concurrency import concurrently
 from mlflow_triton.repository.layout import LEASE_FILE
 from mlflow_triton.repository.store import ModelRepositoryStore, StoredObject
 
@@ -57,6 +58,8 @@ POLL_S = 1.0
 #: over at once, with ``If-Match`` on that ETag, instead of waiting for them to expire.
 _ABANDONED: dict[str, str] = {}
 _ABANDONED_LOCK = threading.Lock()
+
+T = TypeVar("T")
 
 
 class LeaseHeld(MlflowException):
@@ -80,26 +83,41 @@ class ConditionalWritesUnsupported(MlflowException):
         super().__init__(message, error_code=INVALID_STATE)
 
 
-def check_conditional_writes(store: ModelRepositoryStore, folder: str) -> None:
+def check_conditional_writes(
+    store: ModelRepositoryStore, folder: str, then: Callable[[], T] | None = None
+) -> T | None:
     """Prove on a probe object under ``folder`` that the store refuses a second
     ``If-None-Match: *`` create and an ``If-Match`` on a stale ETag; once per store object.
+
+    Three round trips of latency: the probe's create, then both writes that must fail at once
+    (each is refused or not on its own), then the probe's deletion at once with ``then`` (the
+    lease's first acquire), which runs only once the proof holds.
+
+    Args:
+        then: called once the store is proven (or was proven before); its result is returned.
 
     Raises:
         ConditionalWritesUnsupported: before anything but the probe object was written.
     """
     if getattr(store, "_conditional_writes_checked", False):
-        return
+        return then() if then is not None else None
     key = f"{folder}.mlflow-triton.probe-{uuid.uuid4().hex}"
     try:
         etag = store.create_exclusive(key, b"probe")
-        ignored = []
-        if etag is None or store.create_exclusive(key, b"probe-again") is not None:
-            ignored.append("If-None-Match")
-        if store.replace_if_match(key, b"probe-stale", "0" * 32) is not None:
-            ignored.append("If-Match")
-    finally:
+        created_again, replaced_stale = concurrently(
+            lambda: store.create_exclusive(key, b"probe-again"),
+            lambda: store.replace_if_match(key, b"probe-stale", "0" * 32),
+        )
+    except BaseException:
         store.delete(key)
+        raise
+    ignored = []
+    if etag is None or created_again is not None:
+        ignored.append("If-None-Match")
+    if replaced_stale is not None:
+        ignored.append("If-Match")
     if ignored:
+        store.delete(key)
         raise ConditionalWritesUnsupported(
             f"The model repository {store.uri} ignores conditional writes ({' and '.join(ignored)}),"
             " so publishers could overwrite each other; nothing was published. Use AWS S3, MinIO "
@@ -107,6 +125,7 @@ def check_conditional_writes(store: ModelRepositoryStore, folder: str) -> None:
             "proxy between this process and the store drops those headers."
         )
     store._conditional_writes_checked = True  # type: ignore[attr-defined]
+    return concurrently(lambda: then() if then is not None else None, lambda: store.delete(key))[0]
 
 
 class Lease:
@@ -203,18 +222,24 @@ class Lease:
             LeaseHeld: another publisher kept the lease alive for ``wait_s`` seconds.
             ConditionalWritesUnsupported: the store does not honour conditional writes.
         """
-        check_conditional_writes(self.store, f"{self.name}/")
         deadline = self._clock() + self.wait_s
-        while not self.try_acquire():
+        try:
+            held = check_conditional_writes(self.store, f"{self.name}/", then=self.try_acquire)
+        except BaseException:
+            if self.etag is not None:  # acquired while the probe's deletion failed
+                self.release()
+            raise
+        while not held:
             if self._clock() >= deadline:
-                held = self.store.read_object(self.key)
-                owner = _describe(held).get("owner") if held else "unknown"
+                holder = self.store.read_object(self.key)
+                owner = _describe(holder).get("owner") if holder else "unknown"
                 raise LeaseHeld(
                     f"Another publish of {self.name!r} holds the lease {self.store.url(self.key)} "
                     f"(owner {owner}) and kept it alive for {self.wait_s:.0f}s; retry when it "
                     f"finishes. A dead publisher's lease expires by itself after {self.ttl_s:.0f}s."
                 )
             time.sleep(POLL_S)
+            held = self.try_acquire()
         self._stop.clear()
         self._heartbeat = threading.Thread(target=self._beat, name=f"lease-{self.name}", daemon=True)
         self._heartbeat.start()

@@ -8,11 +8,14 @@ contents of ``config.pbtxt`` and of the serving version's provenance are then re
 their ETag differs from the one this process read last (:class:`RepositoryCache`, kept across
 rounds by :func:`~mlflow_triton.promotion.watch`). A no-op ``watch`` round therefore costs
 about ``objects / 1000`` list requests and no GET; a one-shot ``sync`` starts with an empty
-cache and still reads two small objects per deployment (S3 has no batch GET)::
+cache and still reads two small objects per deployment. S3 has no batch GET, so
+:meth:`RepositorySnapshot.states` keeps :data:`PREFETCH_WORKERS` of them in flight: at 20 ms
+a request, 2,000 GETs take ~1.3 s instead of 40 s in series::
 
     cache = RepositoryCache()
     snapshot = cache.snapshot(store)          # one paginated listing
     state = snapshot.state("fraud")           # GETs only what changed since the last round
+    states = snapshot.states(names)           # the same for many deployments, reads overlapped
 
 A snapshot is a point-in-time view, good for the cheap "already serving?" comparison.
 Anything that writes re-reads under the deployment's lease, as before.
@@ -20,8 +23,11 @@ Anything that writes re-reads under the deployment's lease, as before.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable
 
 from mlflow_triton.repository.layout import (
     CONFIG_FILE,
@@ -31,7 +37,18 @@ from mlflow_triton.repository.layout import (
 )  # fmt: skip
 from mlflow_triton.repository.provenance import parse_provenance
 from mlflow_triton.repository.state import DeploymentState
-from mlflow_triton.repository.store import ListedObject, ModelRepositoryStore
+from mlflow_triton.repository.store import (
+    MAX_CONCURRENCY,
+    MAX_POOL_EXTRA,
+    ListedObject,
+    ModelRepositoryStore,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Deployments whose state :meth:`RepositorySnapshot.states` reads at once: the connection
+#: pool of one S3 store (:class:`~mlflow_triton.repository.s3_store.S3Store`).
+PREFETCH_WORKERS = MAX_CONCURRENCY + MAX_POOL_EXTRA
 
 
 class RepositoryCache:
@@ -110,6 +127,28 @@ class RepositorySnapshot:
             name, self._read(name, objects.get(CONFIG_FILE)), folders, files,
             lambda version: parse_provenance(self._read(name, objects.get(f"{version}/{PROVENANCE_FILE}"))),
         )
+
+    def states(self, names: Iterable[str], workers: int | None = None) -> dict[str, DeploymentState]:
+        """:meth:`state` of each of ``names``, ``workers`` (default :data:`PREFETCH_WORKERS`)
+        deployments read at once (each deployment's config, then its provenance). A deployment
+        whose reads fail is left out, for the caller to read again and report on its own.
+        """
+        wanted = sorted(set(names))
+        workers = PREFETCH_WORKERS if workers is None else workers
+
+        def read(name: str) -> DeploymentState | None:
+            try:
+                return self.state(name)
+            except Exception as err:  # reported by the caller, which reads it again
+                logger.debug("Reading the state of %s from %s failed: %s", name, self.store.uri, err)
+                return None
+
+        if len(wanted) < 2 or workers < 2:
+            found = [read(name) for name in wanted]
+        else:
+            with ThreadPoolExecutor(max_workers=min(workers, len(wanted)), thread_name_prefix="snapshot") as pool:
+                found = list(pool.map(read, wanted))
+        return {state.name: state for state in found if state is not None}
 
     def deployments(self) -> list[DeploymentState]:
         """Like :func:`~mlflow_triton.repository.state.list_deployments`, from the snapshot."""

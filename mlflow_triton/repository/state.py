@@ -1,4 +1,5 @@
-"""What the repository says about a deployment: one ``config.pbtxt`` read and one listing.
+"""What the repository says about a deployment: ``config.pbtxt`` and the folder listing, read
+at once, then the serving version's provenance (two round trips of latency, three requests).
 
 The layout is in :mod:`mlflow_triton.repository.layout`; many deployments at once are read
 from one listing by :mod:`mlflow_triton.repository.snapshot`.
@@ -9,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from mlflow_triton.repository.concurrency import concurrently
 from mlflow_triton.repository.layout import (
     CONFIG_FILE,
     LEASE_FILE,
@@ -60,9 +62,18 @@ class DeploymentState:
 
 
 def read_state(store: ModelRepositoryStore, name: str) -> DeploymentState:
+    """``name``'s state. The config and the listing are independent reads and run at once;
+    the provenance needs the version the config pins.
+
+    Unlocked, the two may be taken in either order, so a version pinned by a concurrent
+    publisher can be missing from ``versions`` (as in a
+    :class:`~mlflow_triton.repository.snapshot.RepositorySnapshot`, which lists first); a
+    writer reads the state under the deployment's lease, where nobody else writes.
+    """
     validate_model_name(name)
-    config_bytes = store.read_bytes(f"{name}/{CONFIG_FILE}")
-    folders, files = store.list_dir(f"{name}/")
+    config_bytes, (folders, files) = concurrently(
+        lambda: store.read_bytes(f"{name}/{CONFIG_FILE}"), lambda: store.list_dir(f"{name}/")
+    )
     return DeploymentState.from_listing(
         name, config_bytes, folders, files, lambda version: read_provenance(store, name, version)
     )

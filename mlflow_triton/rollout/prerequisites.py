@@ -28,7 +28,8 @@ from mlflow_triton.rollout.interrupts import Interrupted
 from mlflow_triton.rollout.transaction import PublishTransaction, Unchanged
 
 if TYPE_CHECKING:
-    from mlflow_triton.rollout.publisher import ModelPublisher, PublishResult
+    from mlflow_triton.rollout.publisher import ModelPublisher
+    from mlflow_triton.rollout.results import PublishResult
 
 logger = logging.getLogger(__name__)
 

@@ -20,13 +20,11 @@ import logging
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import (
-    ABORTED,
     RESOURCE_ALREADY_EXISTS,
     RESOURCE_DOES_NOT_EXIST,
     TEMPORARILY_UNAVAILABLE,
@@ -34,6 +32,7 @@ from mlflow.protos.databricks_pb2 import (
 
 from mlflow_triton.flavors.source import ModelSource
 from mlflow_triton.fleet.server import TritonCluster
+from mlflow_triton.repository.concurrency import concurrently
 from mlflow_triton.repository.history import ServingHistory
 from mlflow_triton.repository.layout import validate_model_name
 from mlflow_triton.repository.lease import Lease
@@ -43,6 +42,7 @@ from mlflow_triton.repository.store import ModelRepositoryStore
 from mlflow_triton.repository.stores import open_store
 from mlflow_triton.rollout import interrupts, prerequisites, repair
 from mlflow_triton.rollout.interrupts import Cancellation, Interrupted
+from mlflow_triton.rollout.results import PublishResult, RepairResult, ServingChanged
 from mlflow_triton.rollout.switch import Rollout, VersionRefused
 from mlflow_triton.rollout.transaction import PublishTransaction, Unchanged
 from mlflow_triton.rollout.verification import Candidate, SmokeTest, Verifier
@@ -50,42 +50,6 @@ from mlflow_triton.settings.deployment import DeploymentConfig
 from mlflow_triton.triton_config.model_config import parse_pbtxt
 
 logger = logging.getLogger(__name__)
-
-
-class ServingChanged(MlflowException):
-    """Another publisher changed the serving version while we waited: compare again."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, error_code=ABORTED)
-
-
-@dataclass
-class PublishResult:
-    name: str
-    version: int
-    previous_version: int | None
-    changed: bool
-    bytes_uploaded: int = 0
-    bytes_copied: int = 0
-    flavor: str = ""
-    provenance: Provenance | None = None
-    pruned: list[int] = field(default_factory=list)
-    verified: bool = False
-    #: The prerequisites published first (an ensemble's composing models).
-    composing: list["PublishResult"] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["provenance"] = self.provenance.to_dict() if self.provenance else None
-        return data
-
-
-@dataclass
-class RepairResult:
-    """What :meth:`ModelPublisher.repair` did: replicas reloaded, version folders removed."""
-
-    reloaded: list[str] = field(default_factory=list)
-    removed: list[int] = field(default_factory=list)
 
 
 class ModelPublisher:
@@ -318,10 +282,14 @@ class ModelPublisher:
         serving, known = None, False  # for the outcome of an interrupt
         try:
             with self.lease(name, lease_wait_s) as lease:
-                state = self.read_state(name)
+                # Under the lease nothing changes between these reads: all three at once.
+                state, provenance, history = concurrently(
+                    lambda: self.read_state(name), lambda: self.read_provenance(name, version),
+                    lambda: self.read_history(name),
+                )  # fmt: skip
                 serving, known = state.serving_version, True
-                provenance = self._rollback_target(state, version, expected_serving)
-                rollout = self.rollout_for(name, lease)
+                provenance = self._rollback_target(state, version, provenance, expected_serving)
+                rollout = Rollout(self.store, self.cluster, name, lease, history, target=self.target)
                 repair.remove_leftovers(self, state, rollout)
                 self._switch_back(rollout, state, provenance, verify)
         except KeyboardInterrupt as err:
@@ -331,15 +299,16 @@ class ModelPublisher:
             verified=verify,
         )  # fmt: skip
 
-    def _rollback_target(self, state: DeploymentState, version: int, expected_serving: int | None) -> Provenance:
-        """The provenance of ``version``, checked against what the caller expected to serve."""
+    def _rollback_target(
+        self, state: DeploymentState, version: int, provenance: Provenance | None, expected_serving: int | None
+    ) -> Provenance:
+        """``provenance`` of ``version``, checked against what the caller expected to serve."""
         name = state.name
         if expected_serving is not None and state.serving_version != expected_serving:
             raise ServingChanged(
                 f"{name!r} now serves version {state.serving_version}, not {expected_serving}: "
                 "another publish happened; choose the rollback target again."
             )
-        provenance = self.read_provenance(name, version)
         if version not in state.versions or provenance is None:
             raise MlflowException(
                 f"{name!r} has no published version {version} in {self.store.uri} "
