@@ -24,16 +24,27 @@ tritonclient raised and its status, never from the text:
   500 / INTERNAL for a load that could not read the repository (S3 down, unknown model, broken
   config.pbtxt), 400 / INVALID_ARGUMENT for a model that failed to initialise, 503 / UNAVAILABLE
   "Server not ready".
+
+Credentials in a URL (``http://user:pass@triton:8000``, for a proxy in front of Triton) are
+sent as HTTP basic auth through tritonclient's ``BasicAuth`` plugin, never put on the wire
+as part of the address, and every message names the replica with them masked
+(:func:`mlflow_triton.core.masking.mask_secrets`).
+
+Descriptors: the HTTP client runs on gevent, whose hub (one libev loop: an epoll and an
+eventfd descriptor) is created per native thread and never destroyed by gevent itself. The
+fan-out runs in short-lived pool threads, so :class:`_ThreadHubs` destroys a thread's hub when
+its last client closes: a process can reconcile for months with a flat descriptor count.
 """
 
 from __future__ import annotations
 
 import http.client
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping, Sequence
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 from mlflow.exceptions import MlflowException
@@ -42,6 +53,8 @@ from mlflow.protos.databricks_pb2 import (
     RESOURCE_DOES_NOT_EXIST,
     TEMPORARILY_UNAVAILABLE,
 )
+
+from mlflow_triton.core.masking import mask_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -124,11 +137,61 @@ def classify(err: BaseException) -> type[TritonError]:
     return TritonError  # tritonclient's own argument checks (status None), anything else
 
 
+class _ThreadHubs:
+    """Destroys a thread's gevent hub when the last HTTP client opened in that thread closes.
+
+    tritonclient's HTTP client (geventhttpclient) creates the calling thread's gevent hub on
+    first use; its libev loop holds an ``eventpoll`` and an ``eventfd`` descriptor until
+    ``Hub.destroy()``, which gevent asks callers to make when they use it "from multiple
+    native threads". :class:`TritonCluster` and the reconciliation fan out from pool threads
+    that end after each call: without this every reconciliation left two descriptors (and the
+    hub's memory) behind. A hub is destroyed the way that frees everything (gevent issue
+    1601): it resolves names in the calling thread (``gevent.resolver.blocking``; the default
+    resolver's thread pool keeps the hub from ever finishing), is joined, then destroyed.
+    Only a hub that did not exist when the thread's first client opened is touched, and the
+    main thread's hub is kept (one per process, reused).
+    """
+
+    _local = threading.local()
+    JOIN_TIMEOUT_S = 1.0
+
+    @classmethod
+    def enter(cls) -> None:
+        depth = getattr(cls._local, "depth", 0)
+        if depth == 0:
+            import gevent
+            from gevent._hub_local import get_hub_if_exists  # gevent's own modules use it
+            from gevent.resolver.blocking import Resolver
+
+            cls._local.owned = get_hub_if_exists() is None
+            if cls._local.owned:
+                hub = gevent.get_hub()
+                hub.resolver = Resolver(hub)
+        cls._local.depth = depth + 1
+
+    @classmethod
+    def leave(cls) -> None:
+        depth = getattr(cls._local, "depth", 0)
+        if depth <= 0:
+            return  # closed in another thread than it was opened in: nothing of ours here
+        cls._local.depth = depth - 1
+        if cls._local.depth or not cls._local.owned or threading.current_thread() is threading.main_thread():
+            return
+        from gevent._hub_local import get_hub_if_exists
+
+        hub = get_hub_if_exists()
+        if hub is not None:
+            hub.join(timeout=cls.JOIN_TIMEOUT_S)
+            hub.destroy(destroy_loop=True)
+
+
 class TritonServer:
-    """One Triton server. Not thread-safe: use one instance per thread (tritonclient's rule).
+    """One Triton server. Not thread-safe: use one instance per thread (tritonclient's rule),
+    and close it (or use it as a context manager) in the thread that opened it.
 
     Args:
-        url: ``http://host:port``, ``https://host:port`` or ``grpc://host:port``.
+        url: ``http://host:port``, ``https://host:port`` or ``grpc://host:port``; userinfo
+            (``http://user:pass@host:port``) is sent as HTTP basic auth.
         protocol: ``http`` or ``grpc``; a ``grpc://`` URL forces gRPC.
         timeout_s: network timeout of control calls (a load blocks until the model is loaded).
     """
@@ -136,26 +199,39 @@ class TritonServer:
     def __init__(self, url: str, protocol: str = "http", timeout_s: float = DEFAULT_TIMEOUT_S):
         parsed = urlparse(url)
         self.url = url
+        #: The URL as messages show it: credentials masked.
+        self.display_url = mask_secrets(url)
         self.protocol = "grpc" if parsed.scheme == "grpc" else protocol
         self.timeout_s = timeout_s
-        address = parsed.netloc
+        self._closed = False
+        userinfo, _, address = parsed.netloc.rpartition("@")
         if self.protocol == "grpc":
             import tritonclient.grpc as grpcclient
+            from tritonclient.grpc.auth import BasicAuth
 
             if parsed.scheme != "grpc":
                 raise MlflowException.invalid_parameter_value(
-                    f"protocol=grpc needs a grpc://host:port Triton URL, got {url!r}."
+                    f"protocol=grpc needs a grpc://host:port Triton URL, got {self.display_url!r}."
                 )
             self._module = grpcclient
             self.client = grpcclient.InferenceServerClient(address, ssl=False)
         else:
             import tritonclient.http as httpclient
+            from tritonclient.http.auth import BasicAuth
 
             self._module = httpclient
-            self.client = httpclient.InferenceServerClient(
-                address, ssl=parsed.scheme == "https", connection_timeout=10.0,
-                network_timeout=timeout_s,
-            )  # fmt: skip
+            _ThreadHubs.enter()
+            try:
+                self.client = httpclient.InferenceServerClient(
+                    address, ssl=parsed.scheme == "https", connection_timeout=10.0,
+                    network_timeout=timeout_s,
+                )  # fmt: skip
+            except BaseException:
+                _ThreadHubs.leave()
+                raise
+        if userinfo:
+            user, _, password = userinfo.partition(":")
+            self.client.register_plugin(BasicAuth(unquote(user), unquote(password)))
 
     def _error(self, action: str, err: Exception) -> TritonError:
         """The typed error for ``err`` raised by tritonclient while doing ``action``."""
@@ -167,12 +243,12 @@ class TritonServer:
         text = text or type(err).__name__
         if kind is ReplicaUnreachable:
             return ReplicaUnreachable(
-                f"Triton at {self.url} is unreachable ({action}): {text}. "
+                f"Triton at {self.display_url} is unreachable ({action}): {text}. "
                 "Check the target URI / TRITON_URL and that the server runs with "
                 "--model-control-mode=explicit.",
                 self.url, status,
             )  # fmt: skip
-        return kind(f"Triton at {self.url} failed to {action}: {text}", self.url, status)
+        return kind(f"Triton at {self.display_url} failed to {action}: {text}", self.url, status)
 
     def _answers(self) -> bool:
         """Whether the replica answers the liveness call at all (live or not)."""
@@ -200,11 +276,11 @@ class TritonServer:
     def load_model(self, name: str) -> None:
         """Load (or reload) ``name`` from the repository; blocks until Triton has tried."""
         self._call(f"load model {name!r}", self.client.load_model, name)
-        logger.info("Triton %s loaded %s", self.url, name)
+        logger.info("Triton %s loaded %s", self.display_url, name)
 
     def unload_model(self, name: str) -> None:
         self._call(f"unload model {name!r}", self.client.unload_model, name)
-        logger.info("Triton %s unloaded %s", self.url, name)
+        logger.info("Triton %s unloaded %s", self.display_url, name)
 
     def is_model_ready(self, name: str, version: int | str = "") -> bool:
         return bool(self._call(f"query model {name!r}", self.client.is_model_ready, name, str(version)))
@@ -214,7 +290,7 @@ class TritonServer:
         while not self.is_model_ready(name, version):
             if time.monotonic() > deadline:
                 raise TritonError(
-                    f"Model {name!r} version {version or 'latest'} is not READY on {self.url} "
+                    f"Model {name!r} version {version or 'latest'} is not READY on {self.display_url} "
                     f"after {timeout_s}s: {self.model_state(name, version)}",
                     self.url,
                 )
@@ -272,7 +348,16 @@ class TritonServer:
         return {out: result.as_numpy(out) for out in outputs}
 
     def close(self) -> None:
-        self.client.close()
+        """Close the client (idempotent); in HTTP mode, also the thread's gevent hub if this
+        was the thread's last client (:class:`_ThreadHubs`)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.client.close()
+        finally:
+            if self.protocol == "http":
+                _ThreadHubs.leave()
 
     def __enter__(self) -> "TritonServer":
         return self
@@ -307,7 +392,7 @@ class TritonCluster:
 
         urls = list(urls or self.urls)
         with ThreadPoolExecutor(max_workers=len(urls)) as pool:
-            return dict(zip(urls, pool.map(run, urls)))
+            return dict(zip(urls, pool.map(run, urls), strict=True))
 
     def load_model(self, name: str, version: int | None = None, urls: Sequence[str] | None = None) -> dict[str, Exception | None]:
         """Load ``name`` everywhere and wait for ``version`` READY; returns errors per URL."""
@@ -393,7 +478,8 @@ def describe_failures(action: str, failures: Mapping[str, Exception | None]) -> 
     """One line naming each replica that failed ``action`` and its error."""
     failures = {url: err for url, err in failures.items() if err is not None}
     details = "; ".join(
-        f"{url}: {err.message if isinstance(err, MlflowException) else err}" for url, err in failures.items()
+        f"{mask_secrets(url)}: {err.message if isinstance(err, MlflowException) else err}"
+        for url, err in failures.items()
     )
     return f"Could not {action} on {len(failures)} Triton server(s): {details}"
 
