@@ -13,27 +13,33 @@ Each command parses its options, calls :mod:`mlflow_triton.promotion` (or
 
 Exit status: 0 on success, 1 when a model failed (its previous version still serves) or a
 command was refused, 2 for bad usage.
+
+Everything a command prints (reports, ``Error:`` lines, tracebacks of unexpected errors) and
+logs has credentials in URLs masked (:mod:`mlflow_triton.core.masking`): the group scrubs
+every exception that leaves a command, the log handler masks every line.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import signal
 import shlex
+import signal
 import sys
 import tempfile
 import threading
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import click
 from mlflow.exceptions import MlflowException
 
 from mlflow_triton import promotion
+from mlflow_triton.core.masking import mask_secrets, scrub_exception
 from mlflow_triton.daemons.log_format import configure_logging
 from mlflow_triton.promotion import PromotionSpec, SyncReport
+
 
 def _parse_config(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
     config = {}
@@ -94,11 +100,29 @@ def _load(require_models: bool = True, **options: Any) -> PromotionSpec:
 
 @contextmanager
 def _errors() -> Iterator[None]:
-    """MlflowException → ``Error: <message>`` and exit status 1."""
+    """MlflowException → ``Error: <message>`` (credentials masked) and exit status 1."""
     try:
         yield
     except MlflowException as err:
-        raise click.ClickException(err.message) from err
+        raise click.ClickException(mask_secrets(err.message)) from err
+
+
+class MaskingGroup(click.Group):
+    """A click group whose commands never print a credential in an error: click's own
+    messages are masked, any other exception is scrubbed in place (its type and traceback
+    kept) before click or Python prints it."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as err:
+            err.message = mask_secrets(err.message)
+            raise
+        except (click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as err:
+            scrub_exception(err)
+            raise
 
 
 @contextmanager
@@ -141,7 +165,7 @@ tls_key = click.option("--tls-key", type=click.Path(exists=True, dir_okay=False)
                        help="PEM private key of --tls-cert.")  # fmt: skip
 
 
-@click.group()
+@click.group(cls=MaskingGroup)
 @click.option(
     "--log-level", default="INFO", show_default=True,
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
@@ -166,7 +190,7 @@ def sync(as_json: bool, **options: Any) -> None:
     _echo_report(report, as_json)
     if not report.ok:
         for failure in report.failures:
-            click.echo(f"Error: {failure.deployment}: {failure.error}", err=True)
+            click.echo(mask_secrets(f"Error: {failure.deployment}: {failure.error}"), err=True)
         raise SystemExit(1)
 
 
@@ -288,7 +312,11 @@ def dev(workdir: str | None, replicas: int, example: bool) -> None:
             if stop.is_set():  # Ctrl-C while starting
                 return
             if example:
-                from mlflow_triton.local.example_model import EXAMPLE_ALIAS, EXAMPLE_MODEL, register_example
+                from mlflow_triton.local.example_model import (
+                    EXAMPLE_ALIAS,
+                    EXAMPLE_MODEL,
+                    register_example,
+                )
 
                 with stack.exported_env():
                     versions = register_example()

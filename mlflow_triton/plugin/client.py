@@ -4,32 +4,66 @@ MLflow's plugin contract (``mlflow.deployments.base``): one ``BaseDeploymentClie
 plus module-level ``run_local`` and ``target_help``. ``create_deployment`` and
 ``update_deployment`` block until every Triton replica reports the new version READY;
 ``delete_deployment`` is idempotent; returned dicts carry ``name``.
+
+This module is where the package meets its caller (``mlflow deployments``, a notebook, a
+service), so it is where credentials are masked (:mod:`mlflow_triton.core.masking`): every
+public method returns its dicts masked and scrubs any exception it raises (same type, same
+traceback, masked text), and the package's log records are masked whatever handlers the
+host process set up.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 from mlflow.deployments import BaseDeploymentClient, PredictionsResponse
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
-from mlflow_triton.settings.deployment import DeploymentConfig, parse_target_uri, target_options, validate_model_name
-from mlflow_triton.fleet.discovery import resolve_urls
-from mlflow_triton.triton_config.model_config import as_arrays, tensor_names
+from mlflow_triton.core.masking import install_log_masking, mask_data, scrub_exception
 from mlflow_triton.flavors.model_source import resolve_model
+from mlflow_triton.flavors.triton_source import publish_composing_models, restore_composing_models
+from mlflow_triton.fleet.discovery import resolve_urls
+from mlflow_triton.fleet.server import ReplicaUnreachable, TritonCluster
+from mlflow_triton.plugin.triton_view import describe_from_triton, list_from_triton, replica_states
+from mlflow_triton.repository.lease import LeaseLost
 from mlflow_triton.rollout.publisher import ModelPublisher
 from mlflow_triton.rollout.repair import previous_good
-from mlflow_triton.repository.lease import LeaseLost
-from mlflow_triton.fleet.server import ReplicaUnreachable, TritonCluster
-from mlflow_triton.flavors.triton_source import publish_composing_models, restore_composing_models
-from mlflow_triton.plugin.triton_view import describe_from_triton, list_from_triton, replica_states
 from mlflow_triton.rollout.verification import SmokeTest
+from mlflow_triton.settings.deployment import (
+    DeploymentConfig,
+    parse_target_uri,
+    target_options,
+    validate_model_name,
+)
+from mlflow_triton.triton_config.model_config import as_arrays, tensor_names
 
 logger = logging.getLogger(__name__)
+install_log_masking()
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _boundary(mask_result: bool = True) -> Callable[[_Method], _Method]:
+    """Decorate a public method: exceptions leave scrubbed, dict/list results masked."""
+
+    def decorate(method: _Method) -> _Method:
+        @functools.wraps(method)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                result = method(*args, **kwargs)
+            except Exception as err:
+                scrub_exception(err)
+                raise
+            return mask_data(result) if mask_result and isinstance(result, (dict, list)) else result
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
 
 
 class TritonDeploymentClient(BaseDeploymentClient):
@@ -46,6 +80,7 @@ class TritonDeploymentClient(BaseDeploymentClient):
         MlflowException: INVALID_PARAMETER_VALUE for a malformed target URI.
     """
 
+    @_boundary()
     def __init__(self, target_uri: str) -> None:
         super().__init__(target_uri)
         self.triton_urls = parse_target_uri(target_uri)
@@ -99,6 +134,7 @@ class TritonDeploymentClient(BaseDeploymentClient):
         }
 
     # -- the plugin contract -----------------------------------------------------------------
+    @_boundary()
     def create_deployment(
         self, name: str, model_uri: str, flavor: str | None = None,
         config: Mapping[str, Any] | None = None, endpoint: str | None = None,
@@ -140,6 +176,7 @@ class TritonDeploymentClient(BaseDeploymentClient):
         """
         return self._publish(name, model_uri, flavor, config, mode="create")
 
+    @_boundary()
     def update_deployment(
         self, name: str, model_uri: str | None = None, flavor: str | None = None,
         config: Mapping[str, Any] | None = None, endpoint: str | None = None,
@@ -209,12 +246,14 @@ class TritonDeploymentClient(BaseDeploymentClient):
             **({"composing_models": {r.name: r.version for r in composing}} if composing else {}),
         }
 
+    @_boundary()
     def delete_deployment(
         self, name: str, config: Mapping[str, Any] | None = None, endpoint: str | None = None
     ) -> None:
         """Unload ``name`` from every replica and remove it from the repository (idempotent)."""
         self._publisher(self._config(config)).delete(name)
 
+    @_boundary()
     def list_deployments(self, endpoint: str | None = None) -> list[dict[str, Any]]:
         """Deployments with their serving version.
 
@@ -237,6 +276,7 @@ class TritonDeploymentClient(BaseDeploymentClient):
             for s in publisher.deployments()
         ]  # fmt: skip
 
+    @_boundary()
     def get_deployment(self, name: str, endpoint: str | None = None) -> dict[str, Any]:
         """State of ``name`` on each replica (Triton's reason for a failed load), plus, with a
         repository configured (see :meth:`list_deployments`), its provenance and history;
@@ -247,6 +287,7 @@ class TritonDeploymentClient(BaseDeploymentClient):
             return describe_from_triton(TritonCluster(self.replica_urls(), settings.protocol), name)
         return self._describe(self._publisher(settings), name)
 
+    @_boundary(mask_result=False)  # predictions are numbers
     def predict(
         self, deployment_name: str | None = None, inputs: Any = None, endpoint: str | None = None
     ) -> PredictionsResponse:
@@ -284,6 +325,7 @@ class TritonDeploymentClient(BaseDeploymentClient):
         )
 
 
+@_boundary()
 def run_local(*args: Any, **kwargs: Any) -> None:
     """Serve a model on an embedded local stack (moto S3 + CPU tritonserver) until Ctrl-C.
 
