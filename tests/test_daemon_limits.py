@@ -151,7 +151,8 @@ def receiver():
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text()
+    | st.integers(0xD800, 0xDFFF).map(chr),  # lone surrogates: valid in JSON, not in UTF-8
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=20,
 )
@@ -203,6 +204,14 @@ def test_bad_signed_bodies_get_400_naming_the_problem(receiver):
     ]:
         status, reply = post_raw(receiver.url, body, signed_bytes(body))
         assert status == 400 and problem in json.loads(reply)["error"], (status, reply)
+    lone_surrogate = b'{"entity": "\\ud800", "action": "created"}'  # valid JSON, not encodable as UTF-8
+    status, reply = post_raw(receiver.url, lone_surrogate, signed_bytes(lone_surrogate))
+    assert status == 200 and json.loads(reply)["status"] == "ignored", reply
+    body = event("fraud")
+    huge_timestamp = {**signed_bytes(body), "X-MLflow-Timestamp": "9" * 400}
+    huge_timestamp["X-MLflow-Signature"] = signature(
+        SECRET, huge_timestamp["X-MLflow-Delivery-Id"], huge_timestamp["X-MLflow-Timestamp"], body)
+    assert post_raw(receiver.url, body, huge_timestamp)[0] == 403
 
 
 def test_client_text_is_escaped_and_bounded_in_the_log(receiver, caplog):

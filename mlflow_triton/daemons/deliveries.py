@@ -104,14 +104,13 @@ def verify_signature(
         matched |= hmac.compare_digest(offered.encode(), expected)
     if not matched:
         raise MlflowException("Webhook signature mismatch.", error_code=PERMISSION_DENIED)
-    try:
-        sent_at = int(timestamp)
-    except ValueError as err:
+    try:  # a huge integer overflows the float subtraction: malformed too
+        sent_ago = (time.time() if now is None else now) - int(timestamp)
+    except (ValueError, OverflowError) as err:
         raise MlflowException("Malformed webhook timestamp.", error_code=PERMISSION_DENIED) from err
-    current = time.time() if now is None else now
-    if abs(current - sent_at) > tolerance_s:
+    if abs(sent_ago) > tolerance_s:
         raise MlflowException(
-            f"Stale webhook: sent {int(current - sent_at)}s ago, tolerance {int(tolerance_s)}s.",
+            f"Stale webhook: sent {int(sent_ago)}s ago, tolerance {int(tolerance_s)}s.",
             error_code=PERMISSION_DENIED,
         )
     return delivery_id

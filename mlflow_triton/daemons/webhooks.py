@@ -63,7 +63,7 @@ from mlflow_triton.daemons.deliveries import (  # noqa: F401 (SECRET_ENV, signat
     signature,
     verify_signature,
 )
-from mlflow_triton.daemons.log_format import LOGGABLE_CHARS, RateLimitedLog, loggable
+from mlflow_triton.daemons.log_format import RateLimitedLog, loggable
 from mlflow_triton.daemons.metrics import RolloutMetrics
 from mlflow_triton.daemons.ops_server import BackgroundServer, TLSFiles, ops_routes
 from mlflow_triton.promotion import PromotionSpec, SyncReport, sync
@@ -230,7 +230,7 @@ class WebhookReceiver:
     async def _read_and_handle(self, request: Request) -> tuple[int, dict[str, Any]]:
         too_large = HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"body over {self.max_body_bytes} bytes"}
         declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
+        if declared is not None and (not (declared.isascii() and declared.isdigit()) or int(declared) > self.max_body_bytes):
             return too_large
         chunks: list[bytes] = []
         received = 0
@@ -274,7 +274,7 @@ class WebhookReceiver:
             return HTTPStatus.BAD_REQUEST, {"error": f"not an MLflow webhook event: {err}"}
         if event.kind not in EVENTS:
             logger.info("Webhook delivery %s: %s ignored (not an alias event)", shown, loggable(event.kind))
-            return HTTPStatus.OK, {"status": "ignored", "reason": f"event {event.kind[:LOGGABLE_CHARS]}"}
+            return HTTPStatus.OK, {"status": "ignored", "reason": f"event {loggable(event.kind)}"}
         try:
             name, alias, version = event.alias_move()
         except ValueError as err:
