@@ -44,6 +44,7 @@ SECRET = "pa55-Wd-never-shown"
         (f"https://h/hook?token={SECRET}", "https://h/hook?token=***"),
         (f"https://blob/c?sv=2020&sig={SECRET}", "https://blob/c?sv=2020&sig=***"),
         (f"failed (password={SECRET}, api_key={SECRET})", "failed (password=***, api_key=***)"),
+        (f"export AWS_SECRET_ACCESS_KEY={SECRET}", "export AWS_SECRET_ACCESS_KEY=***"),
         (f"'http://u:{SECRET}@h:1/x?secret={SECRET}'", "'http://***@h:1/x?secret=***'"),
     ],
 )
@@ -54,7 +55,8 @@ def test_userinfo_and_secret_looking_query_values_are_masked(text, kept):
 
 def test_harmless_text_is_unchanged():
     for text in ("http://t1:8000/v2/models/fraud?version=3", "s3://models/triton/fraud/", "fraud@production",
-                 "a=b&c=d", "email me at ops@example.com"):  # fmt: skip
+                 "a=b&c=d", "email me at ops@example.com", "-C key=value",
+                 "Log it with signature=infer_signature(x, model.predict(x)) or an input_example."):  # fmt: skip
         assert mask_secrets(text) == text
 
 

@@ -4,10 +4,13 @@ What is masked, in any text (a URL alone, or inside an error message or a log li
 
 * the userinfo of every URL: ``http://user:pass@host`` -> ``http://***@host`` (tracking and
   registry URIs, Triton URLs, S3 endpoints, webhook URLs);
-* the value of every ``name=value`` whose name looks like a credential: it contains ``key``,
-  ``secret``, ``token``, ``password``/``passwd``/``pwd``, ``signature``, ``credential`` or
-  ``auth``, or is ``sig`` (``?token=...``, ``X-Amz-Signature=...``, ``X-Amz-Credential=...``,
-  ``password=...`` in an error text): the name stays, the value becomes ``***``.
+* the value of every URL query parameter whose name looks like a credential: it contains
+  ``key``, ``secret``, ``token``, ``password``/``passwd``/``pwd``, ``signature``,
+  ``credential`` or ``auth``, or is ``sig`` (``?token=...``, ``X-Amz-Signature=...``,
+  ``X-Amz-Credential=...``): the name stays, the value becomes ``***``;
+* in free text (an error message), the value of ``name=value`` when the name cannot mean
+  anything but a credential (``password=``, ``secret=``, ``token=``, ``api_key=``,
+  ``aws_secret_access_key=``...); not ``signature=`` (MLflow's model signature) nor ``key=``.
 
 Masking is idempotent and happens at the boundaries, not where messages are written:
 
@@ -37,12 +40,16 @@ OWN_LOGGERS = ("mlflow_triton", "lightning_callbacks")
 # let a match start only where a scheme or a name starts and the names are bounded, so the
 # time stays linear in the text's length (a log line of 64 KB of letters included).
 _USERINFO = re.compile(r"(?<![A-Za-z0-9+.\-])(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]{0,31}://)[^/\s@?#]+@")
-# ?token=...&X-Amz-Signature=..., "password=..." in error text -> values masked, names kept.
-_SECRET_PARAM = re.compile(
-    r"(?P<key>(?<![\w.\-])(?:[\w.\-]{0,40}?(?:key|secret|token|password|passwd|pwd|signature|credential|auth)"
-    r"[\w.\-]{0,40}|sig)=)[^&\s#),;'\"]*",
-    re.IGNORECASE,
+# ?token=...&X-Amz-Signature=...: in a URL query, every credential-like name. In free text
+# ("(password=...)" in an error) only names that cannot be anything else: "signature=" there
+# is MLflow's model signature ("signature=infer_signature(x, y)") and "key=value" a placeholder.
+_QUERY_NAMES = r"(?:key|secret|token|password|passwd|pwd|signature|credential|auth)"
+_TEXT_NAMES = r"(?:password|passwd|pwd|secret|token|credential|access[_-]?key|api[_-]?key|private[_-]?key)"
+_VALUE = r"[^&\s#),;'\"]*"
+_QUERY_PARAM = re.compile(
+    rf"(?P<key>(?<=[?&;])(?:[\w.\-]{{0,40}}?{_QUERY_NAMES}[\w.\-]{{0,40}}|sig)=){_VALUE}", re.IGNORECASE
 )
+_TEXT_PARAM = re.compile(rf"(?P<key>(?<![\w.\-])[\w.\-]{{0,40}}?{_TEXT_NAMES}[\w.\-]{{0,40}}=){_VALUE}", re.IGNORECASE)
 #: How deep :func:`mask_data` walks nested containers.
 _DEPTH_LIMIT = 8
 #: Exception attributes that are C-level slots (not in ``__dict__``) and may hold display text.
@@ -51,7 +58,8 @@ _SLOT_ATTRIBUTES = ("strerror", "filename", "filename2", "msg", "reason")
 
 def mask_secrets(text: str) -> str:
     """``text`` with credentials in URIs masked: userinfo and credential-like query values."""
-    return _SECRET_PARAM.sub(rf"\g<key>{MASK}", _USERINFO.sub(rf"\g<scheme>{MASK}@", text))
+    text = _USERINFO.sub(rf"\g<scheme>{MASK}@", text)
+    return _TEXT_PARAM.sub(rf"\g<key>{MASK}", _QUERY_PARAM.sub(rf"\g<key>{MASK}", text))
 
 
 def mask_data(value: Any, _depth: int = 0) -> Any:
