@@ -23,8 +23,11 @@ reading a request head (``timeout_keep_alive`` starts only after a response and 
 cancels it). Hypercorn's ``read_timeout`` restarts with each byte received and it has no
 connection cap either; granian runs its own worker processes, which does not fit a server
 started in a thread of the daemon on a socket bound beforehand (``port=0`` in tests). The
-guard is some 60 lines over uvicorn's public protocol hooks (``connection_made``,
-``handle_events``, ``on_response_complete``, ``connection_lost``).
+guard is some 60 lines in a subclass of uvicorn's h11 protocol: it extends
+``connection_made``, ``handle_events``, ``on_response_complete`` and ``connection_lost``
+and reads ``cycle``, ``connections`` and ``transport``, which that class has had since long
+before the oldest uvicorn this package accepts (``tests/test_daemon_limits.py`` would notice
+a change).
 
 TLS handshakes are bounded by asyncio's own ``ssl_handshake_timeout`` (60 s); a connection
 counts toward the cap once its handshake completed.
