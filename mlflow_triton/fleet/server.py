@@ -30,17 +30,14 @@ sent as HTTP basic auth through tritonclient's ``BasicAuth`` plugin, never put o
 as part of the address, and every message names the replica with them masked
 (:func:`mlflow_triton.core.masking.mask_secrets`).
 
-Descriptors: the HTTP client runs on gevent, whose hub (one libev loop: an epoll and an
-eventfd descriptor) is created per native thread and never destroyed by gevent itself. The
-fan-out runs in short-lived pool threads, so :class:`_ThreadHubs` destroys a thread's hub when
-its last client closes: a process can reconcile for months with a flat descriptor count.
+The HTTP client runs on gevent: :mod:`mlflow_triton.fleet.gevent_hubs` destroys the hub it
+creates in each thread when the thread's last client closes (no descriptor leak per call).
 """
 
 from __future__ import annotations
 
 import http.client
 import logging
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping, Sequence
@@ -55,6 +52,7 @@ from mlflow.protos.databricks_pb2 import (
 )
 
 from mlflow_triton.core.masking import mask_secrets
+from mlflow_triton.fleet.gevent_hubs import ThreadHubs
 
 logger = logging.getLogger(__name__)
 
@@ -137,54 +135,6 @@ def classify(err: BaseException) -> type[TritonError]:
     return TritonError  # tritonclient's own argument checks (status None), anything else
 
 
-class _ThreadHubs:
-    """Destroys a thread's gevent hub when the last HTTP client opened in that thread closes.
-
-    tritonclient's HTTP client (geventhttpclient) creates the calling thread's gevent hub on
-    first use; its libev loop holds an ``eventpoll`` and an ``eventfd`` descriptor until
-    ``Hub.destroy()``, which gevent asks callers to make when they use it "from multiple
-    native threads". :class:`TritonCluster` and the reconciliation fan out from pool threads
-    that end after each call: without this every reconciliation left two descriptors (and the
-    hub's memory) behind. A hub is destroyed the way that frees everything (gevent issue
-    1601): it resolves names in the calling thread (``gevent.resolver.blocking``; the default
-    resolver's thread pool keeps the hub from ever finishing), is joined, then destroyed.
-    Only a hub that did not exist when the thread's first client opened is touched, and the
-    main thread's hub is kept (one per process, reused).
-    """
-
-    _local = threading.local()
-    JOIN_TIMEOUT_S = 1.0
-
-    @classmethod
-    def enter(cls) -> None:
-        depth = getattr(cls._local, "depth", 0)
-        if depth == 0:
-            import gevent
-            from gevent._hub_local import get_hub_if_exists  # gevent's own modules use it
-            from gevent.resolver.blocking import Resolver
-
-            cls._local.owned = get_hub_if_exists() is None
-            if cls._local.owned:
-                hub = gevent.get_hub()
-                hub.resolver = Resolver(hub)
-        cls._local.depth = depth + 1
-
-    @classmethod
-    def leave(cls) -> None:
-        depth = getattr(cls._local, "depth", 0)
-        if depth <= 0:
-            return  # closed in another thread than it was opened in: nothing of ours here
-        cls._local.depth = depth - 1
-        if cls._local.depth or not cls._local.owned or threading.current_thread() is threading.main_thread():
-            return
-        from gevent._hub_local import get_hub_if_exists
-
-        hub = get_hub_if_exists()
-        if hub is not None:
-            hub.join(timeout=cls.JOIN_TIMEOUT_S)
-            hub.destroy(destroy_loop=True)
-
-
 class TritonServer:
     """One Triton server. Not thread-safe: use one instance per thread (tritonclient's rule),
     and close it (or use it as a context manager) in the thread that opened it.
@@ -220,14 +170,14 @@ class TritonServer:
             from tritonclient.http.auth import BasicAuth
 
             self._module = httpclient
-            _ThreadHubs.enter()
+            ThreadHubs.enter()
             try:
                 self.client = httpclient.InferenceServerClient(
                     address, ssl=parsed.scheme == "https", connection_timeout=10.0,
                     network_timeout=timeout_s,
                 )  # fmt: skip
             except BaseException:
-                _ThreadHubs.leave()
+                ThreadHubs.leave()
                 raise
         if userinfo:
             user, _, password = userinfo.partition(":")
@@ -349,7 +299,7 @@ class TritonServer:
 
     def close(self) -> None:
         """Close the client (idempotent); in HTTP mode, also the thread's gevent hub if this
-        was the thread's last client (:class:`_ThreadHubs`)."""
+        was the thread's last client (:class:`ThreadHubs`)."""
         if self._closed:
             return
         self._closed = True
@@ -357,7 +307,7 @@ class TritonServer:
             self.client.close()
         finally:
             if self.protocol == "http":
-                _ThreadHubs.leave()
+                ThreadHubs.leave()
 
     def __enter__(self) -> "TritonServer":
         return self
