@@ -27,16 +27,15 @@ import pytest
 from mlflow.exceptions import MlflowException
 from tritonclient.utils import InferenceServerException
 
-from mlflow_triton.fleet.server import (
+from mlflow_triton.fleet.errors import (
     ModelNotFound,
     ReplicaUnreachable,
-    TritonCluster,
     TritonError,
-    TritonServer,
     classify,
     is_unreachable,
     raise_failures,
 )
+from mlflow_triton.fleet.server import TritonCluster, TritonServer
 from mlflow_triton.local.processes import ManagedProcess, free_port
 from mlflow_triton.local.servers import make_backend_dir, moto_s3, tritonserver
 from mlflow_triton.local.stack import AWS_TEST_CREDENTIALS

@@ -26,7 +26,8 @@ from models import sample
 from test_promotion_support import ALIAS, CPU, local, register
 
 from mlflow_triton.fleet.discovery import dns_resolver, set_resolver
-from mlflow_triton.fleet.server import TritonError, TritonServer
+from mlflow_triton.fleet.errors import TritonError
+from mlflow_triton.fleet.server import TritonServer
 from mlflow_triton.local.processes import free_port
 from mlflow_triton.local.servers import make_backend_dir, tritonserver
 from mlflow_triton.local.stack import AWS_TEST_CREDENTIALS

@@ -19,7 +19,7 @@ from mlflow.protos.databricks_pb2 import (
 
 from mlflow_triton.fleet import discovery
 from mlflow_triton.fleet.discovery import resolve_urls, set_endpoint_slice_api, set_resolver
-from mlflow_triton.fleet.server import ReplicaUnreachable
+from mlflow_triton.fleet.errors import ReplicaUnreachable
 from mlflow_triton.plugin.client import TritonDeploymentClient
 from mlflow_triton.plugin.triton_view import describe_from_triton, list_from_triton, replica_states
 from mlflow_triton.promotion.reconcile import watch
@@ -348,3 +348,26 @@ def test_a_hanging_registry_does_not_hold_the_rollout(monkeypatch, caplog):
         AuditTrail("fraud", "triton:/http://t1:8000", "s3://b/p", Hanging()).serving(entry, None)
     release.set()
     assert "the rollout goes on" in caplog.text
+
+
+def test_fan_out_threads_leave_no_gevent_hub_or_descriptor_behind():
+    """Each fan-out runs in new pool threads; their gevent hubs (epoll + eventfd) must go with them."""
+    import gc
+
+    import psutil
+    from gevent.hub import Hub
+    from stub_triton import StubTriton
+
+    from mlflow_triton.fleet.server import TritonCluster
+
+    process = psutil.Process()
+    with StubTriton() as first, StubTriton() as second:
+        cluster = TritonCluster([first.url, second.url])
+        cluster.ready_models()
+        before = process.num_fds()
+        for _ in range(40):
+            cluster.ready_models()
+            assert cluster.not_ready("absent", 1) == [first.url, second.url]
+        gc.collect()
+        assert process.num_fds() <= before + 6  # was +4 per iteration
+        assert not [o for o in gc.get_objects() if isinstance(o, Hub) and not o.loop]  # destroyed and freed

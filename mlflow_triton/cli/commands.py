@@ -14,8 +14,12 @@ Each command parses its options, calls :mod:`mlflow_triton.promotion` (or
 Exit status: 0 on success, 1 when a model failed (its previous version still serves) or a
 command was refused, 2 for bad usage, 128 + the signal number (130 for Ctrl-C) when SIGINT or
 SIGTERM stopped ``sync`` or ``rollback`` (a line on stderr says what serves; see
-:mod:`mlflow_triton.rollout.interrupts`). An error prints as one line and a hint; ``mlflow-triton --debug COMMAND`` also prints its
-traceback.
+:mod:`mlflow_triton.rollout.interrupts`). An error prints as one line and a hint;
+``mlflow-triton --debug COMMAND`` also prints its traceback.
+
+Everything a command prints (reports, ``Error:`` lines, tracebacks) and logs has credentials in
+URLs masked (:mod:`mlflow_triton.core.masking`): the group scrubs every exception that leaves a
+command, the log handler masks every line.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from mlflow.exceptions import MlflowException
 
 from mlflow_triton import promotion
 from mlflow_triton.cli.errors import ErrorReportingGroup
+from mlflow_triton.core.masking import mask_secrets
 from mlflow_triton.daemons.log_format import configure_logging
 from mlflow_triton.promotion import PromotionSpec, SyncReport
 from mlflow_triton.rollout import interrupts
@@ -100,11 +105,11 @@ def _load(require_models: bool = True, **options: Any) -> PromotionSpec:
 
 @contextmanager
 def _errors() -> Iterator[None]:
-    """MlflowException → ``Error: <message>`` and exit status 1."""
+    """MlflowException → ``Error: <message>`` (credentials masked) and exit status 1."""
     try:
         yield
     except MlflowException as err:
-        raise click.ClickException(err.message) from err
+        raise click.ClickException(mask_secrets(err.message)) from err
 
 
 @contextmanager
@@ -155,7 +160,7 @@ tls_key = click.option("--tls-key", type=click.Path(exists=True, dir_okay=False)
                        help="PEM private key of --tls-cert.")  # fmt: skip
 
 
-@click.group(cls=ErrorReportingGroup)  # errors: one line and a hint; --debug adds the traceback
+@click.group(cls=ErrorReportingGroup)  # errors: one line and a hint, masked; --debug adds the traceback
 @click.option(
     "--log-level", default="INFO", show_default=True,
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
@@ -188,7 +193,7 @@ def sync(as_json: bool, **options: Any) -> None:
         raise SystemExit(128 + cancel.signum)
     if not report.ok:
         for failure in report.failures:
-            click.echo(f"Error: {failure.deployment}: {failure.error}", err=True)
+            click.echo(mask_secrets(f"Error: {failure.deployment}: {failure.error}"), err=True)
         raise SystemExit(1)
 
 

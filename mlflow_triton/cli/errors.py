@@ -6,6 +6,8 @@ last. :class:`ErrorReportingGroup` is the group class of the ``mlflow-triton`` c
 adds the ``--debug`` option and prints every failure as ``Error: <message>`` followed by
 ``Hint: ...``, exit status 1. With ``--debug`` the traceback of the original exception comes
 first. Usage errors (exit status 2), ``Aborted!`` and explicit exits are click's, unchanged.
+Whatever it prints has credentials in URLs masked (:mod:`mlflow_triton.core.masking`): every
+exception leaving a command is scrubbed in place, its type and traceback kept.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 
 import click
 from mlflow.exceptions import MlflowException
+
+from mlflow_triton.core.masking import mask_secrets, scrub_exception
 
 __all__ = ["CommandFailed", "ErrorReportingGroup"]
 
@@ -63,9 +67,13 @@ class ErrorReportingGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.Abort, click.UsageError, CommandFailed):
+        except (click.exceptions.Exit, click.Abort):
+            raise
+        except (click.UsageError, CommandFailed) as err:
+            err.message = mask_secrets(err.message)
             raise
         except Exception as err:
+            scrub_exception(err)  # in place, chained causes too: type and traceback kept
             cause = err.__cause__ if isinstance(err, click.ClickException) and err.__cause__ else err
             debug = bool(ctx.meta.get(_DEBUG))
             if debug:

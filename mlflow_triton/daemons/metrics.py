@@ -24,6 +24,8 @@ every replica. The MLflow registry does not record when an alias moved (its alia
 no timestamp), so the start is the event's own timestamp for a webhook delivery, and for
 ``watch`` the end of the round that first saw the alias point elsewhere, minus that model's
 reconciliation time: ``watch`` lag therefore excludes up to one ``--interval`` of polling.
+
+Label values pass :func:`~mlflow_triton.core.masking.mask_secrets` like every other output.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from mlflow_triton.core.masking import mask_secrets
 from mlflow_triton.promotion.reports import ModelReport, SyncReport
 
 Outcome = Literal["ok", "refused", "failed"]
@@ -106,14 +109,15 @@ class RolloutMetrics:
         ended = time.time() if now is None else now
         for model in report.models:
             outcome = rollout_outcome(model)
+            deployment, registered_model = mask_secrets(model.deployment), mask_secrets(model.registered_model)
             if outcome is not None:
-                self.rollouts.labels(model.deployment, outcome).inc()
+                self.rollouts.labels(deployment, outcome).inc()
                 self.duration.labels(outcome).observe(model.seconds)
             if model.action != "unchanged" and model.registry_version is not None:
                 # watch: first sighting of a version that does not serve yet
                 self.alias_moved(model.deployment, model.registry_version, ended - model.seconds)
             if model.action in ("published", "unchanged") and model.triton_version is not None:
-                labels = (model.deployment, model.registered_model)
+                labels = (deployment, registered_model)
                 self.serving_version.labels(*labels).set(model.triton_version)
                 if model.registry_version is not None and str(model.registry_version).isdigit():
                     self.serving_registry_version.labels(*labels).set(int(model.registry_version))

@@ -4,6 +4,13 @@
 (:mod:`mlflow_triton.daemons.webhooks`). uvicorn runs in a thread on a socket bound before it starts,
 so ``port=0`` works (tests) and :attr:`BackgroundServer.url` is known at once; uvicorn's own
 loggers propagate to the root logger, so ``--log-format json`` covers them too.
+
+Connections are guarded by :mod:`mlflow_triton.daemons.http_guard`: a request head within
+10 s, idle keep-alive for 5 s, a connection cap that closes the longest-idle connection to
+make room instead of refusing everyone, so ``/healthz`` answers however many idle or
+half-sent connections a client holds. Handlers only read state (``/healthz``, ``/metrics``)
+or verify and enqueue (webhooks): nothing slow runs on the event loop, so the endpoints stay
+answerable while rollouts run or queue.
 """
 
 from __future__ import annotations
@@ -23,13 +30,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from mlflow_triton.daemons.http_guard import HEAD_TIMEOUT_S, MAX_HEAD_BYTES, guarded_protocol
+
 #: ``() -> (healthy, details)``: what ``/healthz`` answers (200 or 503).
 HealthCheck = Callable[[], "tuple[bool, dict]"]
 
 #: Seconds uvicorn keeps an idle keep-alive connection open.
 KEEP_ALIVE_S = 5
-#: Connections served at once; more get 503 (a webhook receiver has one sender: MLflow).
-MAX_CONCURRENT_CONNECTIONS = 64
 
 
 @dataclass(frozen=True)
@@ -99,12 +106,18 @@ class BackgroundServer:
         routes: the app's routes.
         host / port: where to listen; ``port=0`` picks a free port (see :attr:`url`).
         tls: serve HTTPS with these files.
+        head_timeout_s: seconds a connection may take to send a request head.
+        max_connections: connections held at once (default: 256, or a quarter of the
+            descriptor limit if lower); beyond, the longest-idle one is closed.
 
     Raises:
         MlflowException: INVALID_PARAMETER_VALUE when the address cannot be bound.
     """
 
-    def __init__(self, routes: Sequence[BaseRoute], host: str, port: int, tls: TLSFiles | None = None) -> None:
+    def __init__(
+        self, routes: Sequence[BaseRoute], host: str, port: int, tls: TLSFiles | None = None,
+        head_timeout_s: float = HEAD_TIMEOUT_S, max_connections: int | None = None,
+    ) -> None:  # fmt: skip
         self.app = Starlette(routes=list(routes))
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._socket = socket.socket(family, socket.SOCK_STREAM)
@@ -121,7 +134,8 @@ class BackgroundServer:
         self._url = f"{'https' if tls else 'http'}://{bound_host}:{bound_port}/"
         config = uvicorn.Config(
             self.app, log_config=None, access_log=False, lifespan="off",
-            timeout_keep_alive=KEEP_ALIVE_S, limit_concurrency=MAX_CONCURRENT_CONNECTIONS,
+            http=guarded_protocol(head_timeout_s, max_connections),
+            timeout_keep_alive=KEEP_ALIVE_S, h11_max_incomplete_event_size=MAX_HEAD_BYTES,
             ssl_certfile=tls.cert if tls else None, ssl_keyfile=tls.key if tls else None,
         )  # fmt: skip
         try:
@@ -138,6 +152,11 @@ class BackgroundServer:
     @property
     def url(self) -> str:
         return self._url
+
+    @property
+    def open_connections(self) -> int:
+        """Connections the server holds now (not yet closed)."""
+        return sum(not c.transport.is_closing() for c in list(self._server.server_state.connections))
 
     def start(self, timeout_s: float = 30.0) -> "BackgroundServer":
         """Start serving; returns once uvicorn accepts connections."""

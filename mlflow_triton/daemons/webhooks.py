@@ -16,22 +16,20 @@ late or reordered delivery cannot install a stale version::
     MlflowClient().create_webhook(name="triton", url="https://triton-hooks.internal:8080/",
                                   events=["model_version_alias.created"], secret=secret)
 
-Verification follows ``mlflow.webhooks.delivery`` (Standard Webhooks conventions):
-
-- headers ``X-MLflow-Delivery-Id``, ``X-MLflow-Timestamp`` (unix seconds) and
-  ``X-MLflow-Signature`` = ``v1,`` + base64(HMAC-SHA256(secret,
-  ``"{delivery_id}.{timestamp}.{raw body}"``)); several space-separated signatures are
-  accepted (secret rotation);
-- the signature is compared in constant time (``hmac.compare_digest``);
-- a timestamp further than ``tolerance_s`` (300 s) from now is refused (replay window), and
-  a delivery id seen within that window is acknowledged but not acted on again.
+Each delivery's signature and body are checked as :mod:`mlflow_triton.daemons.deliveries`
+describes (MLflow's HMAC scheme, a 300 s replay window); a delivery id seen within that
+window is acknowledged but not acted on again.
 
 Responses: ``401`` when the signature headers are missing, ``403`` for a wrong signature or
-a stale timestamp, ``400`` for a signed body that is not an MLflow event, ``202`` when a
+a stale timestamp, ``400`` for a signed body that is not an MLflow event (not JSON or nested
+too deeply, not an object, ``data`` not an object, name or alias not strings), ``202`` when a
 rollout was queued, ``200`` for an event that needs nothing (another model, another alias,
 another event type, a duplicate delivery), ``413`` for a body over ``max_body_bytes`` (1 MiB),
 ``408`` when the body takes longer than ``body_timeout_s`` (10 s) to arrive. Rejected requests
-change nothing. The secret is never logged.
+change nothing. The secret is never logged; refusals are logged at most 10 a minute (the
+rest are counted in the next line), and client-sent text (delivery id, names) is logged with
+control characters escaped and cut to a bounded length. Connection limits:
+:mod:`mlflow_triton.daemons.http_guard`.
 
 Rollouts run on one worker thread, in arrival order. A model that is already queued is not
 queued twice. The HTTP reply does not wait for the rollout, which takes longer than MLflow's
@@ -43,121 +41,43 @@ unless its server runs with ``MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS=true``. It accept
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
-import json
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict, deque
-from datetime import datetime
 from http import HTTPStatus
 from typing import Any, Callable, Mapping
 
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, UNAUTHENTICATED
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from mlflow_triton.daemons.deliveries import (  # noqa: F401 (SECRET_ENV, signature: public here too)
+    DEFAULT_TOLERANCE_S,
+    EVENTS,
+    MAX_ID_CHARS,
+    SECRET_ENV,
+    parse_event,
+    read_secret,
+    signature,
+    verify_signature,
+)
+from mlflow_triton.daemons.log_format import RateLimitedLog, loggable
 from mlflow_triton.daemons.metrics import RolloutMetrics
 from mlflow_triton.daemons.ops_server import BackgroundServer, TLSFiles, ops_routes
 from mlflow_triton.promotion import PromotionSpec, SyncReport, sync
 
 logger = logging.getLogger(__name__)
 
-SECRET_ENV = "MLFLOW_TRITON_WEBHOOK_SECRET"
-SIGNATURE_HEADER = "X-MLflow-Signature"
-TIMESTAMP_HEADER = "X-MLflow-Timestamp"
-DELIVERY_ID_HEADER = "X-MLflow-Delivery-Id"
-SIGNATURE_VERSION = "v1"
-#: Deliveries older (or newer) than this many seconds are refused as replays.
-DEFAULT_TOLERANCE_S = 300.0
 MAX_BODY_BYTES = 1024 * 1024
 #: Seconds a sender has to deliver the whole body (slow-loris guard).
 BODY_TIMEOUT_S = 10.0
-ALIAS_CREATED = "model_version_alias.created"
-#: Events this receiver subscribes to (what :func:`register_webhook` asks MLflow for).
-EVENTS = (ALIAS_CREATED,)
 _KEPT_REPORTS = 100
+#: Refusal log lines (forged, stale, malformed deliveries) per minute; the rest are counted.
+REFUSALS_LOGGED_PER_MINUTE = 10
 
 Reconcile = Callable[[PromotionSpec, str], SyncReport]
-
-
-def read_secret(secret: str | None = None) -> str:
-    """``secret``, else ``$MLFLOW_TRITON_WEBHOOK_SECRET``.
-
-    Raises:
-        MlflowException: INVALID_PARAMETER_VALUE when neither is set (a receiver never runs
-            unauthenticated).
-    """
-    value = secret if secret is not None else os.environ.get(SECRET_ENV, "")
-    if not value:
-        raise MlflowException.invalid_parameter_value(
-            f"No webhook secret: set {SECRET_ENV} to the secret given to "
-            "MlflowClient.create_webhook(..., secret=...). Unsigned webhooks are refused."
-        )
-    return value
-
-
-def signature(secret: str, delivery_id: str, timestamp: str, body: bytes) -> str:
-    """The ``X-MLflow-Signature`` value MLflow sends for this delivery (``v1,<base64>``)."""
-    signed = f"{delivery_id}.{timestamp}.".encode() + body
-    digest = hmac.new(secret.encode(), signed, hashlib.sha256).digest()
-    return f"{SIGNATURE_VERSION},{base64.b64encode(digest).decode()}"
-
-
-def verify_signature(
-    secret: str,
-    headers: Mapping[str, str],
-    body: bytes,
-    tolerance_s: float = DEFAULT_TOLERANCE_S,
-    now: float | None = None,
-) -> str:
-    """Check one delivery as MLflow signs it; returns its delivery id.
-
-    Args:
-        secret: the webhook secret.
-        headers: the request headers (case-insensitive mapping, e.g. ``http.client``'s).
-        body: the raw request body, exactly as received.
-        tolerance_s: largest accepted distance between the timestamp and ``now``.
-        now: the current unix time (tests).
-
-    Raises:
-        MlflowException: UNAUTHENTICATED (401) when a signature header is missing;
-            PERMISSION_DENIED (403) for a wrong signature or a stale or malformed timestamp.
-    """
-    delivery_id = headers.get(DELIVERY_ID_HEADER)
-    timestamp = headers.get(TIMESTAMP_HEADER)
-    signatures = headers.get(SIGNATURE_HEADER)
-    missing = [
-        name for name, value in
-        ((SIGNATURE_HEADER, signatures), (TIMESTAMP_HEADER, timestamp), (DELIVERY_ID_HEADER, delivery_id))
-        if not value
-    ]  # fmt: skip
-    if missing:
-        raise MlflowException(f"Unsigned webhook: missing {', '.join(missing)}.", error_code=UNAUTHENTICATED)
-    assert delivery_id is not None and timestamp is not None and signatures is not None
-    expected = signature(secret, delivery_id, timestamp, body).encode()
-    # Compare against every offered signature, without stopping early.
-    matched = False
-    for offered in signatures.split():
-        matched |= hmac.compare_digest(offered.encode(), expected)
-    if not matched:
-        raise MlflowException("Webhook signature mismatch.", error_code=PERMISSION_DENIED)
-    try:
-        sent_at = int(timestamp)
-    except ValueError as err:
-        raise MlflowException("Malformed webhook timestamp.", error_code=PERMISSION_DENIED) from err
-    current = time.time() if now is None else now
-    if abs(current - sent_at) > tolerance_s:
-        raise MlflowException(
-            f"Stale webhook: sent {int(current - sent_at)}s ago, tolerance {int(tolerance_s)}s.",
-            error_code=PERMISSION_DENIED,
-        )
-    return delivery_id
 
 
 def register_webhook(
@@ -230,6 +150,8 @@ class WebhookReceiver:
         self._seen: OrderedDict[str, float] = OrderedDict()
         self._queue: deque[str] = deque()
         self._busy = False
+        self.reconciles = 0
+        self._refusals = RateLimitedLog(logger, burst=REFUSALS_LOGGED_PER_MINUTE, period_s=60.0)
         self._lock = threading.Condition()
         self._stopping = False
         routes = [
@@ -283,11 +205,12 @@ class WebhookReceiver:
         return True
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Healthy while the rollout worker runs; reports the queue."""
+        """Healthy while the rollout worker runs; reports the queue and the reconciliations run."""
         alive = self._worker is not None and self._worker.is_alive()
         with self._lock:
             return alive, {"rollout_worker": "running" if alive else "stopped",
-                           "queued": list(self._queue), "busy": self._busy}  # fmt: skip
+                           "queued": list(self._queue), "busy": self._busy,
+                           "reconciles": self.reconciles}  # fmt: skip
 
     def __enter__(self) -> "WebhookReceiver":
         return self.start()
@@ -307,7 +230,7 @@ class WebhookReceiver:
     async def _read_and_handle(self, request: Request) -> tuple[int, dict[str, Any]]:
         too_large = HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"body over {self.max_body_bytes} bytes"}
         declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
+        if declared is not None and (not (declared.isascii() and declared.isdigit()) or int(declared) > self.max_body_bytes):
             return too_large
         chunks: list[bytes] = []
         received = 0
@@ -329,38 +252,45 @@ class WebhookReceiver:
         return self.handle(request.headers, b"".join(chunks))
 
     def handle(self, headers: Mapping[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
-        """Verify and dispatch one delivery; returns ``(HTTP status, JSON reply)``."""
+        """Verify and dispatch one delivery; returns ``(HTTP status, JSON reply)``.
+
+        Never raises for a bad request: unsigned or forged deliveries get 401/403, signed
+        bodies that are not an MLflow event 400. Refusals are logged at a bounded rate.
+        """
         try:
             delivery_id = verify_signature(self._secret, headers, body, self.tolerance_s)
         except MlflowException as err:
             status = HTTPStatus.UNAUTHORIZED if err.error_code == "UNAUTHENTICATED" else HTTPStatus.FORBIDDEN
-            logger.warning("Rejected webhook (%d): %s", status, err.message)
+            self._refusals.log(logging.WARNING, "Rejected webhook (%d): %s", status, err.message)
             return status, {"error": err.message}
+        shown = loggable(delivery_id, MAX_ID_CHARS)
         if not self._first_delivery(delivery_id):
-            logger.info("Webhook delivery %s: duplicate, ignored", delivery_id)
+            logger.info("Webhook delivery %s: duplicate, ignored", shown)
             return HTTPStatus.OK, {"status": "duplicate"}
         try:
-            event = json.loads(body)
-            kind = f"{event['entity']}.{event['action']}"
-            data = event.get("data") or {}
-        except (ValueError, KeyError, TypeError) as err:
+            event = parse_event(body)
+        except ValueError as err:
+            self._refusals.log(logging.WARNING, "Webhook delivery %s refused (400): %s", shown, err)
             return HTTPStatus.BAD_REQUEST, {"error": f"not an MLflow webhook event: {err}"}
-        if kind not in EVENTS:
-            logger.info("Webhook delivery %s: %s ignored (not an alias event)", delivery_id, kind)
-            return HTTPStatus.OK, {"status": "ignored", "reason": f"event {kind}"}
-        name, alias = data.get("name"), data.get("alias")
-        valid = isinstance(name, str) and isinstance(alias, str)
-        followed = self.spec.select(name, alias).models if valid else ()
+        if event.kind not in EVENTS:
+            logger.info("Webhook delivery %s: %s ignored (not an alias event)", shown, loggable(event.kind))
+            return HTTPStatus.OK, {"status": "ignored", "reason": f"event {loggable(event.kind)}"}
+        try:
+            name, alias, version = event.alias_move()
+        except ValueError as err:
+            self._refusals.log(logging.WARNING, "Webhook delivery %s refused (400): %s", shown, err)
+            return HTTPStatus.BAD_REQUEST, {"error": f"not an MLflow alias event: {err}"}
+        followed = self.spec.select(name, alias).models
         if not followed:
-            logger.info("Webhook delivery %s: %s@%s is not in the spec, ignored", delivery_id, name, alias)
-            return HTTPStatus.OK, {"status": "ignored", "reason": f"{name}@{alias} not followed"}
-        moved_at = _event_time(event, headers)
+            logger.info("Webhook delivery %s: %s@%s is not in the spec, ignored", shown, loggable(name), loggable(alias))
+            return HTTPStatus.OK, {"status": "ignored", "reason": "model and alias not followed"}
+        moved_at = event.moved_at(headers)
         for model in followed:
-            self.metrics.alias_moved(model.deployment, data.get("version"), moved_at)
+            self.metrics.alias_moved(model.deployment, version, moved_at)
         queued = self._enqueue(name)
         logger.info(
-            "Webhook delivery %s: %s@%s -> version %s: rollout %s", delivery_id, name, alias,
-            data.get("version"), "queued" if queued else "already queued",
+            "Webhook delivery %s: %s@%s -> version %s: rollout %s", shown, name, alias,
+            loggable(version), "queued" if queued else "already queued",
         )  # fmt: skip
         return HTTPStatus.ACCEPTED, {"status": "queued", "registered_model": name,
                                      "deployments": [m.deployment for m in followed]}  # fmt: skip
@@ -406,12 +336,5 @@ class WebhookReceiver:
             finally:
                 with self._lock:
                     self._busy = False
+                    self.reconciles += 1
                     self._lock.notify_all()
-
-
-def _event_time(event: Mapping[str, Any], headers: Mapping[str, str]) -> float:
-    """When MLflow created the event (its ``timestamp``), else when it was sent (the header)."""
-    try:
-        return datetime.fromisoformat(str(event["timestamp"])).timestamp()
-    except (KeyError, ValueError):
-        return float(headers.get(TIMESTAMP_HEADER) or time.time())

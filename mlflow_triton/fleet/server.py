@@ -7,7 +7,8 @@ control operations out to every replica that reads the same model repository::
     cluster.load_model("fraud", timeout_s=300)        # POST /v2/repository/models/fraud/load
     cluster.wait_until_ready("fraud", version=3, timeout_s=60)
 
-Every failure is raised as a :class:`TritonError` (an ``MlflowException``) naming the server,
+Every failure is raised as a :class:`~mlflow_triton.fleet.errors.TritonError` (an
+``MlflowException``; the types live in :mod:`mlflow_triton.fleet.errors`) naming the server,
 the model and Triton's own error text. Its type says what happened, decided from the exception
 tritonclient raised and its status, never from the text:
 
@@ -24,24 +25,38 @@ tritonclient raised and its status, never from the text:
   500 / INTERNAL for a load that could not read the repository (S3 down, unknown model, broken
   config.pbtxt), 400 / INVALID_ARGUMENT for a model that failed to initialise, 503 / UNAVAILABLE
   "Server not ready".
+
+Credentials in a URL (``http://user:pass@triton:8000``, for a proxy in front of Triton) are
+sent as HTTP basic auth through tritonclient's ``BasicAuth`` plugin, never put on the wire
+as part of the address, and every message names the replica with them masked
+(:func:`mlflow_triton.core.masking.mask_secrets`).
+
+The HTTP client runs on gevent: :mod:`mlflow_triton.fleet.gevent_hubs` destroys the hub it
+creates in each thread when the thread's last client closes (no descriptor leak per call).
 """
 
 from __future__ import annotations
 
-import http.client
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping, Sequence
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import (
-    INTERNAL_ERROR,
-    RESOURCE_DOES_NOT_EXIST,
-    TEMPORARILY_UNAVAILABLE,
+
+from mlflow_triton.core.masking import mask_secrets
+from mlflow_triton.fleet.errors import (
+    GRPC_UNAVAILABLE,
+    ReplicaUnreachable,
+    TritonError,
+    classify,
+    is_missing,
+    raise_failures,
+    triton_status,
 )
+from mlflow_triton.fleet.gevent_hubs import ThreadHubs
 
 logger = logging.getLogger(__name__)
 
@@ -49,86 +64,13 @@ DEFAULT_TIMEOUT_S = 300.0
 #: How long the liveness RPC that settles an ambiguous gRPC UNAVAILABLE may take.
 PROBE_TIMEOUT_S = 5.0
 
-#: tritonclient's ``InferenceServerException.status()``: the HTTP status code, or
-#: ``str(grpc.StatusCode)`` for gRPC.
-MISSING_STATUSES = frozenset({"404", "StatusCode.NOT_FOUND"})
-#: Statuses that mean no answer from Triton: a gateway's 502/504 (Triton never sends them), the
-#: gRPC channel's failure to connect and a deadline. ``StatusCode.UNAVAILABLE`` is also what
-#: Triton answers while not ready: :meth:`TritonServer._error` tells the two apart.
-UNREACHABLE_STATUSES = frozenset(
-    {"502", "504", "StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED"}
-)
-GRPC_UNAVAILABLE = "StatusCode.UNAVAILABLE"
-#: What the HTTP client raises when the connection fails: the socket's own errors (refused,
-#: reset, timed out, name resolution, TLS) and geventhttpclient's ``HTTPConnectionClosed`` /
-#: ``HTTPParseError`` (``http.client.HTTPException`` subclasses).
-NETWORK_ERRORS: tuple[type[BaseException], ...] = (OSError, http.client.HTTPException)
-
-
-class TritonError(MlflowException):
-    """A Triton call failed; this class itself: Triton answered with an error (INTERNAL_ERROR).
-
-    Attributes:
-        url: the replica.
-        status: tritonclient's status (HTTP ``"500"``, gRPC ``"StatusCode.INTERNAL"``), or None
-            when the call failed below HTTP/gRPC.
-    """
-
-    error_code_default = INTERNAL_ERROR
-
-    def __init__(self, message: str, url: str, status: str | None = None) -> None:
-        super().__init__(message, error_code=self.error_code_default)
-        self.url = url
-        self.status = status
-
-
-class ReplicaUnreachable(TritonError):
-    """No answer from the replica: connection refused/reset/closed, name resolution, timeout."""
-
-    error_code_default = TEMPORARILY_UNAVAILABLE
-
-
-class ModelNotFound(TritonError):
-    """Triton answered that it does not know the model (HTTP 404 / gRPC NOT_FOUND)."""
-
-    error_code_default = RESOURCE_DOES_NOT_EXIST
-
-
-def _status(err: BaseException) -> str | None:
-    """tritonclient's status of ``err``; None unless it is an InferenceServerException."""
-    from tritonclient.utils import InferenceServerException
-
-    if isinstance(err, InferenceServerException) and err.status() is not None:
-        return str(err.status())
-    return None
-
-
-def classify(err: BaseException) -> type[TritonError]:
-    """The :class:`TritonError` class for an exception a tritonclient call raised.
-
-    Decided by type and status only. A gRPC ``StatusCode.UNAVAILABLE`` classifies as
-    :class:`ReplicaUnreachable` here; :class:`TritonServer` asks the replica whether it is
-    live before it says so.
-    """
-    if isinstance(err, TritonError):
-        return type(err)
-    status = _status(err)
-    if status is not None:
-        if status in MISSING_STATUSES:
-            return ModelNotFound
-        if status in UNREACHABLE_STATUSES:
-            return ReplicaUnreachable
-        return TritonError
-    if isinstance(err, NETWORK_ERRORS):
-        return ReplicaUnreachable
-    return TritonError  # tritonclient's own argument checks (status None), anything else
-
-
 class TritonServer:
-    """One Triton server. Not thread-safe: use one instance per thread (tritonclient's rule).
+    """One Triton server. Not thread-safe: use one instance per thread (tritonclient's rule),
+    and close it (or use it as a context manager) in the thread that opened it.
 
     Args:
-        url: ``http://host:port``, ``https://host:port`` or ``grpc://host:port``.
+        url: ``http://host:port``, ``https://host:port`` or ``grpc://host:port``; userinfo
+            (``http://user:pass@host:port``) is sent as HTTP basic auth.
         protocol: ``http`` or ``grpc``; a ``grpc://`` URL forces gRPC.
         timeout_s: network timeout of control calls (a load blocks until the model is loaded).
     """
@@ -136,43 +78,56 @@ class TritonServer:
     def __init__(self, url: str, protocol: str = "http", timeout_s: float = DEFAULT_TIMEOUT_S):
         parsed = urlparse(url)
         self.url = url
+        #: The URL as messages show it: credentials masked.
+        self.display_url = mask_secrets(url)
         self.protocol = "grpc" if parsed.scheme == "grpc" else protocol
         self.timeout_s = timeout_s
-        address = parsed.netloc
+        self._closed = False
+        userinfo, _, address = parsed.netloc.rpartition("@")
         if self.protocol == "grpc":
             import tritonclient.grpc as grpcclient
+            from tritonclient.grpc.auth import BasicAuth
 
             if parsed.scheme != "grpc":
                 raise MlflowException.invalid_parameter_value(
-                    f"protocol=grpc needs a grpc://host:port Triton URL, got {url!r}."
+                    f"protocol=grpc needs a grpc://host:port Triton URL, got {self.display_url!r}."
                 )
             self._module = grpcclient
             self.client = grpcclient.InferenceServerClient(address, ssl=False)
         else:
             import tritonclient.http as httpclient
+            from tritonclient.http.auth import BasicAuth
 
             self._module = httpclient
-            self.client = httpclient.InferenceServerClient(
-                address, ssl=parsed.scheme == "https", connection_timeout=10.0,
-                network_timeout=timeout_s,
-            )  # fmt: skip
+            ThreadHubs.enter()
+            try:
+                self.client = httpclient.InferenceServerClient(
+                    address, ssl=parsed.scheme == "https", connection_timeout=10.0,
+                    network_timeout=timeout_s,
+                )  # fmt: skip
+            except BaseException:
+                ThreadHubs.leave()
+                raise
+        if userinfo:
+            user, _, password = userinfo.partition(":")
+            self.client.register_plugin(BasicAuth(unquote(user), unquote(password)))
 
     def _error(self, action: str, err: Exception) -> TritonError:
         """The typed error for ``err`` raised by tritonclient while doing ``action``."""
         kind = classify(err)
-        status = _status(err)
+        status = triton_status(err)
         if kind is ReplicaUnreachable and status == GRPC_UNAVAILABLE and self._answers():
             kind = TritonError  # Triton itself said UNAVAILABLE (not ready, exiting)
         text = err.message() if callable(getattr(err, "message", None)) else str(err)
         text = text or type(err).__name__
         if kind is ReplicaUnreachable:
             return ReplicaUnreachable(
-                f"Triton at {self.url} is unreachable ({action}): {text}. "
+                f"Triton at {self.display_url} is unreachable ({action}): {text}. "
                 "Check the target URI / TRITON_URL and that the server runs with "
                 "--model-control-mode=explicit.",
                 self.url, status,
             )  # fmt: skip
-        return kind(f"Triton at {self.url} failed to {action}: {text}", self.url, status)
+        return kind(f"Triton at {self.display_url} failed to {action}: {text}", self.url, status)
 
     def _answers(self) -> bool:
         """Whether the replica answers the liveness call at all (live or not)."""
@@ -200,11 +155,11 @@ class TritonServer:
     def load_model(self, name: str) -> None:
         """Load (or reload) ``name`` from the repository; blocks until Triton has tried."""
         self._call(f"load model {name!r}", self.client.load_model, name)
-        logger.info("Triton %s loaded %s", self.url, name)
+        logger.info("Triton %s loaded %s", self.display_url, name)
 
     def unload_model(self, name: str) -> None:
         self._call(f"unload model {name!r}", self.client.unload_model, name)
-        logger.info("Triton %s unloaded %s", self.url, name)
+        logger.info("Triton %s unloaded %s", self.display_url, name)
 
     def is_model_ready(self, name: str, version: int | str = "") -> bool:
         return bool(self._call(f"query model {name!r}", self.client.is_model_ready, name, str(version)))
@@ -214,7 +169,7 @@ class TritonServer:
         while not self.is_model_ready(name, version):
             if time.monotonic() > deadline:
                 raise TritonError(
-                    f"Model {name!r} version {version or 'latest'} is not READY on {self.url} "
+                    f"Model {name!r} version {version or 'latest'} is not READY on {self.display_url} "
                     f"after {timeout_s}s: {self.model_state(name, version)}",
                     self.url,
                 )
@@ -272,7 +227,16 @@ class TritonServer:
         return {out: result.as_numpy(out) for out in outputs}
 
     def close(self) -> None:
-        self.client.close()
+        """Close the client (idempotent); in HTTP mode, also the thread's gevent hub if this
+        was the thread's last client (:class:`ThreadHubs`)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.client.close()
+        finally:
+            if self.protocol == "http":
+                ThreadHubs.leave()
 
     def __enter__(self) -> "TritonServer":
         return self
@@ -363,7 +327,7 @@ class TritonCluster:
         errors = self._each(lambda server: server.unload_model(name), urls)
         failures = {
             url: err for url, err in errors.items()
-            if err is not None and not (ignore_missing and _is_missing(err))
+            if err is not None and not (ignore_missing and is_missing(err))
         }  # fmt: skip
         raise_failures(f"unload {name!r}", failures)
 
@@ -377,37 +341,3 @@ class TritonCluster:
             if err is not None:
                 result[url] = err
         return result
-
-
-def is_unreachable(err: Exception | None) -> bool:
-    """True for the error a replica gives when it cannot be reached at all."""
-    return isinstance(err, ReplicaUnreachable)
-
-
-def _is_missing(err: Exception | None) -> bool:
-    """True when Triton answered that it does not know the model."""
-    return isinstance(err, ModelNotFound)
-
-
-def describe_failures(action: str, failures: Mapping[str, Exception | None]) -> str:
-    """One line naming each replica that failed ``action`` and its error."""
-    failures = {url: err for url, err in failures.items() if err is not None}
-    details = "; ".join(
-        f"{url}: {err.message if isinstance(err, MlflowException) else err}" for url, err in failures.items()
-    )
-    return f"Could not {action} on {len(failures)} Triton server(s): {details}"
-
-
-def raise_failures(action: str, failures: Mapping[str, Exception | None]) -> None:
-    """Raise one MlflowException listing each replica's error, if any replica failed."""
-    failures = {url: err for url, err in failures.items() if err is not None}
-    if not failures:
-        return
-    message = describe_failures(action, failures)
-    urls = ", ".join(failures)
-    # The same kind on every replica keeps its class, so callers still decide by type: all
-    # unreachable means "retry later", never "the model was refused".
-    for kind in (ReplicaUnreachable, ModelNotFound):
-        if all(isinstance(err, kind) for err in failures.values()):
-            raise kind(message, urls)
-    raise MlflowException(message, error_code=INTERNAL_ERROR)

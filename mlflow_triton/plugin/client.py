@@ -4,6 +4,12 @@ MLflow's plugin contract (``mlflow.deployments.base``): one ``BaseDeploymentClie
 plus module-level ``run_local`` and ``target_help``. ``create_deployment`` and
 ``update_deployment`` block until every Triton replica reports the new version READY;
 ``delete_deployment`` is idempotent; returned dicts carry ``name``.
+
+This module is where the package meets its caller (``mlflow deployments``, a notebook, a
+service), so it is where credentials are masked (:mod:`mlflow_triton.core.masking`): every
+public method returns its dicts masked and scrubs any exception it raises (same type, same
+traceback, masked text), and the package's log records are masked whatever handlers the
+host process set up.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from mlflow.deployments import BaseDeploymentClient, PredictionsResponse
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
+from mlflow_triton.core.masking import install_log_masking
 from mlflow_triton.flavors.registry import resolve_model
 from mlflow_triton.fleet.discovery import resolve_urls
 from mlflow_triton.fleet.server import TritonCluster
@@ -32,7 +39,7 @@ from mlflow_triton.settings.target import parse_target_uri, target_options
 from mlflow_triton.triton_config.tensors import as_arrays, tensor_names
 
 logger = logging.getLogger(__name__)
-
+install_log_masking()
 
 class TritonDeploymentClient(BaseDeploymentClient):
     """Deploys MLflow models (ONNX or TorchScript) to NVIDIA Triton through a model repository.
@@ -48,7 +55,8 @@ class TritonDeploymentClient(BaseDeploymentClient):
         MlflowException: INVALID_PARAMETER_VALUE for a malformed target URI.
 
     Every public method runs under :func:`~mlflow_triton.plugin.console.plugin_call`: MLflow's
-    download progress bars stay off, and under MLflow's CLI an error prints as one line.
+    download progress bars stay off, credentials are masked in errors and descriptions, and
+    under MLflow's CLI an error prints as one line.
     """
 
     @plugin_call

@@ -34,6 +34,8 @@ from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, ErrorCode
 
+from mlflow_triton.core.masking import mask_data, scrub_exception
+
 __all__ = ["DEBUG_ENV", "DeploymentCommandError", "plugin_call", "quiet_downloads"]
 
 #: Set (to anything but empty) to get Python's traceback instead of the one-line error.
@@ -100,19 +102,24 @@ def _shown_by_click() -> bool:
 
 
 def plugin_call(method: F) -> F:
-    """Run a public plugin method quietly (:func:`quiet_downloads`); inside a click command,
+    """Run a public plugin method quietly (:func:`quiet_downloads`) with credentials masked in
+    its errors and descriptions (:mod:`mlflow_triton.core.masking`); inside a click command,
     raise its errors as :class:`DeploymentCommandError` (one line, see the module docstring)."""
 
     @functools.wraps(method)
     def call(*args: Any, **kwargs: Any) -> Any:
         try:
             with quiet_downloads():
-                return method(*args, **kwargs)
+                result = method(*args, **kwargs)
         except click.ClickException:
             raise
         except Exception as err:
+            scrub_exception(err)  # in place: the type and traceback stay, credentials go
             if not _shown_by_click():
                 raise
             raise DeploymentCommandError.from_error(err) from err
+        # Descriptions (get, list, create's result) may quote URLs; predictions are numbers
+        # (PredictionsResponse, a dict subclass, is returned as it is).
+        return mask_data(result) if type(result) in (dict, list) else result
 
     return call  # type: ignore[return-value]

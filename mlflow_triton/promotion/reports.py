@@ -1,9 +1,16 @@
-"""What a reconciliation or a rollback did, per model: for logs, the CLI and ``--json``."""
+"""What a reconciliation or a rollback did, per model: for logs, the CLI and ``--json``.
+
+Reports are output: :meth:`ModelReport.describe` and the ``to_dict`` methods mask credentials
+(:mod:`mlflow_triton.core.masking`) that an error text may carry (a tracking URI, a replica
+URL with userinfo); the attributes keep the text as raised.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+
+from mlflow_triton.core.masking import mask_data, mask_secrets
 
 Action = Literal["unchanged", "published", "failed", "interrupted"]
 
@@ -44,10 +51,13 @@ class ModelReport:
     refused: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return mask_data(asdict(self))
 
     def describe(self) -> str:
-        """One line for logs and the CLI."""
+        """One line for logs and the CLI (credentials masked)."""
+        return mask_secrets(self._describe())
+
+    def _describe(self) -> str:
         head = f"{self.registered_model}@{self.alias} -> {self.deployment}"
         if self.action == "failed":
             return f"{head}: failed after {self.seconds:.1f}s: {self.error}"
@@ -119,4 +129,4 @@ class RollbackResult:
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return mask_data(asdict(self))

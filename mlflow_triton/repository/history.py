@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal
 
+from mlflow_triton.core.masking import mask_secrets
 from mlflow_triton.repository.layout import HISTORY_FILE
 from mlflow_triton.repository.store import ModelRepositoryStore
 
@@ -56,10 +57,13 @@ class ServingHistory:
         store.write_bytes(f"{self.name}/{HISTORY_FILE}", json.dumps(body, indent=1).encode())
 
     def record(self, event: str, version: int, via: Via, **details: Any) -> dict[str, Any]:
+        """Append an event. A refusal's ``reason`` (error text: it may name a URL with
+        credentials) is stored masked: the repository is read by every replica's operator."""
         entry = {
             "event": event, "version": version, "via": via,
             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            **{k: v for k, v in details.items() if v is not None},
+            **{k: mask_secrets(v) if k == "reason" and isinstance(v, str) else v
+               for k, v in details.items() if v is not None},
         }  # fmt: skip
         self.events.append(entry)
         return entry

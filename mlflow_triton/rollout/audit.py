@@ -16,7 +16,8 @@ whether it was verified or refused. Keys are per deployment (``triton.<deploymen
     triton.fraud.replaced_by     the registry version that serves instead
 
 Tags never hold secrets: userinfo in every URI (``http://user:pass@host``) and the values of
-query parameters that look like credentials are masked (:func:`mask_secrets`).
+query parameters that look like credentials are masked
+(:func:`mlflow_triton.core.masking.mask_secrets`, the rule every output of the package follows).
 
 Tags are best effort: the serving history in the repository is the record that rollouts and
 rollbacks rely on. A tag that cannot be written (registry down, no permission, a model not
@@ -27,33 +28,19 @@ from the registry) logs a warning and never fails the rollout, nor delays it mor
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from typing import Any, Mapping
+
+from mlflow_triton.core.masking import mask_secrets
 
 logger = logging.getLogger(__name__)
 
 TAG_PREFIX = "triton"
 #: MLflow keeps tag values up to 5000 characters; a refusal reason is cut well below that.
 MAX_REASON_CHARS = 1000
-MASK = "***"
 #: How long a rollout waits for its tags. MLflow's client retries an unreachable tracking
 #: server for minutes; the tags then finish (or fail, with a warning) in the background.
 TAG_TIMEOUT_S = 10.0
-
-# scheme://user:password@host -> scheme://***@host (also inside error text).
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/\s@?#]+@")
-# ?token=...&X-Amz-Signature=..., "password=..." in error text -> values masked, names kept.
-_SECRET_PARAM = re.compile(
-    r"(?P<key>(?<![\w.\-])[\w.\-]*(?:key|secret|token|password|passwd|signature|credential|auth)[\w.\-]*=)"
-    r"[^&\s#),;]*",
-    re.IGNORECASE,
-)
-
-
-def mask_secrets(text: str) -> str:
-    """``text`` with credentials in URIs masked: userinfo and credential-like query values."""
-    return _SECRET_PARAM.sub(rf"\g<key>{MASK}", _USERINFO.sub(rf"\g<scheme>{MASK}@", text))
 
 
 def tag_key(deployment: str, field: str) -> str:

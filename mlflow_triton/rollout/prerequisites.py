@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 
 from mlflow_triton.flavors.base import PublishPlan
 from mlflow_triton.flavors.registry import resolve_model
-from mlflow_triton.fleet.server import ReplicaUnreachable
+from mlflow_triton.fleet.errors import ReplicaUnreachable
 from mlflow_triton.repository.lease import LeaseLost
 from mlflow_triton.repository.provenance import Provenance
 from mlflow_triton.rollout import interrupts

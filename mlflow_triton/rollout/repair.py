@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from mlflow_triton.fleet.server import raise_failures
+from mlflow_triton.fleet.errors import raise_failures
 from mlflow_triton.repository.history import ServingHistory
 from mlflow_triton.repository.layout import PROVENANCE_FILE, version_prefix, warmup_prefix
 from mlflow_triton.repository.provenance import provenance_key

@@ -37,13 +37,13 @@ from typing import Any, Sequence
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 
-from mlflow_triton.fleet.server import (
+from mlflow_triton.fleet.errors import (
     ReplicaUnreachable,
-    TritonCluster,
     describe_failures,
     is_unreachable,
     raise_failures,
 )
+from mlflow_triton.fleet.server import TritonCluster
 from mlflow_triton.repository.history import ServingHistory, Via
 from mlflow_triton.repository.layout import CONFIG_FILE, staging_name, warmup_prefix
 from mlflow_triton.repository.lease import Lease, LeaseLost

@@ -31,7 +31,7 @@ from mlflow.exceptions import MlflowException
 
 from mlflow_triton.flavors.base import PublishPlan
 from mlflow_triton.flavors.source import ModelSource
-from mlflow_triton.fleet.server import ReplicaUnreachable
+from mlflow_triton.fleet.errors import ReplicaUnreachable
 from mlflow_triton.repository.layout import CLAIM_FILE, CONFIG_FILE, WARMUP_FOLDER, version_prefix
 from mlflow_triton.repository.lease import LeaseLost
 from mlflow_triton.repository.provenance import Provenance, read_provenance, write_provenance

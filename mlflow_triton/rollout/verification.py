@@ -36,7 +36,7 @@ from mlflow_triton.core.tolerance import compare_outputs
 from mlflow_triton.flavors.base import Flavor
 from mlflow_triton.flavors.registry import get as get_flavor
 from mlflow_triton.flavors.registry import resolve_model
-from mlflow_triton.fleet.server import raise_failures
+from mlflow_triton.fleet.errors import raise_failures
 from mlflow_triton.repository.layout import version_prefix
 from mlflow_triton.repository.provenance import Provenance
 from mlflow_triton.repository.references import file_digest, load_reference
