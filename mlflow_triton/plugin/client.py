@@ -9,25 +9,32 @@ plus module-level ``run_local`` and ``target_help``. ``create_deployment`` and
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from mlflow.deployments import BaseDeploymentClient, PredictionsResponse
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 
-from mlflow_triton.settings.deployment import DeploymentConfig, parse_target_uri, target_options, validate_model_name
-from mlflow_triton.fleet.discovery import resolve_urls
-from mlflow_triton.triton_config.model_config import as_arrays, tensor_names
 from mlflow_triton.flavors.model_source import resolve_model
+from mlflow_triton.flavors.triton_source import publish_composing_models, restore_composing_models
+from mlflow_triton.fleet.discovery import resolve_urls
+from mlflow_triton.fleet.server import ReplicaUnreachable, TritonCluster
+from mlflow_triton.inference import TritonPredictor
+from mlflow_triton.inference.responses import predictions_response
+from mlflow_triton.plugin.triton_view import describe_from_triton, list_from_triton, replica_states
+from mlflow_triton.repository.lease import LeaseLost
 from mlflow_triton.rollout.publisher import ModelPublisher
 from mlflow_triton.rollout.repair import previous_good
-from mlflow_triton.repository.lease import LeaseLost
-from mlflow_triton.fleet.server import ReplicaUnreachable, TritonCluster
-from mlflow_triton.flavors.triton_source import publish_composing_models, restore_composing_models
-from mlflow_triton.plugin.triton_view import describe_from_triton, list_from_triton, replica_states
 from mlflow_triton.rollout.verification import SmokeTest
+from mlflow_triton.settings.deployment import (
+    DeploymentConfig,
+    parse_target_uri,
+    target_options,
+    validate_model_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +61,8 @@ class TritonDeploymentClient(BaseDeploymentClient):
         # The repository of this client's last successful create/update, for the calls made
         # without a config (MLflow's list and get take none).
         self._last_repository: dict[str, str] = {}
+        self._inference: TritonPredictor | None = None
+        self._predictor_lock = threading.Lock()
 
     # -- helpers -----------------------------------------------------------------------------
     def _config(self, config: Mapping[str, Any] | None) -> DeploymentConfig:
@@ -247,41 +256,65 @@ class TritonDeploymentClient(BaseDeploymentClient):
             return describe_from_triton(TritonCluster(self.replica_urls(), settings.protocol), name)
         return self._describe(self._publisher(settings), name)
 
+    def _predictor(self) -> TritonPredictor:
+        """This client's predictor, created at the first predict: its connections (and the
+        event loop thread that holds them) serve every later call."""
+        with self._predictor_lock:
+            if self._inference is None:
+                self._inference = TritonPredictor(self.triton_urls)
+            return self._inference
+
     def predict(
         self, deployment_name: str | None = None, inputs: Any = None, endpoint: str | None = None
     ) -> PredictionsResponse:
-        """Run ``inputs`` through the deployed model on the first Triton server.
+        """Run ``inputs`` (any number of rows) through the deployed model on every replica.
+
+        The rows are split into requests of at most the served ``max_batch_size`` (and under
+        the HTTP body / gRPC message limit), sent concurrently to every replica where the
+        model is READY (2 x max_batch_size x instance count in flight per replica), and joined
+        back in input order. A replica that fails is left out and its requests go to the
+        others; a request Triton refuses fails the call. See :mod:`mlflow_triton.inference`.
 
         Args:
-            inputs: a dict of numpy arrays keyed by the MLflow signature's input names, one
-                numpy array (single-input models) or a pandas DataFrame (columns are input
-                names holding per-row lists, or the columns of a single 2-D input).
+            inputs: a dict of arrays keyed by input name (MLflow or Triton names), one array
+                (single-input models) or a pandas DataFrame: a column per input (what
+                ``mlflow deployments predict --input-path`` reads from columns or records
+                JSON), NVIDIA's ``{"inputs": {NAME: tensor}}``, or the columns of one 2-D input.
 
         Returns:
-            ``PredictionsResponse({"predictions": {output_name: list}})``.
+            ``PredictionsResponse({"predictions": {output_name: ndarray}})``: the served dtypes
+            and shapes, rows in input order (BYTES outputs as ``bytes``); ``to_json`` writes
+            lists (text as strings), which ``PredictionsResponse.from_json`` reads back.
+
+        Raises:
+            MlflowException: INVALID_PARAMETER_VALUE for inputs the served config does not
+                accept (naming the input, expected shape and dtype); RESOURCE_DOES_NOT_EXIST
+                when no replica has the model READY; TEMPORARILY_UNAVAILABLE when every
+                replica failed.
+
+        Example::
+
+            $ mlflow deployments predict -t triton --name fraud --input-path rows.json \\
+                --output-path predictions.json
         """
         name = validate_model_name(deployment_name)
-        with TritonCluster(self.replica_urls()).server() as server:
-            config = server.model_config(name)
-            tensors = tensor_names(config)
-            arrays = as_arrays(inputs, tensors["inputs"])
-            # A value per sample (a DataFrame column) is declared dims [1] + reshape []: send [n, 1].
-            scalars = {
-                t["name"] for t in config.get("input", [])
-                if config.get("max_batch_size", 0) > 0 and "reshape" in t and list(t.get("dims", [])) == [1]
-            }  # fmt: skip
-            outputs = server.infer(
-                name,
-                {
-                    t["triton"]: arrays[t["mlflow"]].reshape(-1, 1) if t["triton"] in scalars else arrays[t["mlflow"]]
-                    for t in tensors["inputs"]
-                },
-                {t["triton"]: t["datatype"] for t in tensors["inputs"]},
-                [t["triton"] for t in tensors["outputs"]],
-            )
-        return PredictionsResponse(
-            {"predictions": {t["mlflow"]: outputs[t["triton"]].tolist() for t in tensors["outputs"]}}
-        )
+        return predictions_response(self._predictor().predict(name, inputs))
+
+    def predict_stream(
+        self, deployment_name: str | None = None, inputs: Any = None, endpoint: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Each response of a decoupled model, as it arrives, over gRPC streaming.
+
+        Needs ``grpc://`` replica URLs in the target (``triton:/grpc://host:8001``). The
+        inputs are checked and split as for :meth:`predict`.
+
+        Returns:
+            An iterator of ``{"request": i, "predictions": {output_name: ndarray}}``;
+            ``request`` is the index of the request (slice of rows) the response answers.
+        """
+        name = validate_model_name(deployment_name)
+        responses = self._predictor().predict_stream(name, inputs)
+        return ({"request": r.request, "predictions": r.outputs} for r in responses)
 
 
 def run_local(*args: Any, **kwargs: Any) -> None:
