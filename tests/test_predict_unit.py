@@ -336,6 +336,27 @@ def test_the_sync_predictor_keeps_its_connections_across_calls_and_threads():
     assert all(f.closed for f in fakes.values())
 
 
+def test_ctrl_c_during_a_blocking_predict_cancels_its_requests():
+    import os
+    import signal
+    import threading
+    import time
+
+    slow = FakeReplica(A, config(4), delay=5.0)
+    with TritonPredictor([A], connector=lambda url, _: slow) as sync:
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()  # Ctrl-C
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            sync.predict("m", {"features": rows(400)})
+        assert time.monotonic() - started < 4
+        deadline = time.monotonic() + 5
+        while slow.in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert slow.in_flight == 0 and slow.requests  # sent, then cancelled
+        slow.delay = 0
+        assert sync.predict("m", {"features": rows(5)})["scores"].shape == (5, 2)  # still usable
+
+
 class Terminal(io.StringIO):
     def __init__(self, tty: bool) -> None:
         super().__init__()

@@ -84,6 +84,9 @@ class TritonPredictor:
 
 def _shutdown(loop: asyncio.AbstractEventLoop, thread: threading.Thread, predictor: AsyncTritonPredictor) -> None:
     """Close ``predictor``'s connections on its loop, then stop the loop and its thread."""
+    if threading.current_thread() is thread:  # collected on its own loop: it cannot wait for itself
+        loop.create_task(predictor.close()).add_done_callback(lambda _: loop.stop())
+        return
     if loop.is_running():
         try:
             asyncio.run_coroutine_threadsafe(predictor.close(), loop).result(timeout=10)
