@@ -35,6 +35,7 @@ BENCHMARKS = {
     "copy_strategy": ["copy_strategy.py"],
     "warmup": ["warmup.py"],
     "fleet": ["fleet.py"],
+    "predict": ["predict.py"],
 }
 
 
@@ -155,6 +156,16 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[list[str]]:
             rows.append([f"first request after a reload, {flavor}", "latency without / with warmup",
                          f"{ratio:.1f}  ({cold['first_ms']:.1f} vs {warm['first_ms']:.1f} ms; steady "
                          f"{warm['steady_ms']:.1f} ms)", "(report)", ""])  # fmt: skip
+    predict = results.get("predict")
+    if predict:
+        for protocol, figures in predict["results"].items():
+            rate = {label: figures[label]["rows_per_s"] for label in ("plugin", "hand-written", "one at a time")}
+            rows.append([f"predict {predict['rows']:,} rows, max_batch_size {predict['max_batch_size']}, "
+                         f"2 replicas, {protocol}", "rows/s: plugin / hand-written asyncio client",
+                         f"{figures['ratio']:.2f}  ({rate['plugin']:,.0f} vs {rate['hand-written']:,.0f} rows/s)",
+                         ">= 0.9", "yes" if figures["ratio"] >= 0.9 else "no"])  # fmt: skip
+            rows.append(["", "plugin / one request at a time",
+                         f"{figures['speedup_vs_one_at_a_time']:.2f}  ({rate['one at a time']:,.0f} rows/s)", "", ""])
     return rows
 
 
