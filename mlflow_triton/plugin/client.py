@@ -375,8 +375,15 @@ precision (fp16|fp32), trt_workspace_bytes, gpus (e.g. 0,1), response_cache (fal
 Every version is loaded and verified under a staging name on every replica before any
 client sees it; -C verify=false skips the smoke inference (loading is still checked).
 
+predict takes any number of rows: they are split into requests of at most the served
+max_batch_size, sent concurrently to every replica where the model is READY (a failing
+replica's requests go to the others) and joined in input order. --input-path JSON: a key per
+input ({"features": [[...], ...]}), records, NVIDIA's {"inputs": {...}}, or the rows of a
+single 2-D input. Decoupled models stream through predict_stream (grpc:// URLs).
+
 Examples:
   mlflow deployments create -t triton --name fraud -m models:/fraud@production \\
       -C model_repository=s3://models/triton
-  mlflow deployments predict -t triton --name fraud --input-path input.json
+  mlflow deployments predict -t triton --name fraud --input-path input.json \\
+      --output-path predictions.json
 """
