@@ -36,6 +36,7 @@ BENCHMARKS = {
     "warmup": ["warmup.py"],
     "fleet": ["fleet.py"],
     "s3_latency": ["s3_latency.py"],
+    "predict": ["predict.py"],
 }
 
 
@@ -178,6 +179,19 @@ def _warmup_rows(warmup: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _predict_rows(predict: dict[str, Any]) -> list[list[str]]:
+    rows: list[list[str]] = []
+    for protocol, figures in predict["results"].items():
+        rate = {label: figures[label]["rows_per_s"] for label in ("plugin", "hand-written", "one at a time")}
+        rows.append([f"predict {predict['rows']:,} rows, max_batch_size {predict['max_batch_size']}, "
+                     f"2 replicas, {protocol}", "rows/s: plugin / hand-written asyncio client",
+                     f"{figures['ratio']:.2f}  ({rate['plugin']:,.0f} vs {rate['hand-written']:,.0f} rows/s)",
+                     ">= 0.9", "yes" if figures["ratio"] >= 0.9 else "no"])  # fmt: skip
+        rows.append(["", "plugin / one request at a time",
+                     f"{figures['speedup_vs_one_at_a_time']:.2f}  ({rate['one at a time']:,.0f} rows/s)", "", ""])
+    return rows
+
+
 ROW_BUILDERS = {
     "publish": _publish_rows,
     "batching": _batching_rows,
@@ -187,6 +201,7 @@ ROW_BUILDERS = {
     "publish_overhead": _publish_overhead_rows,
     "copy_strategy": _copy_strategy_rows,
     "warmup": _warmup_rows,
+    "predict": _predict_rows,
 }
 
 

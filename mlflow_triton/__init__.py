@@ -10,7 +10,7 @@ its three public names, as its plugin contract requires:
 
 They are imported on first use, so that importing a lower layer (``mlflow_triton.core``,
 ``mlflow_triton.repository``...) does not import the whole plugin. The layers are listed in
-``setup.cfg`` (``[importlinter:contract:layers]``).
+``pyproject.toml`` (the import-linter ``layers`` contract).
 """
 
 from __future__ import annotations
@@ -18,17 +18,22 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mlflow_triton.plugin.client import TritonDeploymentClient, run_local, target_help
+    from mlflow_triton.plugin.client import TritonDeploymentClient
+    from mlflow_triton.plugin.entry_points import run_local, target_help
 
 __all__ = ["TritonDeploymentClient", "run_local", "target_help"]
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
+    if name == "TritonDeploymentClient":
         from mlflow_triton.plugin import client
 
-        return getattr(client, name)
+        return client.TritonDeploymentClient
+    if name in __all__:
+        from mlflow_triton.plugin import entry_points
+
+        return getattr(entry_points, name)
     raise AttributeError(f"module 'mlflow_triton' has no attribute {name!r}")
 
 

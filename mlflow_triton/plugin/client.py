@@ -15,9 +15,9 @@ host process set up.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from mlflow.deployments import BaseDeploymentClient, PredictionsResponse
 from mlflow.exceptions import MlflowException
@@ -27,6 +27,8 @@ from mlflow_triton.core.masking import install_log_masking
 from mlflow_triton.flavors.registry import resolve_model
 from mlflow_triton.fleet.discovery import resolve_urls
 from mlflow_triton.fleet.server import TritonCluster
+from mlflow_triton.inference import TritonPredictor
+from mlflow_triton.inference.responses import predictions_response
 from mlflow_triton.plugin.console import plugin_call
 from mlflow_triton.plugin.triton_view import describe_from_triton, list_from_triton, replica_states
 from mlflow_triton.repository.concurrency import concurrently
@@ -36,10 +38,10 @@ from mlflow_triton.rollout.publisher import ModelPublisher
 from mlflow_triton.rollout.repair import previous_good
 from mlflow_triton.settings.deployment import DeploymentConfig
 from mlflow_triton.settings.target import parse_target_uri, target_options
-from mlflow_triton.triton_config.tensors import as_arrays, tensor_names
 
 logger = logging.getLogger(__name__)
 install_log_masking()
+
 
 class TritonDeploymentClient(BaseDeploymentClient):
     """Deploys MLflow models (ONNX or TorchScript) to NVIDIA Triton through a model repository.
@@ -68,6 +70,8 @@ class TritonDeploymentClient(BaseDeploymentClient):
         # The repository of this client's last successful create/update, for the calls made
         # without a config (MLflow's list and get take none).
         self._last_repository: dict[str, str] = {}
+        self._inference: TritonPredictor | None = None
+        self._predictor_lock = threading.Lock()
 
     # -- helpers -----------------------------------------------------------------------------
     def _config(self, config: Mapping[str, Any] | None) -> DeploymentConfig:
@@ -269,107 +273,64 @@ class TritonDeploymentClient(BaseDeploymentClient):
             return describe_from_triton(TritonCluster(self.replica_urls(), settings.protocol), name)
         return self._describe(self._publisher(settings), name)
 
+    def _predictor(self) -> TritonPredictor:
+        """This client's predictor, created at the first predict: its connections (and the
+        event loop thread that holds them) serve every later call."""
+        with self._predictor_lock:
+            if self._inference is None:
+                self._inference = TritonPredictor(self.triton_urls)
+            return self._inference
+
     @plugin_call
     def predict(
         self, deployment_name: str | None = None, inputs: Any = None, endpoint: str | None = None
     ) -> PredictionsResponse:
-        """Run ``inputs`` through the deployed model on the first Triton server.
+        """Run ``inputs`` (any number of rows) through the deployed model on every replica.
+
+        The rows are split into requests of at most the served ``max_batch_size`` (and under
+        the HTTP body / gRPC message limit), sent concurrently to every replica where the
+        model is READY (2 x max_batch_size x instance count in flight per replica), and joined
+        back in input order. A replica that fails is left out and its requests go to the
+        others; a request Triton refuses fails the call. See :mod:`mlflow_triton.inference`.
 
         Args:
-            inputs: a dict of numpy arrays keyed by the MLflow signature's input names, one
-                numpy array (single-input models) or a pandas DataFrame (columns are input
-                names holding per-row lists, or the columns of a single 2-D input).
+            inputs: a dict of arrays keyed by input name (MLflow or Triton names), one array
+                (single-input models) or a pandas DataFrame: a column per input (what
+                ``mlflow deployments predict --input-path`` reads from columns or records
+                JSON), NVIDIA's ``{"inputs": {NAME: tensor}}``, or the columns of one 2-D input.
 
         Returns:
-            ``PredictionsResponse({"predictions": {output_name: list}})``.
+            ``PredictionsResponse({"predictions": {output_name: ndarray}})``: the served dtypes
+            and shapes, rows in input order (BYTES outputs as ``bytes``); ``to_json`` writes
+            lists (text as strings), which ``PredictionsResponse.from_json`` reads back.
+
+        Raises:
+            MlflowException: INVALID_PARAMETER_VALUE for inputs the served config does not
+                accept (naming the input, expected shape and dtype); RESOURCE_DOES_NOT_EXIST
+                when no replica has the model READY; TEMPORARILY_UNAVAILABLE when every
+                replica failed.
+
+        Example::
+
+            $ mlflow deployments predict -t triton --name fraud --input-path rows.json \\
+                --output-path predictions.json
         """
         name = validate_model_name(deployment_name)
-        with TritonCluster(self.replica_urls()).server() as server:
-            config = server.model_config(name)
-            tensors = tensor_names(config)
-            arrays = as_arrays(inputs, tensors["inputs"])
-            # A value per sample (a DataFrame column) is declared dims [1] + reshape []: send [n, 1].
-            scalars = {
-                t["name"] for t in config.get("input", [])
-                if config.get("max_batch_size", 0) > 0 and "reshape" in t and list(t.get("dims", [])) == [1]
-            }  # fmt: skip
-            outputs = server.infer(
-                name,
-                {
-                    t["triton"]: arrays[t["mlflow"]].reshape(-1, 1) if t["triton"] in scalars else arrays[t["mlflow"]]
-                    for t in tensors["inputs"]
-                },
-                {t["triton"]: t["datatype"] for t in tensors["inputs"]},
-                [t["triton"] for t in tensors["outputs"]],
-            )
-        return PredictionsResponse(
-            {"predictions": {t["mlflow"]: outputs[t["triton"]].tolist() for t in tensors["outputs"]}}
-        )
+        return predictions_response(self._predictor().predict(name, inputs))
 
+    @plugin_call
+    def predict_stream(
+        self, deployment_name: str | None = None, inputs: Any = None, endpoint: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Each response of a decoupled model, as it arrives, over gRPC streaming.
 
-@plugin_call
-def run_local(*args: Any, **kwargs: Any) -> None:
-    """Serve a model on an embedded local stack (moto S3 + CPU tritonserver) until Ctrl-C.
+        Needs ``grpc://`` replica URLs in the target (``triton:/grpc://host:8001``). The
+        inputs are checked and split as for :meth:`predict`.
 
-    ``mlflow deployments run-local`` calls ``run_local(name, model_uri, flavor, config)``, while
-    ``mlflow.deployments.base`` documents ``run_local(target, name, model_uri, flavor, config)``;
-    both forms are accepted.
-    """
-    kwargs.pop("target", None)
-    if len(args) == 5 or (args and str(args[0]).startswith("triton:/")):
-        args = args[1:]  # the documented form, target first
-    _run_local(*args, **kwargs)
-
-
-def _run_local(
-    name: str, model_uri: str, flavor: str | None = None, config: Mapping[str, Any] | None = None
-) -> None:
-    import os
-    import tempfile
-
-    from mlflow_triton.local.stack import LocalStack
-
-    workdir = Path(tempfile.mkdtemp(prefix="mlflow-triton-local-"))
-    with LocalStack(workdir, with_mlflow=False) as stack:
-        overrides = {"instance_kind": "cpu", **dict(config or {}), "model_repository": stack.model_repository}
-        os.environ.update({k: v for k, v in stack.env.items() if k != "MLFLOW_TRACKING_URI"})
-        client = TritonDeploymentClient(f"triton:/{stack.triton_urls[0]}")
-        result = client.create_deployment(name, model_uri, flavor, config=overrides)
-        print(f"Serving {name} version {result['version']} at {stack.triton_urls[0]} (Ctrl-C stops)")
-        try:
-            while True:
-                time.sleep(1)
-        except KeyboardInterrupt:
-            pass
-
-
-def target_help() -> str:
-    return """\
-Deploy MLflow models (ONNX or TorchScript) to NVIDIA Triton Inference Server.
-
-Target URI: 'triton' (servers from TRITON_URL, default http://localhost:8000) or
-'triton:/http://host:8000[,http://host2:8000]' (replicas sharing one model repository), or
-'triton:/dns+http://headless-service:8000' (every address of the name, resolved at each call),
-or 'triton:/k8s://namespace/service' (EndpointSlices; needs mlflow-triton[k8s]). Add
-'?repository=s3://bucket/prefix' for list/get; without a repository they read Triton's index.
-Triton must run with --model-control-mode=explicit and --model-repository pointing at the
-same repository as -C model_repository (or TRITON_MODEL_REPO).
-
-Config (-C key=value): model_repository, s3_endpoint_url,
-flavor (onnx|torchscript|triton|python_function), python_env (pyfunc: packed env .tar.gz),
-max_batch_size (32), dynamic_batching (true), preferred_batch_size, max_queue_delay_microseconds
-(200), instance_kind (auto|gpu|cpu), instance_count (1), keep_versions (2),
-wait_ready_timeout (300), protocol (http|grpc), verify (true), lease_wait (120), lease_ttl (30),
-config_override (file or inline pbtxt), warmup (auto|true|false), accelerator (none|tensorrt|cuda),
-precision (fp16|fp32), trt_workspace_bytes, gpus (e.g. 0,1), response_cache (false).
-
-Every version is loaded and verified under a staging name on every replica before any
-client sees it; -C verify=false skips the smoke inference (loading is still checked).
-instance_kind=auto (the default) uses the GPUs of a server that has them, else its CPU.
-An error prints as one line; MLFLOW_TRITON_DEBUG=1 prints the traceback instead.
-
-Examples:
-  mlflow deployments create -t triton --name fraud -m models:/fraud@production \\
-      -C model_repository=s3://models/triton
-  mlflow deployments predict -t triton --name fraud --input-path input.json
-"""
+        Returns:
+            An iterator of ``{"request": i, "predictions": {output_name: ndarray}}``;
+            ``request`` is the index of the request (slice of rows) the response answers.
+        """
+        name = validate_model_name(deployment_name)
+        responses = self._predictor().predict_stream(name, inputs)
+        return ({"request": r.request, "predictions": r.outputs} for r in responses)
