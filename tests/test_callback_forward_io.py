@@ -16,6 +16,8 @@ the TorchScript path (see :data:`FLAVORS`).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -24,7 +26,7 @@ from mlflow import MlflowClient
 from mlflow.deployments import get_deploy_client
 from mlflow.models import Model
 
-from mlflow_triton.core.golden import GoldenCases
+from mlflow_triton.core.golden import GOLDEN_DIR, GoldenCases
 
 pytestmark = [
     pytest.mark.integration,
@@ -112,7 +114,8 @@ def test_keyword_inputs_and_dict_outputs_keep_their_names_on_both_artifact_paths
     assert inputs == [("input_ids", (-1, -1)), ("attention_mask", (-1, -1))]
     assert outputs == [("logits", (-1, -1, 2)), ("pooled", (-1, 8))]
     version = MlflowClient().get_model_version_by_alias(name, "candidate")
-    golden = GoldenCases.download(MlflowClient().get_model_version_download_uri(name, version.version), tmp_path)
+    model_uri = MlflowClient().get_model_version_download_uri(name, version.version)
+    golden = GoldenCases.load(Path(mlflow.artifacts.download_artifacts(f"{model_uri}/{GOLDEN_DIR}", dst_path=str(tmp_path))))
     assert [sorted(case) for case, _ in golden] == [["attention_mask", "input_ids"]] * 2
     assert [sorted(answer) for _, answer in golden] == [["logits", "pooled"]] * 2
 

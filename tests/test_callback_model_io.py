@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from mlflow_globals import tracking_uri
 
 from lightning_callbacks import ExportBestCheckpoint, ExportError
 from lightning_callbacks.dynamic_axes import infer_output_axes, resolve_dynamic_axes
@@ -243,14 +244,11 @@ def test_flat_forward_calls_keywords_and_returns_a_tuple():
 
 @pytest.mark.filterwarnings("ignore:'torch.load' received a zip file")
 def test_torchscript_only_dict_model_logs_named_signature_without_a_pyfunc_warning(tmp_path, caplog):
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    try:
+    with tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}"):
         callback = ExportBestCheckpoint(formats=("torchscript",), output_dir=tmp_path / "out")
         with pytest.warns(RuntimeWarning, match="current weights"):
             callback.export(KeywordHeads())
         signature = mlflow.models.Model.load(callback.model_uri).signature
-    finally:
-        mlflow.set_tracking_uri(None)
     assert [s.name for s in signature.inputs.inputs] == ["x", "scale"]
     assert [(s.name, s.shape) for s in signature.outputs.inputs] == [("scores", (-1, 3)), ("features", (-1, 4))]
     assert "Failed to validate serving input example" not in caplog.text

@@ -28,6 +28,7 @@ import mlflow
 import psutil
 import pytest
 from mlflow import MlflowClient
+from mlflow_globals import tracking_uri
 from stub_triton import StubTriton
 from test_promotion_support import ALIAS, CPU, register
 from test_webhooks import SECRET, event, post, signed_headers
@@ -58,25 +59,19 @@ def promoted(tmp_path_factory):
     """A published deployment: registry on sqlite, repository in a directory, two stub replicas."""
     root = tmp_path_factory.mktemp("soak")
     tracking = f"sqlite:///{root / 'mlflow.db'}"
-    previous_uri = mlflow.get_tracking_uri()
-    with pytest.MonkeyPatch.context() as patch, StubTriton() as first, StubTriton() as second:
-        patch.setenv("MLFLOW_TRACKING_URI", tracking)
-        mlflow.set_tracking_uri(tracking)
-        try:
-            mlflow.set_experiment(experiment_id=MlflowClient().create_experiment(
-                "soak", artifact_location=(root / "artifacts").as_uri()))  # fmt: skip
-            (root / "repository").mkdir()
-            register(MODEL, 3)
-            MlflowClient().set_registered_model_alias(MODEL, ALIAS, "1")
-            options = {"models": [MODEL], "alias": ALIAS, "repository": str(root / "repository"),
-                       "triton": f"{first.url},{second.url}", "config": CPU, "smoke_test": False}  # fmt: skip
-            report = promotion.sync(promotion.load_spec(**options))
-            assert [m.action for m in report.models] == ["published"], [m.error for m in report.models]
-            argv = ["--model", MODEL, "--alias", ALIAS, "--repo", options["repository"],
-                    "--triton", options["triton"], "--no-smoke-test", "-C", "instance_kind=cpu"]  # fmt: skip
-            yield argv, {**os.environ, "MLFLOW_TRACKING_URI": tracking}, root
-        finally:
-            mlflow.set_tracking_uri(previous_uri)
+    with tracking_uri(tracking), StubTriton() as first, StubTriton() as second:
+        mlflow.set_experiment(experiment_id=MlflowClient().create_experiment(
+            "soak", artifact_location=(root / "artifacts").as_uri()))  # fmt: skip
+        (root / "repository").mkdir()
+        register(MODEL, 3)
+        MlflowClient().set_registered_model_alias(MODEL, ALIAS, "1")
+        options = {"models": [MODEL], "alias": ALIAS, "repository": str(root / "repository"),
+                   "triton": f"{first.url},{second.url}", "config": CPU, "smoke_test": False}  # fmt: skip
+        report = promotion.sync(promotion.load_spec(**options))
+        assert [m.action for m in report.models] == ["published"], [m.error for m in report.models]
+        argv = ["--model", MODEL, "--alias", ALIAS, "--repo", options["repository"],
+                "--triton", options["triton"], "--no-smoke-test", "-C", "instance_kind=cpu"]  # fmt: skip
+        yield argv, {**os.environ, "MLFLOW_TRACKING_URI": tracking}, root
 
 
 def limited(*args: str) -> list[str]:

@@ -16,9 +16,11 @@ derives a tensor signature from the config). Deploys target one replica: Python-
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from pathlib import Path
 
+import cloudpickle
 import mlflow
 import numpy as np
 import pandas as pd
@@ -147,11 +149,17 @@ class Affine(mlflow.pyfunc.PythonModel):
 def log_pyfunc(signature: str, example: bool, tmp: Path) -> tuple[str, callable]:
     x = sample(5)
     y = Affine().predict(None, x)
-    with mlflow.start_run():
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=Affine(), signature=_signature(signature, x, y),
-            input_example=_inputs(signature, x) if example else None, pip_requirements=["numpy"],
-        )  # fmt: skip
+    # Pickled by value, as a class defined in the user's training script is (by reference, the
+    # stub would need this test module importable: a packaged class needs code_paths).
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        with mlflow.start_run():
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=Affine(), signature=_signature(signature, x, y),
+                input_example=_inputs(signature, x) if example else None, pip_requirements=["numpy"],
+            )  # fmt: skip
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     return info.model_uri, lambda x: Affine().predict(None, x)
 
 

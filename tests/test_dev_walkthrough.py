@@ -128,8 +128,8 @@ def test_readme_walkthrough_against_mlflow_triton_dev(tmp_path):
         print(f"dev stack up (with the example model) in {up - started:.1f}s; walkthrough in "
               f"{walked - up:.1f}s; Python snippet in {time.monotonic() - walked:.1f}s")  # fmt: skip
         assert snippet.returncode == 0, f"{snippet.stdout[-3000:]}\n{snippet.stderr[-3000:]}"
-        predictions, servers = map(ast.literal_eval, snippet.stdout.strip().splitlines()[-2:])
-        assert len(predictions["scores"]) == 1 and len(predictions["scores"][0]) == 3
+        scores, servers = map(ast.literal_eval, snippet.stdout.strip().splitlines()[-2:])
+        assert len(scores) == 1 and len(scores[0]) == 3
         # get: the repository's versions on the replica, 2 serving, 1 kept (unloaded or unloading:
         # Triton unloads asynchronously) for a rollback
         [(url, replica)] = servers.items()

@@ -7,15 +7,18 @@ import numpy as np
 import pytest
 from models import Scorer, export_onnx, sample
 
+from mlflow_triton.flavors.registry import get as get_flavor
 from mlflow_triton.rollout.reference_run import ReferenceRunFailed, run_reference
+
+ONNX = get_flavor("onnx")
 
 
 def test_child_and_in_process_runs_agree(tmp_path):
     (tmp_path / "model").mkdir()
     model_file = export_onnx(Scorer(seed=4), tmp_path / "model" / "model.onnx")
     x = sample(3, seed=9)
-    inside = run_reference("onnx", model_file, [("features", x)], ["scores"])
-    child = run_reference("onnx", model_file, [("features", x)], ["scores"], in_process_max_bytes=0)
+    inside = run_reference(ONNX, model_file, [("features", x)], ["scores"])
+    child = run_reference(ONNX, model_file, [("features", x)], ["scores"], in_process_max_bytes=0)
     assert inside["scores"].shape == (3, 3)
     np.testing.assert_array_equal(inside["scores"], child["scores"])
 
@@ -25,4 +28,4 @@ def test_a_failing_child_is_reported_as_a_runtime_failure(tmp_path):
     broken.parent.mkdir()
     broken.write_bytes(b"not an onnx model")
     with pytest.raises(ReferenceRunFailed):
-        run_reference("onnx", broken, [("features", sample(1))], ["scores"], in_process_max_bytes=0)
+        run_reference(ONNX, broken, [("features", sample(1))], ["scores"], in_process_max_bytes=0)

@@ -25,8 +25,12 @@ def _config(name: str, *versions: int) -> bytes:
     return f'name: "{name}"\nbackend: "onnxruntime"\n{policy}'.encode()
 
 
-def _provenance(name: str, version: int) -> bytes:
-    return json.dumps({"registered_model": name, "registered_version": str(version), "settings": {}}).encode()
+def _provenance(name: str, registered_version: int, version: int = 1) -> bytes:
+    """The provenance of ``NAME/<version>/``, published from registry version ``registered_version``."""
+    return json.dumps({
+        "name": name, "version": version, "registered_model": name,
+        "registered_version": str(registered_version), "settings": {},
+    }).encode()  # fmt: skip
 
 
 def _fill(store) -> list[str]:
@@ -48,7 +52,7 @@ def _fill(store) -> list[str]:
         for version in (1, 2, 3):
             store.write_bytes(f"{name}/{version}/model.onnx", b"\0" * 64)
             if not (name == "delta" and version == 1):
-                store.write_bytes(f"{name}/{version}/mlflow-triton.json", _provenance(name, version))
+                store.write_bytes(f"{name}/{version}/mlflow-triton.json", _provenance(name, version, version))
         store.write_bytes(f"{name}/mlflow-triton-history.json", b"[]")
     store.write_bytes(f"beta/{LEASE_FILE}", b"{}")
     return ["alpha", "alpha-2", "beta", "gamma", "delta", "nocfg", "missing"]
@@ -114,7 +118,7 @@ def test_unchanged_objects_are_not_read_again_and_a_changed_etag_is(tmp_path):
     assert {n: _as_tuple(snapshot.state(n)) for n in first} == first
     assert sum(store.reads.values()) == 0 and cache.hits == 6
 
-    store.write_bytes("alpha/2/mlflow-triton.json", _provenance("alpha", 7))
+    store.write_bytes("alpha/2/mlflow-triton.json", _provenance("alpha", 7, version=2))
     store.write_bytes("beta/config.pbtxt", _config("beta", 1))
     snapshot = cache.snapshot(store)
     assert snapshot.state("alpha").provenance.registered_version == "7"

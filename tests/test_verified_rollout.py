@@ -86,13 +86,15 @@ class Hammer:
 
 
 def refuse_every_candidate(monkeypatch) -> None:
-    """Verification's local reference disagrees with Triton, as a miscompiled backend would."""
-    original = verification.SmokeTest._run_locally
+    """The staged candidate answers the smoke test off by one, as a miscompiled backend would:
+    whatever the reference (a fresh local run, or the outputs stored when the version was first
+    verified, which a rollback uses), it disagrees. Clients' requests are not touched."""
+    original = verification.SmokeTest._infer
 
-    def off_by_one(self, *args, **kwargs):
-        return {k: v + 1.0 for k, v in original(self, *args, **kwargs).items()}
+    def off_by_one(*args, **kwargs):
+        return {k: v + 1.0 for k, v in original(*args, **kwargs).items()}
 
-    monkeypatch.setattr(verification.SmokeTest, "_run_locally", off_by_one)
+    monkeypatch.setattr(verification.SmokeTest, "_infer", staticmethod(off_by_one))
 
 
 def test_refused_sync_never_answers_and_accepted_sync_has_no_failures(

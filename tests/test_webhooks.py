@@ -10,11 +10,11 @@ import urllib.error
 import urllib.request
 import uuid
 
-import mlflow
 import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.webhooks.delivery import _generate_hmac_signature  # how MLflow signs deliveries
+from mlflow_globals import tracking_uri
 from test_promotion_support import ALIAS, CPU, assert_every_replica_serves, deployment, register  # noqa: F401
 
 from mlflow_triton.daemons.webhooks import (
@@ -156,12 +156,10 @@ def webhook_mlflow(stack, tmp_path):
         artifact_root="s3://mlflow-artifacts/webhook-tests/",
     )  # fmt: skip
     server.start(180.0)
-    previous = mlflow.get_tracking_uri()  # a global that outranks MLFLOW_TRACKING_URI once set
-    mlflow.set_tracking_uri(f"http://127.0.0.1:{port}")
     try:
-        yield server
+        with tracking_uri(f"http://127.0.0.1:{port}"):
+            yield server
     finally:
-        mlflow.set_tracking_uri(previous)
         server.stop()
 
 

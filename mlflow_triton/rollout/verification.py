@@ -207,8 +207,9 @@ class SmokeTest:
                 failures[url] = err
         raise_failures(f"verify {candidate.deployment!r} version {candidate.version}", failures)
         logger.info(
-            "Verified %s version %d on %d replica(s) (%s inputs, reference: %s)", candidate.deployment,
-            candidate.version, len(candidate.urls), self.inputs.origin, self.reference,
+            "Verified %s version %d on %d replica(s) against %d %s case(s) (reference: %s)",
+            candidate.deployment, candidate.version, len(candidate.urls), len(self.inputs.cases),
+            self.inputs.origin.replace("_", " "), self.reference,
         )  # fmt: skip
 
     # -- the reference ---------------------------------------------------------------------------
