@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -106,6 +107,7 @@ def main() -> None:
             if not np.allclose(got, expected, rtol=1e-3, atol=1e-5):
                 raise SystemExit(f"[demo] {name}: Triton's output differs from eager PyTorch")
         print(f"\n[demo] done in {time.monotonic() - started:.0f}s; stopping the servers it started")
+    shutil.rmtree(workdir, ignore_errors=True)  # after a success; a failure leaves its logs there
 
 
 if __name__ == "__main__":

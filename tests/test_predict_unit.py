@@ -146,14 +146,25 @@ def two_inputs() -> ServedModel:
         [{"a": [1, 2], "b": 5}, {"a": [3, 4], "b": 6}],  # records
         {"inputs": {"a": [[1, 2], [3, 4]], "b": [[5], [6]]}},  # NVIDIA's plugin
         {"instances": [{"a": [1, 2], "b": 5}, {"a": [3, 4], "b": 6}]},  # MLflow serving
+        {"dataframe_records": [{"a": [1, 2], "b": 5}, {"a": [3, 4], "b": 6}]},  # MLflow serving
+        {"dataframe_split": {"columns": ["a", "b"], "index": [0, 1], "data": [[[1, 2], 5], [[3, 4], 6]]}},
     ],
-    ids=["columns", "records", "nvidia", "instances"],
+    ids=["columns", "records", "nvidia", "instances", "dataframe_records", "dataframe_split"],
 )
 def test_every_json_layout_mlflow_reads_gives_the_same_arrays(document):
     frame = pd.read_json(io.StringIO(json.dumps(document)))  # what `mlflow deployments predict` does
-    arrays = input_arrays(frame, two_inputs())
-    assert arrays["a"].dtype == np.float32 and arrays["a"].tolist() == [[1, 2], [3, 4]]
-    assert arrays["b"].dtype == np.int64 and arrays["b"].tolist() == [[5], [6]]
+    for inputs in (frame, document):  # from the CLI, and the same document from Python
+        if isinstance(inputs, list):
+            continue  # records from Python are a list of dicts: not one of the Python layouts
+        arrays = input_arrays(inputs, two_inputs())
+        assert arrays["a"].dtype == np.float32 and arrays["a"].tolist() == [[1, 2], [3, 4]]
+        assert arrays["b"].dtype == np.int64 and arrays["b"].tolist() == [[5], [6]]
+
+
+def test_dataframe_split_of_a_single_2d_input():
+    document = {"dataframe_split": {"columns": [0, 1], "data": [[1, 2], [3, 4]]}}
+    frame = pd.read_json(io.StringIO(json.dumps(document)))
+    assert input_arrays(frame, ServedModel.from_config("m", config()))["x"].tolist() == [[1, 2], [3, 4]]
 
 
 def test_single_input_layouts_and_mlflow_names():

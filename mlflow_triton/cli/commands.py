@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+import shutil
 import signal
 import sys
 import tempfile
@@ -113,12 +114,12 @@ def _errors() -> Iterator[None]:
 
 
 @contextmanager
-def _stop_on_signals() -> Iterator[threading.Event]:
-    """An event set by SIGINT/SIGTERM (the current round finishes), handlers restored after."""
+def _stop_on_signals(then: str = "stopping after the current round") -> Iterator[threading.Event]:
+    """An event set by SIGINT/SIGTERM (logged: ``Received SIGINT: <then>``), handlers restored after."""
     stop = threading.Event()
 
     def handler(signum: int, frame: Any) -> None:
-        logging.getLogger(__name__).warning("Received %s: stopping after the current round", signal.Signals(signum).name)
+        logging.getLogger(__name__).warning("Received %s: %s", signal.Signals(signum).name, then)
         stop.set()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -295,7 +296,8 @@ def rollback(name: str, to_version: int | None, set_alias: str | None, **options
 
 @cli.command()
 @click.option("--workdir", type=click.Path(file_okay=False), default=None,
-              help="Where logs, the sqlite store and artifacts go (default: a new temporary folder).")  # fmt: skip
+              help="Where logs, the sqlite store and artifacts go, kept after the stop "
+                   "(default: a temporary folder, removed at the stop).")  # fmt: skip
 @click.option("--replicas", type=click.IntRange(1, 8), default=1, show_default=True,
               help="tritonserver processes sharing the repository.")  # fmt: skip
 @click.option("--example/--no-example", default=True, show_default=True,
@@ -313,10 +315,10 @@ def dev(workdir: str | None, replicas: int, example: bool) -> None:
     folder = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="mlflow-triton-dev-"))
     click.echo(f"Starting moto S3, mlflow server and {replicas} tritonserver(s) under {folder} ...", err=True)
     stack = LocalStack(folder, replicas=replicas)
-    with _stop_on_signals() as stop:
+    with _stop_on_signals("stopping the dev stack") as stop:
         try:
             stack.start()  # stops what it started if one server does not come up
-        except (RuntimeError, TimeoutError) as err:
+        except (RuntimeError, TimeoutError) as err:  # the folder stays: its logs say why
             raise click.ClickException(f"the dev stack did not start: {err} (logs: {folder / 'logs'})") from err
         try:
             if stop.is_set():  # Ctrl-C while starting
@@ -343,5 +345,7 @@ def dev(workdir: str | None, replicas: int, example: bool) -> None:
             stop.wait()
         finally:
             stack.stop()
+            if not workdir:  # a folder of ours: logs, sqlite store and artifacts go with the stack
+                shutil.rmtree(folder, ignore_errors=True)
             click.echo("Stopped the dev stack.", err=True)
 

@@ -11,8 +11,10 @@ Accepted (keys and columns may use the MLflow names or the Triton names):
     and records ``[{"features": [...]}, ...]`` both read this way;
   - NVIDIA's plugin layout ``{"inputs": {"INPUT0": [[...]], ...}}``: one ``inputs`` column
     indexed by input names, each cell a whole tensor;
-  - ``{"instances": [...]}`` / ``{"inputs": [...]}`` (MLflow serving's): one column of rows,
-    each a value of the single input or a record of every input;
+  - ``{"instances": [...]}`` / ``{"inputs": [...]}`` / ``{"dataframe_records": [...]}`` (MLflow
+    serving's): one column of rows, each a value of the single input or a record of every input;
+  - ``{"dataframe_split": {"columns": [...], "data": [...]}}`` (MLflow serving's, what
+    ``DataFrame.to_dict(orient="split")`` gives): the frame it describes, read as above;
   - plain columns of numbers (``[{"a": 1, "b": 2}, ...]``, ``[[1, 2], ...]``) for a
     single-input model: the columns of its 2-D input.
 
@@ -30,7 +32,9 @@ from mlflow.exceptions import MlflowException
 from mlflow_triton.inference.served import ServedModel, ServedTensor
 
 #: Single columns that hold one row per cell in MLflow serving's JSON layouts.
-ROW_COLUMNS = ("instances", "inputs")
+ROW_COLUMNS = ("instances", "inputs", "dataframe_records")
+#: MLflow serving's split layout: a frame as ``{"columns": [...], "data": [...], "index": [...]}``.
+SPLIT_KEY = "dataframe_split"
 #: The column NVIDIA's mlflow-triton-plugin reads: indexed by input name, a tensor per cell.
 NVIDIA_COLUMN = "inputs"
 LAYOUTS_HINT = (
@@ -91,6 +95,12 @@ def _by_input(inputs: Any, model: ServedModel) -> dict[str, Any]:
 
 def _from_mapping(inputs: Mapping[str, Any], model: ServedModel) -> dict[str, Any]:
     lookup = _lookup(model)
+    (only_key,) = list(inputs) if len(inputs) == 1 else (None,)
+    if only_key == SPLIT_KEY and only_key not in lookup and isinstance(inputs[only_key], Mapping):
+        return _from_frame(_split_frame(inputs[only_key]), model)
+    rows = inputs[only_key] if only_key in ROW_COLUMNS and only_key not in lookup else None
+    if isinstance(rows, list) and rows and all(isinstance(row, Mapping) for row in rows):
+        return _from_frame(_records_frame(rows), model)  # MLflow serving's records, from Python
     nested = inputs.get(NVIDIA_COLUMN)
     if NVIDIA_COLUMN not in lookup and isinstance(nested, Mapping) and len(inputs) == 1:
         inputs = nested  # NVIDIA's {"inputs": {...}} as a Python dict
@@ -110,6 +120,8 @@ def _from_mapping(inputs: Mapping[str, Any], model: ServedModel) -> dict[str, An
 def _from_frame(frame: Any, model: ServedModel) -> dict[str, Any]:
     lookup = _lookup(model)
     columns = {str(c): c for c in frame.columns}
+    if list(columns) == [SPLIT_KEY] and SPLIT_KEY not in lookup:  # read by pd.read_json: a cell per part
+        return _from_frame(_split_frame(dict(frame[SPLIT_KEY].items())), model)
     if list(columns) == [NVIDIA_COLUMN] and NVIDIA_COLUMN not in lookup and all(
         isinstance(i, str) for i in frame.index
     ):
@@ -133,6 +145,13 @@ def _from_frame(frame: Any, model: ServedModel) -> dict[str, Any]:
         f"DataFrame columns {list(columns)} do not name the inputs {_expected_names(model)} of "
         f"model {model.name!r}. " + LAYOUTS_HINT
     )
+
+
+def _split_frame(split: Mapping[str, Any]) -> Any:
+    """The DataFrame a ``dataframe_split`` document describes (``columns`` and ``data``)."""
+    import pandas as pd
+
+    return pd.DataFrame(split.get("data") or [], columns=split.get("columns"))
 
 
 def _column_of(tensor: ServedTensor, columns: Mapping[str, Any]) -> Any:

@@ -19,6 +19,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 EXAMPLE_MODEL = "fraud"
 EXAMPLE_ALIAS = "production"
+#: The experiment the example versions are logged in.
+EXPERIMENT = "mlflow-triton-dev"
 INPUT, OUTPUT = "features", "scores"
 
 
@@ -80,16 +82,21 @@ def register_example(name: str = EXAMPLE_MODEL, versions: int = 2, alias: str = 
 def _log_versions(name: str, versions: int, example: np.ndarray) -> list[str]:
     import mlflow
     import mlflow.onnx
+    from mlflow import MlflowClient
     from mlflow.models import infer_signature
 
     registered = []
-    mlflow.set_experiment("mlflow-triton-dev")
+    # Not mlflow.set_experiment: it sets a process global (and MLFLOW_EXPERIMENT_ID) that
+    # outlives this call and points the caller's later runs at this server's experiment.
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(EXPERIMENT)
     for seed in range(1, versions + 1):
         model = linear_onnx(seed)
         weight = numpy_helper.to_array(model.graph.initializer[0])
         bias = numpy_helper.to_array(model.graph.initializer[1])
         signature = infer_signature({INPUT: example}, {OUTPUT: example @ weight + bias})
-        with mlflow.start_run(run_name=f"{name}-example-{seed}"):
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"{name}-example-{seed}"):
             info = mlflow.onnx.log_model(
                 model, name="model", signature=signature, input_example={INPUT: example},
                 registered_model_name=name,

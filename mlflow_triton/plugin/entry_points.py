@@ -3,6 +3,7 @@ deployments run-local -t triton``) and ``target_help`` (``mlflow deployments hel
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -45,6 +46,7 @@ def _run_local(
                 time.sleep(1)
         except KeyboardInterrupt:
             pass
+    shutil.rmtree(workdir, ignore_errors=True)  # the stack's logs and repository, ours alone
 
 
 def target_help() -> str:
