@@ -180,8 +180,11 @@ def onnx_model(rows: int, seed: int):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def log_model(rows: int, registered: str) -> list[str]:
-    """Two registered versions of the model (different weights: a real change, then a rollback)."""
+def log_model(rows: int, registered: str, golden: bool = False) -> list[str]:
+    """Two registered versions of the model (different weights: a real change, then a rollback).
+
+    With ``golden``, each carries golden outputs in the MLflow model directory, as the export
+    callback logs them (``mlflow_triton.core.golden``): verification then needs no local run."""
     import mlflow
     import mlflow.onnx
     import numpy as np
@@ -192,14 +195,40 @@ def log_model(rows: int, registered: str) -> list[str]:
     uris = []
     for seed in range(2):
         model = onnx_model(rows, seed)
-        with mlflow.start_run():
-            info = mlflow.onnx.log_model(
-                model, name="model", signature=signature, registered_model_name=registered,
-                save_as_external_data=False, pip_requirements=["onnx"], input_example={"x": x},
-            )  # fmt: skip
+        with mlflow.start_run() as run:
+            if golden:
+                log_with_golden(model, rows, seed, signature, x)
+                info = mlflow.register_model(f"runs:/{run.info.run_id}/model", registered)
+                version = info.version
+            else:
+                info = mlflow.onnx.log_model(
+                    model, name="model", signature=signature, registered_model_name=registered,
+                    save_as_external_data=False, pip_requirements=["onnx"], input_example={"x": x},
+                )  # fmt: skip
+                version = info.registered_model_version
         del model
-        uris.append(f"models:/{registered}/{info.registered_model_version}")
+        uris.append(f"models:/{registered}/{version}")
     return uris
+
+
+def log_with_golden(model, rows: int, seed: int, signature, example) -> None:
+    """The model saved with an input example and one golden case (``y = x @ W`` in numpy)."""
+    import mlflow
+    import mlflow.onnx
+    import numpy as np
+    from onnx import numpy_helper
+
+    from mlflow_triton.core.golden import GOLDEN_DIR, GoldenCases
+
+    weights = numpy_helper.to_array(model.graph.initializer[0])
+    x = np.random.default_rng(100 + seed).standard_normal((2, rows), dtype=np.float32)
+    with tempfile.TemporaryDirectory(prefix="bench-golden-") as tmp:
+        path = Path(tmp) / "model"
+        mlflow.onnx.save_model(model, str(path), signature=signature, input_example={"x": example},
+                               save_as_external_data=False, pip_requirements=["onnx"])  # fmt: skip
+        GoldenCases([{"x": x}], [{"y": x @ weights}], rtol=1e-3, atol=1e-3).save(path / GOLDEN_DIR)
+        del weights
+        mlflow.log_artifacts(str(path), "model")
 
 
 def run_child(stack_env: dict[str, str], args: dict[str, Any]) -> dict[str, Any]:
@@ -280,17 +309,17 @@ def unload_everywhere(stack, name: str) -> None:
         client.close()
 
 
-def run(mode: str, size_mib: int, workdir: Path) -> dict[str, Any]:
+def run(mode: str, size_mib: int, workdir: Path, golden: bool = False) -> dict[str, Any]:
     from mlflow_triton.flavors.registry import resolve_model
     from mlflow_triton.local.stack import LocalStack
 
     rows = int((size_mib * MB / 4) ** 0.5)
-    stack = LocalStack(workdir / f"{mode}-{size_mib}", replicas=1, mlflow_artifacts=mode).start()
+    stack = LocalStack(workdir / f"{mode}-{size_mib}{'-golden' if golden else ''}", replicas=1, mlflow_artifacts=mode).start()
     try:
         with stack.exported_env():
             env = dict(os.environ)
             registered = f"overhead-{mode}-{size_mib}"
-            first, second = log_model(rows, registered)
+            first, second = log_model(rows, registered, golden)
             source = resolve_model(second)
             target = f"triton:/{stack.triton_urls[0]}"
             name = f"overhead-{size_mib}"
@@ -304,7 +333,7 @@ def run(mode: str, size_mib: int, workdir: Path) -> dict[str, Any]:
             heal = run_child(env, {**common, "action": "heal"})
     finally:
         stack.stop()
-    return figures(mode, size_mib, rows, raw, publish, created, noop, back, heal)
+    return {**figures(mode, size_mib, rows, raw, publish, created, noop, back, heal), "golden": golden}
 
 
 def figures(mode: str, size_mib: int, rows: int, raw: dict[str, float], publish: dict[str, Any],
@@ -334,7 +363,7 @@ def report(results: list[dict[str, Any]], machine: dict[str, Any]) -> None:
     mib = lambda b: f"{b / MB:.0f} MiB"  # noqa: E731
     print(f"\nVerified publish against its floor (machine: {machine['nproc']} x {machine['cpu']}, load {machine['load_average']})")
     print(table(
-        [[f"{r['size_mib']} MiB", r["mode"], f"{r['publish']['seconds']:.2f} s",
+        [[f"{r['size_mib']} MiB", r["mode"] + (" (golden)" if r.get("golden") else ""), f"{r['publish']['seconds']:.2f} s",
           f"{r['raw_transfer']['seconds']:.2f} s", f"{r['publish']['load_seconds']:.2f} s ({r['publish']['loads']})",
           f"{r['floor_ratio']:.2f}", f"{r['overhead_ratio']:.2f}", f"{r['old_ratio']:.2f}",
           mib(r["publish"]["rss_peak"]), mib(r["publish"]["rss_peak_tree"]), mib(r["rollback"]["rss_peak"]),
@@ -361,11 +390,16 @@ def main() -> None:
     arguments = parser(__doc__.splitlines()[0])
     arguments.add_argument("--modes", nargs="+", default=["local", "s3"], choices=["local", "s3"])
     arguments.add_argument("--sizes", nargs="+", type=int, default=[100, 1024], help="MiB")
+    arguments.add_argument("--golden", action="store_true", help="log the models with golden outputs (no local run)")
     args = arguments.parse_args()
     quiet_logs()
     machine = machine_info()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-overhead-"))
-    results = [run(mode, size, workdir) for size in args.sizes for mode in args.modes]
+    results = []
+    for size in args.sizes:
+        for mode in args.modes:
+            results.append(run(mode, size, workdir, args.golden))
+            write_json(args.json, {"benchmark": "publish_overhead", "machine": machine, "results": results, "partial": True})
     report(results, machine)
     write_json(args.json, {"benchmark": "publish_overhead", "machine": machine, "results": results})
 
