@@ -143,6 +143,7 @@ def _publish_overhead_rows(overhead: dict[str, Any]) -> list[list[str]]:
     rows: list[list[str]] = []
     for r in overhead["results"]:
         path = "download path (streamed)" if r["mode"] == "local" else "copy path"
+        path += ", golden outputs logged" if r.get("golden") else ""
         ratio = r["floor_ratio"]
         publish = r["publish"]
         rows.append([f"publish {r['size_mib']} MiB, {path}", "publish / (raw transfer + Triton's 2 loads)",
