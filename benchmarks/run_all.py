@@ -235,6 +235,10 @@ def _s3_latency_rows(latency: dict[str, Any] | None) -> list[list[str]]:
         ("rollback (small repository)", (latency.get("small") or {}).get("rollback"), None),
         (f"no-op update (repository of {n} models)", (latency.get("large") or {}).get("update"), 1.0),
         (f"rollback (repository of {n} models)", (latency.get("large") or {}).get("rollback"), None),
+        ("no-op update (small repository), staging check as before (repository index)",
+         (latency.get("small_before") or {}).get("update"), None),
+        (f"no-op update (repository of {n} models), staging check as before (repository index)",
+         (latency.get("large_before") or {}).get("update"), None),
     ]  # fmt: skip
     rows = []
     for label, entry, target in operations:
