@@ -20,10 +20,10 @@ Measured, in this order:
 3. **the same no-op update and rollback** once more (at the highest delay), with the N
    deployments in the repository that tritonserver reads.
 
-Each no-op update and rollback is also measured with a what-if that the package does not ship
-(``rollout/`` belongs to another change): ``Rollout.staging_left_over`` asking each replica for
-its loaded models instead of the repository index, which makes tritonserver poll every model
-folder of the repository (two S3 requests per folder, in series).
+Each no-op update and rollback is also measured as it was before issue #19's change, side by
+side: ``Rollout.staging_left_over`` asking each replica for its repository index (which makes
+tritonserver poll every model folder of the repository: two S3 requests per folder, in series)
+instead of its loaded models (one statistics call, what the package does now).
 
 Printed: wall time (median) at each delay, the S3 requests of each operation by client and
 operation (``boto3``: this process, including MLflow's artifact client; ``triton``:
@@ -244,10 +244,10 @@ def sync_by_prefetch_workers(measure: Measure, spec: Any, repeats: int, delay: f
     return {str(w): _summary(r) for w, r in runs.items()}
 
 
-def staging_check_by_statistics():
-    """What-if (``rollout/switch.py`` is not changed here): ``Rollout.staging_left_over`` asks
-    each replica for its loaded models (one statistics call) instead of the repository index,
-    which makes tritonserver poll every model folder of the repository on S3. Returns an undo."""
+def staging_check_by_repository_index():
+    """The staging check as it was (``Rollout.staging_left_over`` before issue #19): each
+    replica's repository index instead of its loaded models, which makes tritonserver poll
+    every model folder of the repository on S3. Returns an undo."""
     from mlflow_triton.repository.layout import staging_name
     from mlflow_triton.rollout.switch import Rollout
 
@@ -256,8 +256,8 @@ def staging_check_by_statistics():
     def left_over(self) -> bool:
         staging = staging_name(self.name)
         folders, files = self.store.list_dir(f"{staging}/")
-        loaded = self.cluster.ready_models().values()
-        return bool(folders or files) or any(name == staging for models in loaded for name, _ in models)
+        indexes = [i for i in self.cluster.repository_index().values() if not isinstance(i, Exception)]
+        return bool(folders or files) or any(e.get("name") == staging for index in indexes for e in index)
 
     Rollout.staging_left_over = left_over
     return lambda: setattr(Rollout, "staging_left_over", original)
@@ -318,7 +318,7 @@ def main() -> None:
             print(f"setup: {args.models} registered, {args.publish} published ({time.perf_counter() - started:.0f} s)", flush=True)
 
             figures["small"] = update_and_rollback(measure, client, one, uri, changed, args.repeats, delays)
-            figures["small_what_if"] = _what_if(measure, client, one, uri, changed, delays[-1:])
+            figures["small_before"] = _as_before(measure, client, one, uri, changed, delays[-1:])
             print("small repository measured", flush=True)
 
             store = S3Store(stack.model_repository, endpoint_url=stack.s3_endpoint)
@@ -333,7 +333,7 @@ def main() -> None:
             print("sync and watch measured", flush=True)
             if not args.no_large_repository:
                 figures["large"] = update_and_rollback(measure, client, one, uri, changed, 1, delays[-1:])
-                figures["large_what_if"] = _what_if(measure, client, one, uri, changed, delays[-1:])
+                figures["large_before"] = _as_before(measure, client, one, uri, changed, delays[-1:])
     finally:
         for stub in stubs:
             stub.close()
@@ -341,8 +341,8 @@ def main() -> None:
     report(args, delays, machine, figures, stack.prefix + "/")
 
 
-def _what_if(measure: Measure, client: Any, spec: Any, uri: str, config: dict, delays: list[float]) -> dict:
-    undo = staging_check_by_statistics()
+def _as_before(measure: Measure, client: Any, spec: Any, uri: str, config: dict, delays: list[float]) -> dict:
+    undo = staging_check_by_repository_index()
     try:
         return update_and_rollback(measure, client, spec, uri, config, 1, delays)
     finally:
@@ -367,15 +367,15 @@ def report(args: Any, delays: list[float], machine: dict[str, Any], figures: dic
         row(f"watch round, {n} models (cache kept)", figures["watch"], "<= 5 s"),
         row("no-op update, small repository", figures["small"]["update"], "<= 1 s"),
         row("rollback, small repository", figures["small"]["rollback"], "(report)"),
-        row("  what-if: staging check by statistics, no-op update", figures["small_what_if"]["update"], "<= 1 s"),
-        row("  what-if: ..., rollback", figures["small_what_if"]["rollback"], "(report)"),
+        row("  before: staging check by repository index, no-op update", figures["small_before"]["update"], "(report)"),
+        row("  before: ..., rollback", figures["small_before"]["rollback"], "(report)"),
     ]  # fmt: skip
     if "large" in figures:
         rows += [
             row(f"no-op update, {deployments} deployments", figures["large"]["update"], "<= 1 s"),
             row(f"rollback, {deployments} deployments", figures["large"]["rollback"], "(report)"),
-            row("  what-if: staging check by statistics, no-op update", figures["large_what_if"]["update"], "<= 1 s"),
-            row("  what-if: ..., rollback", figures["large_what_if"]["rollback"], "(report)"),
+            row("  before: staging check by repository index, no-op update", figures["large_before"]["update"], "(report)"),
+            row("  before: ..., rollback", figures["large_before"]["rollback"], "(report)"),
         ]  # fmt: skip
     print(f"\nS3 through the proxy at {low} and {high} ms per request, side by side; machine: "
           f"{machine['nproc']} x {machine['cpu']}, load at start {machine['load_average']}")  # fmt: skip
