@@ -30,6 +30,7 @@ from mlflow.deployments import get_deploy_client
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, infer_signature
 from models import Scorer, export_onnx, sample
+from test_user_python_model import DOUBLER_CONFIG, DOUBLER_MODEL  # NVIDIA's example layout
 
 from mlflow_triton.flavors import triton as triton_flavor
 from mlflow_triton.repository.layout import staging_name
@@ -53,29 +54,6 @@ EXPECTED = {
 #: What a refusal must say: how to log the model so that it deploys.
 FIX = "signature=infer_signature"
 FEATURES = [f"f{i}" for i in range(4)]
-
-DOUBLER_CONFIG = """
-name: "doubler_original_name"
-backend: "python"
-max_batch_size: 8
-input [ { name: "IN" data_type: TYPE_FP32 dims: [ 3 ] } ]
-output [ { name: "OUT" data_type: TYPE_FP32 dims: [ 3 ] } ]
-"""
-DOUBLER_MODEL = textwrap.dedent('''
-    import numpy as np
-    import triton_python_backend_utils as pb_utils
-
-
-    class TritonPythonModel:
-        def execute(self, requests):
-            responses = []
-            for request in requests:
-                x = pb_utils.get_input_tensor_by_name(request, "IN").as_numpy()
-                out = pb_utils.Tensor("OUT", (2.0 * x + 1.0).astype(np.float32))
-                responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
-            return responses
-''')
-
 
 def matrix_markdown() -> str:
     """EXPECTED as the README prints it."""
@@ -166,8 +144,8 @@ def log_pyfunc(signature: str, example: bool, tmp: Path) -> tuple[str, callable]
 def log_triton(signature: str, example: bool, tmp: Path) -> tuple[str, callable]:
     folder = tmp / "doubler"
     (folder / "1").mkdir(parents=True)
-    (folder / "config.pbtxt").write_text(DOUBLER_CONFIG)
-    (folder / "1" / "model.py").write_text(DOUBLER_MODEL)
+    (folder / "config.pbtxt").write_text(textwrap.dedent(DOUBLER_CONFIG).lstrip())
+    (folder / "1" / "model.py").write_text(DOUBLER_MODEL.lstrip())
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     with mlflow.start_run():
         if signature == "named":

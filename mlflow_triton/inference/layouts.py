@@ -95,7 +95,7 @@ def _by_input(inputs: Any, model: ServedModel) -> dict[str, Any]:
 
 def _from_mapping(inputs: Mapping[str, Any], model: ServedModel) -> dict[str, Any]:
     lookup = _lookup(model)
-    (only_key,) = list(inputs) if len(inputs) == 1 else (None,)
+    only_key = next(iter(inputs)) if len(inputs) == 1 else None
     if only_key == SPLIT_KEY and only_key not in lookup and isinstance(inputs[only_key], Mapping):
         return _from_frame(_split_frame(inputs[only_key]), model)
     rows = inputs[only_key] if only_key in ROW_COLUMNS and only_key not in lookup else None
