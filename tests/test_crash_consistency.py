@@ -5,7 +5,9 @@ Each case runs a real ``mlflow_triton.promotion.sync`` in a child process that k
 version 3 (versions 1 and 2 published before; version 2 serves):
 
 * ``after_lease``: the lease is taken, nothing else;
-* ``mid_upload``: the model file is in ``NAME/3/`` but its provenance is not;
+* ``mid_upload``: the model file is in the staging folder, ``NAME/3/`` holds only its claim;
+* ``mid_build``: the staging model loads while ``NAME/3/`` is built from the staging folder:
+  its model file is there, its provenance is not;
 * ``after_staged_record``: verified, and recorded as ``staged``, but config.pbtxt still pins 2
   (the next sync reuses the upload: nothing is uploaded again);
 * ``after_config_write``: config.pbtxt pins the new version, no replica loaded it;
@@ -77,6 +79,8 @@ CHILD = textwrap.dedent(
         after(lease.Lease, "acquire")
     elif point == "mid_upload":
         after(s3_store.S3Store, "copy_from")
+    elif point == "mid_build":
+        after(s3_store.S3Store, "copy_prefix", when=lambda source, target: target.startswith(f"{deployment}/3/"))
     elif point == "after_staged_record":  # history says "staged", config.pbtxt not yet written
         from mlflow_triton.repository import history
         save = history.ServingHistory.save
@@ -105,7 +109,7 @@ CHILD = textwrap.dedent(
     % {"alias": ALIAS}
 )
 KILL_POINTS = [
-    "after_lease", "mid_upload", "after_staged_record", "after_config_write", "after_load_on_replica_1",
+    "after_lease", "mid_upload", "mid_build", "after_staged_record", "after_config_write", "after_load_on_replica_1",
     "during_prune",
 ]  # fmt: skip
 

@@ -34,7 +34,7 @@ from mlflow_triton.flavors.source import ModelSource
 from mlflow_triton.fleet.server import TritonCluster
 from mlflow_triton.repository.concurrency import concurrently
 from mlflow_triton.repository.history import ServingHistory
-from mlflow_triton.repository.layout import validate_model_name
+from mlflow_triton.repository.layout import staging_name, validate_model_name, version_prefix
 from mlflow_triton.repository.lease import Lease
 from mlflow_triton.repository.provenance import Provenance, read_provenance, write_provenance
 from mlflow_triton.repository.state import DeploymentState, list_deployments, read_state
@@ -246,10 +246,11 @@ class ModelPublisher:
         )  # fmt: skip
 
     def discard(self, name: str, version: int) -> bool:
-        """Remove an upload that will not serve (best effort: the original error matters more);
-        True when it is gone."""
+        """Remove an upload that will not serve, and what was transferred of it into the
+        staging folder (best effort: the original error matters more); True when it is gone."""
         try:
             repair.delete_version(self.store, name, version)
+            self.store.delete_prefix(version_prefix(staging_name(name), version))
             return True
         except Exception as err:
             logger.warning("Could not remove the partial upload %s: %s", self.store.url(f"{name}/{version}/"), err)

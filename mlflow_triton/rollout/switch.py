@@ -4,10 +4,14 @@ Triton answers a request that names no version with the highest loaded version, 
 candidate beside the serving version would expose it at once. A rollout therefore never loads
 an unverified version under the deployment's own name:
 
-1. **stage**: the version's files are copied inside the repository (server-side on S3, hard
-   links on a local disk) to a staging model, ``_mlflow-triton-staging.NAME/<version>/``, with
-   the same config under that name. Names starting with ``_`` are never deployments
+1. **stage**: the version's files are in a staging model, ``_mlflow-triton-staging.NAME/<version>/``,
+   with the same config under that name. Names starting with ``_`` are never deployments
    (:func:`~mlflow_triton.repository.layout.validate_model_name`), so no client asks for it.
+   A new upload is transferred there directly, and its version folder ``NAME/<version>/`` is
+   built from it (a server-side copy, then the provenance) while the staging model loads and
+   is verified: the copy costs no time of its own. A version already in the repository
+   (rollback, replica heal, an upload reused) is copied there first (server-side on S3, hard
+   links on a local disk).
 2. **verify**: every replica loads the staging model; it must become READY and pass the
    :data:`~mlflow_triton.rollout.verification.Verifier` (a smoke inference by default). A failure is
    recorded as ``refused`` in the serving history and the candidate is removed: clients never
@@ -30,9 +34,10 @@ its load timed out and may still finish) is reloaded on the previous version.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
@@ -45,7 +50,7 @@ from mlflow_triton.fleet.errors import (
 )
 from mlflow_triton.fleet.server import TritonCluster
 from mlflow_triton.repository.history import ServingHistory, Via
-from mlflow_triton.repository.layout import CONFIG_FILE, staging_name, warmup_prefix
+from mlflow_triton.repository.layout import CONFIG_FILE, staging_name, version_prefix, warmup_prefix
 from mlflow_triton.repository.lease import Lease, LeaseLost
 from mlflow_triton.repository.provenance import Provenance
 from mlflow_triton.repository.store import ModelRepositoryStore
@@ -116,8 +121,17 @@ class Rollout:
     def verify(
         self, version: int, message: Any, provenance: Provenance, verify: Verifier | None,
         urls: Sequence[str] | None = None, model_file: Path | None = None,
+        build_version: Callable[[], None] | None = None,
     ) -> None:  # fmt: skip
         """Load ``version`` under the staging name on ``urls`` (default: all) and verify it.
+
+        Args:
+            build_version: given when the files were transferred into the staging folder (a
+                new upload): builds ``NAME/<version>/`` from them. It runs beside the load and
+                the verification, and the staging model is removed only once it is done;
+                its failure fails the rollout (an unverified version is kept for a retry
+                only when it is complete). Without it, the version folder is copied to the
+                staging folder first.
 
         Raises:
             VersionRefused: a replica refused it or it failed verification (Triton's verdict).
@@ -129,22 +143,31 @@ class Rollout:
         staging = staging_name(self.name)
         # No staging model is left here: every caller ran repair.remove_leftovers first.
         self.lease.check("staging the candidate")
-        self.store.copy_prefix(f"{self.name}/{version}/", f"{staging}/{version}/")
+        if build_version is None:
+            self.store.copy_prefix(version_prefix(self.name, version), version_prefix(staging, version))
         self.store.copy_prefix(warmup_prefix(self.name, version), warmup_prefix(staging, version))
         staged = mcfg.pin_version(message, version)
         staged.name = staging
         self.store.write_bytes(f"{staging}/{CONFIG_FILE}", mcfg.to_pbtxt(staged).encode())
+        building = _in_background(build_version, f"mlflow-triton-build-{self.name}")
         try:
             try:
                 raise_failures(f"load {self.name!r} version {version}", self.cluster.load_model(staging, version, urls))
                 if verify is not None:
                     verify(Candidate(self.name, staging, version, tuple(urls), provenance, model_file))
-            except (ReplicaUnreachable, VerificationUnavailable, LeaseLost):
+            except (ReplicaUnreachable, VerificationUnavailable):
+                if building is not None:
+                    building.result()  # kept for a retry only if complete: else its own error
+                raise
+            except LeaseLost:
                 raise
             except MlflowException as err:
                 raise VersionRefused(f"{self.name!r} version {version} failed verification: {err.message}") from err
+            if building is not None:
+                building.result()
         finally:
             with interrupts.critical(f"removing the staging model {staging}"):
+                _settle(building, f"building {self.name!r} version {version}")  # it reads the staging folder
                 try:
                     self.clean_staging(urls)
                 except Exception as err:  # the next rollout removes it; the outcome stands
@@ -231,3 +254,25 @@ class Rollout:
 
     def _last_serving(self) -> dict[str, Any] | None:
         return next((e for e in reversed(self.history.events) if e.get("event") == "serving"), None)
+
+
+def _in_background(work: Callable[[], None] | None, thread_name: str) -> Future | None:
+    """``work`` started in its own thread (None without work)."""
+    if work is None:
+        return None
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
+    try:
+        return pool.submit(work)
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _settle(running: Future | None, what: str) -> None:
+    """Wait for ``running`` to end; a failure that nobody raised is logged (the rollout failed
+    for another reason, which is the one reported)."""
+    if running is None:
+        return
+    try:
+        running.result()
+    except BaseException as err:
+        logger.debug("%s ended with %s: %s", what, type(err).__name__, err)

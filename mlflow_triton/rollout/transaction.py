@@ -9,9 +9,11 @@ lease, after the repair of what an interrupted publisher left. In order:
    are a no-op too;
 3. the smoke inputs and the config, so that a model Triton cannot take, or whose example does
    not fit, is refused before any byte is written (a streamed model: right after its upload);
-4. a version number claimed with a conditional create, the files moved, the warmup files and
-   the provenance written last (a version folder without one is an interrupted upload);
-5. the rollout: loaded and verified under the staging name, then switched in.
+4. a version number claimed with a conditional create, the files moved into the staging
+   folder, the warmup files written;
+5. the rollout: loaded and verified under the staging name while the version folder is built
+   from the staging folder, its provenance written last (a version folder without one is an
+   interrupted upload); then switched in.
 
 A refused version is deleted and recorded as refused; the repository and the serving version
 are left as they were. An interrupt (:mod:`mlflow_triton.rollout.interrupts`) before the
@@ -32,7 +34,13 @@ from mlflow.exceptions import MlflowException
 from mlflow_triton.flavors.base import PublishPlan
 from mlflow_triton.flavors.source import ModelSource
 from mlflow_triton.fleet.errors import ReplicaUnreachable
-from mlflow_triton.repository.layout import CLAIM_FILE, CONFIG_FILE, WARMUP_FOLDER, version_prefix
+from mlflow_triton.repository.layout import (
+    CLAIM_FILE,
+    CONFIG_FILE,
+    WARMUP_FOLDER,
+    staging_name,
+    version_prefix,
+)
 from mlflow_triton.repository.lease import LeaseLost
 from mlflow_triton.repository.provenance import Provenance, read_provenance, write_provenance
 from mlflow_triton.repository.references import file_digest, save_reference
@@ -127,10 +135,14 @@ class PublishTransaction:
         self.switching = False
         try:
             uploaded, copied = self._move(plan, located, version, pending)
-            provenance, message, verifier = self._write_version(plan, located, version)
-            if verifier is not None:  # the local reference run overlaps the staging copy and loads
-                verifier.start_reference(self.name, version, provenance, None if pending else located.complete_local_copy)
-            self.rollout.verify(version, message, provenance, verifier)
+            provenance, message, verifier = self._write_version(plan, located, version, written=bool(pending))
+            files_at = None if pending else version_prefix(staging_name(self.name), version)
+            if verifier is not None:  # the local reference run overlaps the build of the folder and the loads
+                verifier.start_reference(
+                    self.name, version, provenance, None if pending else located.complete_local_copy, files_at
+                )  # fmt: skip
+            build = None if pending else lambda: self._build_version_folder(provenance)
+            self.rollout.verify(version, message, provenance, verifier, build_version=build)
             self._keep_reference(verifier, provenance)
             interrupts.checkpoint(self.publisher.cancel, f"the switch of {self.name!r} to version {version}")
             with interrupts.critical(f"the switch of {self.name!r} to version {version}"):
@@ -149,14 +161,16 @@ class PublishTransaction:
         return provenance, uploaded, copied
 
     def _move(self, plan: PublishPlan, located: Located, version: int, pending: int | None) -> tuple[int, int]:
-        """The files into ``NAME/<version>/`` (or an earlier try's upload taken as it is)."""
+        """The files into the staging folder ``_mlflow-triton-staging.NAME/<version>/``, from
+        which the rollout loads them and builds ``NAME/<version>/`` (or an earlier try's
+        upload taken as it is, in ``NAME/<version>/``)."""
         uploaded = copied = 0
         if pending:
             logger.info("%s version %d is already uploaded (an earlier try): nothing to upload", self.name, version)
             self._reuse(plan, located, version)
         else:
             spool = self.workdir / "reference" if self._needs_model_file(plan) else None
-            uploaded, copied = transfer(self.store, located, version_prefix(self.name, version), spool)
+            uploaded, copied = transfer(self.store, located, version_prefix(staging_name(self.name), version), spool)
         assert located.entries is not None
         if located.streamed and not pending and self.serving is not None and self.serving.holds(located.entries, self.settings):
             # Same bytes under another URI: found out while streaming, so the copy goes.
@@ -164,9 +178,12 @@ class PublishTransaction:
             raise Unchanged()
         return uploaded, copied
 
-    def _write_version(self, plan: PublishPlan, located: Located, version: int) -> tuple[Provenance, Any, SmokeTest | None]:
-        """The warmup files, then the provenance (last, and only by the lease holder: a version
-        folder without provenance is an interrupted upload, which the next publisher removes)."""
+    def _write_version(
+        self, plan: PublishPlan, located: Located, version: int, written: bool
+    ) -> tuple[Provenance, Any, SmokeTest | None]:
+        """The warmup files and the provenance. The provenance is written here only when the
+        version folder is ``written`` already (an earlier try's upload); else last, once the
+        rollout has built the folder (:meth:`_build_version_folder`)."""
         io = self._io(plan, located)
         message, warmup = self._build(plan, io, version)
         for filename, data in (warmup.files if warmup else {}).items():
@@ -174,9 +191,20 @@ class PublishTransaction:
         verifier = SmokeTest(self.store, self.publisher.cluster, plan.flavor, self.smoke) if self.verify else None
         provenance = self._provenance(plan, located, io, message, version, verifier)
         interrupts.checkpoint(self.publisher.cancel, f"staging {self.name!r} version {version}")
+        if written:
+            self.rollout.lease.check("writing the provenance")
+            write_provenance(self.store, provenance)
+        return provenance, message, verifier
+
+    def _build_version_folder(self, provenance: Provenance) -> None:
+        """``NAME/<version>/`` from the staging folder (server-side, or hard links), then the
+        provenance: last, and only by the lease holder (a version folder without provenance
+        is an interrupted upload, which the next publisher removes). Runs while the staging
+        model loads and is verified (:meth:`Rollout.verify`)."""
+        version = provenance.version
+        self.store.copy_prefix(version_prefix(staging_name(self.name), version), version_prefix(self.name, version))
         self.rollout.lease.check("writing the provenance")
         write_provenance(self.store, provenance)
-        return provenance, message, verifier
 
     def _keep_reference(self, verifier: SmokeTest | None, provenance: Provenance) -> None:
         """Store what the version was verified with beside it, so that a rollback, a repair or

@@ -214,16 +214,23 @@ class SmokeTest:
 
     # -- the reference ---------------------------------------------------------------------------
     def start_reference(
-        self, deployment: str, version: int, provenance: Provenance, model_file: Path | None = None
-    ) -> None:
+        self, deployment: str, version: int, provenance: Provenance, model_file: Path | None = None,
+        files_at: str | None = None,
+    ) -> None:  # fmt: skip
         """Compute the reference outputs now, in the background (the local run, fetching the
         model file from the repository first when ``model_file`` is None), so that they are
         ready when the candidate is: a publisher calls this before the staging load. Without
-        it, :meth:`__call__` computes them itself. Nothing to do without a local reference."""
+        it, :meth:`__call__` computes them itself. Nothing to do without a local reference.
+
+        Args:
+            files_at: the folder that holds the version's files (default ``NAME/<version>/``;
+                a new upload is in the staging folder until the rollout has built that one).
+        """
         if self.reference != "local" or self._reference is not None:
             return
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-triton-reference")
-        self._reference = pool.submit(self._run_cases, deployment, version, provenance, model_file)
+        folder = files_at or version_prefix(deployment, version)
+        self._reference = pool.submit(self._run_cases, deployment, version, provenance, model_file, folder)
         pool.shutdown(wait=False)
 
     def reference_cases(self) -> GoldenCases | None:
@@ -245,12 +252,12 @@ class SmokeTest:
         return self._reference.result()
 
     def _run_cases(
-        self, deployment: str, version: int, provenance: Provenance, model_file: Path | None
+        self, deployment: str, version: int, provenance: Provenance, model_file: Path | None, folder: str
     ) -> list[dict[str, np.ndarray]]:
         tensors = provenance.tensors
         names = {t["triton"]: t["mlflow"] for t in tensors["outputs"]}
         with tempfile.TemporaryDirectory(prefix="mlflow-triton-verify-") as tmp:
-            model_file = model_file or self._fetch(deployment, version, provenance, Path(tmp))
+            model_file = model_file or self._fetch(deployment, version, provenance, folder, Path(tmp))
             try:
                 runs = [self._run_locally(model_file, tensors, case.inputs) for case in self.inputs.cases]
             except Exception as err:  # the local runtime, not Triton: no verdict on the model
@@ -268,14 +275,15 @@ class SmokeTest:
         inputs = [(t["triton"], arrays[t["mlflow"]]) for t in tensors["inputs"]]
         return run_reference(self.flavor, model_file, inputs, [t["triton"] for t in tensors["outputs"]])
 
-    def _fetch(self, deployment: str, version: int, provenance: Provenance, tmp: Path) -> Path:
-        """Stream the version's served file and its companions into ``tmp``."""
-        files = [entry.get("file") for entry in provenance.files if entry.get("file")]
+    def _fetch(self, deployment: str, version: int, provenance: Provenance, folder: str, tmp: Path) -> Path:
+        """Stream the version's served file and its companions from ``folder`` into ``tmp``."""
+        sizes = {entry["file"]: entry.get("size") for entry in provenance.files if entry.get("file")}
+        files = list(sizes)
         try:
             if not files:
                 raise MlflowException("provenance names no model file", error_code=INTERNAL_ERROR)
             for name in files:
-                self.store.download_file(f"{version_prefix(deployment, version)}{name}", tmp / name)
+                self.store.download_file(f"{folder}{name}", tmp / name, sizes[name])
         except MlflowException as err:
             raise VerificationUnavailable(
                 f"Cannot fetch {deployment!r} version {version} for the local reference run: {err.message}"
