@@ -137,7 +137,7 @@ class LocalStore(ModelRepositoryStore):
         finally:
             os.close(folder)
 
-    def download_file(self, key: str, path: Path) -> int:
+    def download_file(self, key: str, path: Path, size: int | None = None) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self._path(key), path)
         return path.stat().st_size

@@ -199,13 +199,14 @@ class S3Store(ModelRepositoryStore):
             raise self._fail("read", key, err) from err
         return StoredObject(data, response["ETag"].strip('"'), _age_s(response))
 
-    def download_file(self, key: str, path: Path) -> int:
+    def download_file(self, key: str, path: Path, size: int | None = None) -> int:
         from boto3.exceptions import S3TransferFailedError
         from botocore.exceptions import BotoCoreError, ClientError
 
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.client.download_file(self.bucket, self._key(key), str(path), Config=self.download_config)
+            config = self.download_config if size is None else download_transfer_config(size)
+            self.client.download_file(self.bucket, self._key(key), str(path), Config=config)
         except (BotoCoreError, ClientError, S3TransferFailedError) as err:
             raise self._fail("download", key, err) from err
         return path.stat().st_size

@@ -93,9 +93,15 @@ DOWNLOAD_CONCURRENCY = 4
 DOWNLOAD_IO_QUEUE = 16
 
 
-def download_transfer_config():
-    """:func:`transfer_config` for downloads, with their memory bound."""
-    return transfer_config(max_concurrency=DOWNLOAD_CONCURRENCY, max_io_queue=DOWNLOAD_IO_QUEUE)
+def download_transfer_config(size: int | None = None):
+    """:func:`transfer_config` for downloads, with their memory bound. Given the object's
+    ``size``, in :data:`DOWNLOAD_CONCURRENCY` ranged parts (of at least
+    :data:`MULTIPART_CHUNKSIZE`): the same parallelism in the fewest requests. With 16 MiB
+    parts a 1 GiB version took 64 GETs, each a round trip of 10-30 ms on AWS and, on moto, a
+    read of the whole object (36 s for 1 GiB; the parts are streamed either way, so their
+    size does not change the memory bound)."""
+    chunksize = None if size is None else max(MULTIPART_CHUNKSIZE, -(-size // DOWNLOAD_CONCURRENCY))
+    return transfer_config(chunksize, max_concurrency=DOWNLOAD_CONCURRENCY, max_io_queue=DOWNLOAD_IO_QUEUE)
 
 
 def stream_transfer_config():
@@ -156,8 +162,9 @@ class ModelRepositoryStore(ABC):
         """Overwrite ``key`` only if its ETag is still ``etag``: the new ETag, or None."""
 
     @abstractmethod
-    def download_file(self, key: str, path: Path) -> int:
-        """Stream one object to a local file (never whole in memory); returns its size."""
+    def download_file(self, key: str, path: Path, size: int | None = None) -> int:
+        """Stream one object to a local file (never whole in memory); returns its size.
+        ``size``, when the caller knows it, lets the store fetch it in fewer requests."""
 
     @abstractmethod
     def copy_prefix(self, source: str, target: str) -> int:
