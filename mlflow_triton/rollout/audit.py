@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping
 
 from mlflow_triton.core.masking import mask_secrets
@@ -41,6 +42,8 @@ MAX_REASON_CHARS = 1000
 #: How long a rollout waits for its tags. MLflow's client retries an unreachable tracking
 #: server for minutes; the tags then finish (or fail, with a warning) in the background.
 TAG_TIMEOUT_S = 10.0
+#: Tags written at once (one request each; the registry's store serializes its own writes).
+TAG_WRITERS = 4
 
 
 def tag_key(deployment: str, field: str) -> str:
@@ -71,20 +74,20 @@ class AuditTrail:
         if registered is None:
             return
         verified = entry.get("verified")
-        self._tag(registered, {
+        tags = [(registered, {
             "state": "serving", "since": entry.get("at"), "via": entry.get("via"),
             "verified": "unknown" if verified is None else str(bool(verified)).lower(),
             "triton_version": entry.get("version"), "target": self.target,
             "repository": self.repository,
-        })  # fmt: skip
+        })]  # fmt: skip
         before = _registered(replaced) if replaced is not None else None
-        if before is None or before == registered:
-            return
-        rolled_back = entry.get("via") == "rollback" and entry.get("rolled_back_from") == replaced.get("version")  # type: ignore[union-attr]
-        self._tag(before, {
-            "state": "rolled_back" if rolled_back else "replaced", "since": entry.get("at"),
-            "replaced_by": f"registry version {registered[1]} (Triton version {entry.get('version')})",
-        })  # fmt: skip
+        if before is not None and before != registered:
+            rolled_back = entry.get("via") == "rollback" and entry.get("rolled_back_from") == replaced.get("version")  # type: ignore[union-attr]
+            tags.append((before, {
+                "state": "rolled_back" if rolled_back else "replaced", "since": entry.get("at"),
+                "replaced_by": f"registry version {registered[1]} (Triton version {entry.get('version')})",
+            }))  # fmt: skip
+        self._tag(tags)
 
     def refused(self, entry: Mapping[str, Any], serving: Mapping[str, Any] | None) -> None:
         """Tag the registry version of history ``entry`` (a ``refused`` event). If that
@@ -103,34 +106,49 @@ class AuditTrail:
                 "verified": "false", "triton_version": entry.get("version"),
                 "target": self.target, "repository": self.repository,
             })  # fmt: skip
-        self._tag(registered, values)
+        self._tag([(registered, values)])
 
-    def _tag(self, registered: tuple[str, str], values: Mapping[str, Any]) -> None:
-        writer = threading.Thread(target=self._write, args=(registered, values), daemon=True)
+    def _tag(self, tags: list[tuple[tuple[str, str], Mapping[str, Any]]]) -> None:
+        """Write ``tags`` (registry version, values), :data:`TAG_WRITERS` calls at a time:
+        MLflow sets one tag per request, and ten in series took 0.2-0.45 s after the switch."""
+        calls = [(registered, field, value) for registered, values in tags for field, value in values.items() if value is not None]
+        writer = threading.Thread(target=self._write, args=(calls,), daemon=True)
         writer.start()
         writer.join(TAG_TIMEOUT_S)
         if writer.is_alive():
             logger.warning(
                 "Tagging registered model %r version %s is taking over %.0f s (is the tracking "
                 "server reachable?); the rollout goes on, the tags follow in the background.",
-                *registered, TAG_TIMEOUT_S,
+                *tags[0][0], TAG_TIMEOUT_S,
             )  # fmt: skip
 
-    def _write(self, registered: tuple[str, str], values: Mapping[str, Any]) -> None:
-        name, version = registered
+    def _write(self, calls: list[tuple[tuple[str, str], str, Any]]) -> None:
         try:
             if self._client is None:
                 from mlflow import MlflowClient
 
                 self._client = MlflowClient()
-            for field, value in values.items():
-                if value is not None:
-                    self._client.set_model_version_tag(name, version, tag_key(self.deployment, field), str(value))
-        except Exception as err:  # best effort: the serving history is the record
+            with ThreadPoolExecutor(max_workers=TAG_WRITERS, thread_name_prefix="mlflow-triton-tags") as pool:
+                errors = list(pool.map(lambda call: self._set(*call), calls))
+        except Exception as err:
+            errors = [err] * len(calls)
+        failed: dict[tuple[str, str], Exception] = {}
+        for (registered, _, _), err in zip(calls, errors, strict=True):
+            if err is not None:
+                failed.setdefault(registered, err)
+        for (name, version), err in failed.items():  # best effort: the serving history is the record
             logger.warning(
                 "Could not tag registered model %r version %s with where it serves (%s): %s. "
                 "The rollout itself is not affected.", name, version, self.deployment, err,
             )  # fmt: skip
+
+    def _set(self, registered: tuple[str, str], field: str, value: Any) -> Exception | None:
+        name, version = registered
+        try:
+            self._client.set_model_version_tag(name, version, tag_key(self.deployment, field), str(value))
+        except Exception as err:
+            return err
+        return None
 
 
 def _registered(entry: Mapping[str, Any] | None) -> tuple[str, str] | None:
