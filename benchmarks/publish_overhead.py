@@ -116,7 +116,8 @@ def timed(owner, attribute, label):
 # test calls run_reference by its name in rollout.verification (in a background thread).
 timed(_transaction, "locate", "locate (+ inspect on the copy path)")
 timed(_transaction, "transfer", "transfer (copy / stream / upload)")
-timed(S3Store, "copy_prefix", "staging copy in the repository")
+timed(S3Store, "copy_prefix", "copies in the repository (a publish: building NAME/<v>/ beside the staging load)")
+timed(_transaction.PublishTransaction, "_build_version_folder", "building the version folder (background)")
 timed(S3Store, "download_file", "fetch from the repository (model or stored reference)")
 timed(_switch.Rollout, "verify", "staging: copy + load + verification")
 timed(_switch.Rollout, "switch", "switch (config + load)")
