@@ -153,13 +153,16 @@ def _local_file(origin: str, folder: Path) -> Path:
     return local if local is not None else download_artifact(origin, folder)
 
 
-def transfer(store: ModelRepositoryStore, located: Located, prefix: str, spool: Path | None) -> tuple[int, int]:
-    """Copy, stream or upload the located files under ``prefix`` (``NAME/<version>/``):
+def transfer(
+    store: ModelRepositoryStore, located: Located, prefix: str, spool: Path | None, label: str | None = None
+) -> tuple[int, int]:
+    """Copy, stream or upload the located files under ``prefix`` (a version folder):
     (bytes uploaded, bytes copied).
 
     Args:
         spool: for a stream, also keep a local copy in this folder, in the same pass (for the
             verification's local reference run: the only reason that path writes to disk).
+        label: what the log line calls the files (default: ``NAME version N`` from ``prefix``).
     """
     uploaded = copied = 0
     if located.kind == "stream":
@@ -173,7 +176,8 @@ def transfer(store: ModelRepositoryStore, located: Located, prefix: str, spool: 
             )
     verb = {"copy": "Copied", "stream": "Streamed", "upload": "Uploaded"}[located.kind]
     name, _, version = prefix.rstrip("/").rpartition("/")
-    logger.info("%s %s version %s (%d bytes) to %s", verb, name, version, copied or uploaded, store.url(prefix))
+    label = label or f"{name} version {version}"
+    logger.info("%s %s (%d bytes) to %s", verb, label, copied or uploaded, store.url(prefix))
     return uploaded, copied
 
 

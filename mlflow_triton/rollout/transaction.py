@@ -170,7 +170,8 @@ class PublishTransaction:
             self._reuse(plan, located, version)
         else:
             spool = self.workdir / "reference" if self._needs_model_file(plan) else None
-            uploaded, copied = transfer(self.store, located, version_prefix(staging_name(self.name), version), spool)
+            staging = version_prefix(staging_name(self.name), version)
+            uploaded, copied = transfer(self.store, located, staging, spool, f"{self.name} version {version}")
         assert located.entries is not None
         if located.streamed and not pending and self.serving is not None and self.serving.holds(located.entries, self.settings):
             # Same bytes under another URI: found out while streaming, so the copy goes.
