@@ -37,6 +37,7 @@ Run::
 
     .venv/bin/python benchmarks/publish_overhead.py                  # 100 MiB and 1 GiB, ~10 min
     .venv/bin/python benchmarks/publish_overhead.py --sizes 100 --modes local
+    .venv/bin/python benchmarks/publish_overhead.py --sizes 100 --delay-ms 20   # S3 at AWS's latency
 """
 
 from __future__ import annotations
@@ -314,12 +315,37 @@ def unload_everywhere(stack, name: str) -> None:
         client.close()
 
 
-def run(mode: str, size_mib: int, workdir: Path, golden: bool = False) -> dict[str, Any]:
+def run(mode: str, size_mib: int, workdir: Path, golden: bool = False, delay_ms: float = 0.0) -> dict[str, Any]:
+    """One size and path. With ``delay_ms``, every S3 request of the stack (this process, the
+    children, MLflow's server, tritonserver) goes through :mod:`s3_proxy`, delayed from the raw
+    transfer on (the setup runs at loopback speed), and each step's S3 requests are counted."""
     from mlflow_triton.flavors.registry import resolve_model
     from mlflow_triton.local.stack import LocalStack
 
     rows = int((size_mib * MB / 4) ** 0.5)
-    stack = LocalStack(workdir / f"{mode}-{size_mib}{'-golden' if golden else ''}", replicas=1, mlflow_artifacts=mode).start()
+    folder = workdir / f"{mode}-{size_mib}{'-golden' if golden else ''}{f'-{delay_ms:g}ms' if delay_ms else ''}"
+    stack_class = LocalStack
+    if delay_ms:
+        import s3_proxy
+
+        stack_class = s3_proxy.ProxiedStack
+    stack = stack_class(folder, replicas=1, mlflow_artifacts=mode)
+    if delay_ms:
+        stack.delay_ms = 0.0
+    stack.start()
+    requests: dict[str, Any] = {}
+
+    def step(label: str, work):
+        if delay_ms:
+            stack.proxy.set_delay(delay_ms)
+            stack.proxy.take()
+        try:
+            return work()
+        finally:
+            if delay_ms:
+                requests[label] = stack.proxy.take()
+                stack.proxy.set_delay(0)
+
     try:
         with stack.exported_env():
             env = dict(os.environ)
@@ -330,15 +356,16 @@ def run(mode: str, size_mib: int, workdir: Path, golden: bool = False) -> dict[s
             name = f"overhead-{size_mib}"
             common = {"target": target, "name": name, "config": CPU, "model_suffix": MODEL_SUFFIX}
             created = run_child(env, {**common, "action": "create", "model_uri": first})
-            raw = raw_transfer(mode, stack, source, workdir)
-            publish = run_child(env, {**common, "action": "update", "model_uri": second})
-            noop = run_child(env, {**common, "action": "update", "model_uri": second})
-            back = run_child(env, {**common, "action": "rollback"})
+            raw = step("raw transfer", lambda: raw_transfer(mode, stack, source, workdir))
+            publish = step("publish", lambda: run_child(env, {**common, "action": "update", "model_uri": second}))
+            noop = step("no-op update", lambda: run_child(env, {**common, "action": "update", "model_uri": second}))
+            back = step("rollback", lambda: run_child(env, {**common, "action": "rollback"}))
             unload_everywhere(stack, name)
-            heal = run_child(env, {**common, "action": "heal"})
+            heal = step("heal", lambda: run_child(env, {**common, "action": "heal"}))
     finally:
         stack.stop()
-    return {**figures(mode, size_mib, rows, raw, publish, created, noop, back, heal), "golden": golden}
+    result = figures(mode, size_mib, rows, raw, publish, created, noop, back, heal)
+    return {**result, "golden": golden, "delay_ms": delay_ms, "s3_requests": requests}
 
 
 def figures(mode: str, size_mib: int, rows: int, raw: dict[str, float], publish: dict[str, Any],
@@ -392,6 +419,9 @@ def report(results: list[dict[str, Any]], machine: dict[str, Any]) -> None:
               f"(peak {mib(r['rollback']['rss_peak'])}); heal {r['heal']['seconds']:.2f} s, reloaded {r['heal']['reloaded']} "
               f"(peak {mib(r['heal']['rss_peak'])})")  # fmt: skip
         print(f"    publish phases: {json.dumps({k: round(v, 2) for k, v in r['publish']['phases'].items()})}")
+        for label, counts in r.get("s3_requests", {}).items():
+            total = sum(sum(ops.values()) for ops in counts.values())
+            print(f"    S3 requests at {r['delay_ms']:g} ms, {label}: {total} {json.dumps(counts)}")
         for step in ("rollback", "heal"):
             print(f"    {step}: model bytes read {json.dumps(r[step]['model_read'])}, "
                   f"phases {json.dumps({k: round(v, 2) for k, v in r[step]['phases'].items()})}")
@@ -402,6 +432,8 @@ def main() -> None:
     arguments.add_argument("--modes", nargs="+", default=["local", "s3"], choices=["local", "s3"])
     arguments.add_argument("--sizes", nargs="+", type=int, default=[100, 1024], help="MiB")
     arguments.add_argument("--golden", action="store_true", help="log the models with golden outputs (no local run)")
+    arguments.add_argument("--delay-ms", type=float, default=0.0,
+                           help="delay every S3 request by this much (benchmarks/s3_proxy.py; AWS: 10-30 ms)")
     args = arguments.parse_args()
     quiet_logs()
     machine = machine_info()
@@ -409,7 +441,7 @@ def main() -> None:
     results = []
     for size in args.sizes:
         for mode in args.modes:
-            results.append(run(mode, size, workdir, args.golden))
+            results.append(run(mode, size, workdir, args.golden, args.delay_ms))
             write_json(args.json, {"benchmark": "publish_overhead", "machine": machine, "results": results, "partial": True})
     report(results, machine)
     write_json(args.json, {"benchmark": "publish_overhead", "machine": machine, "results": results})

@@ -15,6 +15,7 @@ picks one for a URI::
 from __future__ import annotations
 
 import logging
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,8 +230,13 @@ class ModelRepositoryStore(ABC):
 
 
 def progress_bar(total: int, description: str) -> ProgressCallback | None:
-    """A tqdm progress callback for large transfers (None for small ones or without a TTY)."""
-    if total < PROGRESS_MIN_BYTES:
+    """A tqdm progress callback for large transfers: None for small ones, without a TTY, or
+    with MLflow's artifact progress bars off (``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR``, which
+    plugin calls and the daemons set to false unless the user set it): one setting for every
+    bar a command draws."""
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+
+    if total < PROGRESS_MIN_BYTES or not sys.stderr.isatty() or not MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.get():
         return None
     from tqdm.auto import tqdm
 

@@ -164,6 +164,8 @@ def transfer(
             verification's local reference run: the only reason that path writes to disk).
         label: what the log line calls the files (default: ``NAME version N`` from ``prefix``).
     """
+    name, _, version = prefix.rstrip("/").rpartition("/")
+    label = label or f"{name} version {version}"
     uploaded = copied = 0
     if located.kind == "stream":
         uploaded = _stream_files(store, located, prefix, spool)
@@ -172,11 +174,9 @@ def transfer(
             copied += store.copy_from(origin, prefix + target) or 0
         elif located.kind == "upload":
             uploaded += store.upload_file(
-                Path(origin), prefix + target, progress_bar(entry["size"], f"upload {prefix}{target}")
+                Path(origin), prefix + target, progress_bar(entry["size"], f"upload {label}: {target}")
             )
     verb = {"copy": "Copied", "stream": "Streamed", "upload": "Uploaded"}[located.kind]
-    name, _, version = prefix.rstrip("/").rpartition("/")
-    label = label or f"{name} version {version}"
     logger.info("%s %s (%d bytes) to %s", verb, label, copied or uploaded, store.url(prefix))
     return uploaded, copied
 
