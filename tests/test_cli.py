@@ -97,7 +97,7 @@ def test_rollback_serves_the_previous_version_on_every_replica(stack, deployment
 
     assert result.exit_code == 0, result.output
     assert f"{deployment}: rolled back from version 2 to 1" in result.output
-    assert "sync/watch will roll forward" in result.output
+    assert "they will roll forward unless you move it (--set-alias)" in result.output
     publisher = ModelPublisher.for_config(spec.models[0].config, stack.triton_urls)
     assert publisher.read_state(deployment).serving_version == 1
     assert_every_replica_serves(stack.triton_urls, deployment, v1)

@@ -290,8 +290,8 @@ def rollback(name: str, to_version: int | None, set_alias: str | None, **options
     else:
         click.echo(f"{name}: version {result.version} already serves{registry}{moved}")
     if result.changed and not set_alias and result.registered_model:
-        click.echo("Note: the registry alias is unchanged; sync/watch will roll forward unless you "
-                   "move it (--set-alias).", err=True)  # fmt: skip
+        click.echo(f"Note: if sync/watch follow an alias of {result.registered_model!r}, they will "
+                   "roll forward unless you move it (--set-alias).", err=True)  # fmt: skip
 
 
 @cli.command()
