@@ -9,6 +9,7 @@ the worker (a logged model then lands in ``./mlruns``, not on the test stack).
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -24,10 +25,18 @@ TRACKING_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")
 def tracking_uri(uri: str) -> Iterator[pytest.MonkeyPatch]:
     """MLflow's tracking URI is ``uri`` inside the block; the globals and variables it touches
     (and any experiment set inside) are restored after it. Yields the block's MonkeyPatch."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
-        patch.setattr(fluent, "_active_experiment_id", fluent._active_experiment_id)
-        for variable in TRACKING_VARIABLES:
-            patch.delenv(variable, raising=False)  # recorded, so the old value comes back
-        mlflow.set_tracking_uri(uri)
-        yield patch
+    # Saved by hand: MonkeyPatch.delenv records nothing for a variable that is not set, so a
+    # variable set inside the block (set_experiment sets MLFLOW_EXPERIMENT_ID) would stay.
+    saved = {variable: os.environ.pop(variable, None) for variable in TRACKING_VARIABLES}
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
+            patch.setattr(fluent, "_active_experiment_id", fluent._active_experiment_id)
+            mlflow.set_tracking_uri(uri)
+            yield patch
+    finally:
+        for variable, value in saved.items():
+            if value is None:
+                os.environ.pop(variable, None)
+            else:
+                os.environ[variable] = value
