@@ -18,6 +18,8 @@ import pytest
 from mlflow.tracking import fluent
 from mlflow.tracking._tracking_service import utils as tracking_utils
 
+from mlflow_triton.local.environ import preserved_environ
+
 TRACKING_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")
 
 
@@ -25,18 +27,12 @@ TRACKING_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")
 def tracking_uri(uri: str) -> Iterator[pytest.MonkeyPatch]:
     """MLflow's tracking URI is ``uri`` inside the block; the globals and variables it touches
     (and any experiment set inside) are restored after it. Yields the block's MonkeyPatch."""
-    # Saved by hand: MonkeyPatch.delenv records nothing for a variable that is not set, so a
-    # variable set inside the block (set_experiment sets MLFLOW_EXPERIMENT_ID) would stay.
-    saved = {variable: os.environ.pop(variable, None) for variable in TRACKING_VARIABLES}
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
-            patch.setattr(fluent, "_active_experiment_id", fluent._active_experiment_id)
-            mlflow.set_tracking_uri(uri)
-            yield patch
-    finally:
-        for variable, value in saved.items():
-            if value is None:
-                os.environ.pop(variable, None)
-            else:
-                os.environ[variable] = value
+    # Not MonkeyPatch.delenv: it records nothing for a variable that is not set, so a variable
+    # set inside the block (set_experiment sets MLFLOW_EXPERIMENT_ID) would stay.
+    with preserved_environ(TRACKING_VARIABLES), pytest.MonkeyPatch.context() as patch:
+        for variable in TRACKING_VARIABLES:
+            os.environ.pop(variable, None)
+        patch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
+        patch.setattr(fluent, "_active_experiment_id", fluent._active_experiment_id)
+        mlflow.set_tracking_uri(uri)
+        yield patch

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from mlflow_triton.local.environ import preserved_environ
 from mlflow_triton.local.processes import ManagedProcess, free_port
 from mlflow_triton.local.requirements import require_local_extra
 from mlflow_triton.local.servers import (
@@ -112,16 +113,9 @@ class LocalStack:
     def exported_env(self) -> Iterator[dict[str, str]]:
         """Export :attr:`env` into ``os.environ`` for the duration, then restore it."""
         values = self.env
-        saved = {key: os.environ.get(key) for key in values}
-        os.environ.update(values)
-        try:
+        with preserved_environ(values):
+            os.environ.update(values)
             yield values
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
     def start(self) -> "LocalStack":
         """Start every server and wait until each is healthy (stops them all if one fails).

@@ -1,4 +1,5 @@
-"""Independent repository reads at once: one round trip of latency instead of one per read.
+"""Independent repository reads at once: one round trip of latency instead of one per read;
+and work that runs beside the caller until it asks for the result (:func:`in_background`).
 
 Against AWS S3 every request costs 10-30 ms of latency whatever its size, and S3 has no batch
 GET; requests that do not depend on each other therefore overlap (boto3 clients are
@@ -11,7 +12,7 @@ thread-safe)::
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
 
@@ -35,3 +36,13 @@ def concurrently(*calls: Callable[[], Any]) -> list[Any]:
                 future.cancel()
             raise
     return [first] + [future.result() for future in others]
+
+
+def in_background(work: Callable[..., Any], *args: Any, thread_name: str) -> Future:
+    """``work(*args)`` started in a thread of its own; the caller collects it with
+    ``result()`` (a publish's version-folder build, its local reference run)."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
+    try:
+        return pool.submit(work, *args)
+    finally:
+        pool.shutdown(wait=False)

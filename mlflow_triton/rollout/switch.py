@@ -34,7 +34,7 @@ its load timed out and may still finish) is reloaded on the previous version.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -49,6 +49,7 @@ from mlflow_triton.fleet.errors import (
     raise_failures,
 )
 from mlflow_triton.fleet.server import TritonCluster
+from mlflow_triton.repository.concurrency import in_background
 from mlflow_triton.repository.history import ServingHistory, Via
 from mlflow_triton.repository.layout import CONFIG_FILE, staging_name, version_prefix, warmup_prefix
 from mlflow_triton.repository.lease import Lease, LeaseLost
@@ -149,7 +150,7 @@ class Rollout:
         staged = mcfg.pin_version(message, version)
         staged.name = staging
         self.store.write_bytes(f"{staging}/{CONFIG_FILE}", mcfg.to_pbtxt(staged).encode())
-        building = _in_background(build_version, f"mlflow-triton-build-{self.name}")
+        building = in_background(build_version, thread_name=f"mlflow-triton-build-{self.name}") if build_version else None
         try:
             try:
                 raise_failures(f"load {self.name!r} version {version}", self.cluster.load_model(staging, version, urls))
@@ -254,17 +255,6 @@ class Rollout:
 
     def _last_serving(self) -> dict[str, Any] | None:
         return next((e for e in reversed(self.history.events) if e.get("event") == "serving"), None)
-
-
-def _in_background(work: Callable[[], None] | None, thread_name: str) -> Future | None:
-    """``work`` started in its own thread (None without work)."""
-    if work is None:
-        return None
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
-    try:
-        return pool.submit(work)
-    finally:
-        pool.shutdown(wait=False)
 
 
 def _settle(running: Future | None, what: str) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import tempfile
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
@@ -37,6 +37,7 @@ from mlflow_triton.flavors.base import Flavor
 from mlflow_triton.flavors.registry import get as get_flavor
 from mlflow_triton.flavors.registry import resolve_model
 from mlflow_triton.fleet.errors import raise_failures
+from mlflow_triton.repository.concurrency import in_background
 from mlflow_triton.repository.layout import version_prefix
 from mlflow_triton.repository.provenance import Provenance
 from mlflow_triton.repository.references import file_digest, load_reference
@@ -228,10 +229,10 @@ class SmokeTest:
         """
         if self.reference != "local" or self._reference is not None:
             return
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-triton-reference")
         folder = files_at or version_prefix(deployment, version)
-        self._reference = pool.submit(self._run_cases, deployment, version, provenance, model_file, folder)
-        pool.shutdown(wait=False)
+        self._reference = in_background(
+            self._run_cases, deployment, version, provenance, model_file, folder, thread_name="mlflow-triton-reference"
+        )  # fmt: skip
 
     def reference_cases(self) -> GoldenCases | None:
         """After a passing call: the inputs sent and the outputs they had to give (golden
